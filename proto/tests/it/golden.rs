@@ -1,0 +1,175 @@
+//! Golden encodings under `tests/data/`: a wire-format change fails here.
+//!
+//! Each file holds the payload of one message as an earlier build encoded it.
+//! The test decodes it to the expected value and re-encodes the value to the
+//! same bytes. After a deliberate protocol change (with `PROTOCOL_VERSION`
+//! bumped), regenerate with `UPDATE_GOLDEN=1 cargo test -p proto`.
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+
+use proto::admin::{AdminToSupervisor, FailoverCommand, RestartCommand};
+use proto::chat::{Backend, ChatMessage, FinishReason, GenParams, GenStats, Role};
+use proto::client::{
+    ClientToSupervisor, Done, ErrorEvent, ErrorKind, Queued, Submit, SupervisorToClient,
+};
+use proto::frame::{decode, encode};
+use proto::hello::Hello;
+use proto::worker::{
+    BackendOptions, CpuOptions, Generate, KvCacheType, Load, Profile, SupervisorToWorker,
+    WorkerDone, WorkerToSupervisor, WorkerToken,
+};
+use proto::PeerRole;
+use serde::{de::DeserializeOwned, Serialize};
+
+fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(name: &str, value: &T) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(format!("{name}.bin"));
+    let encoded = encode(value).unwrap();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &encoded).unwrap();
+    }
+    let stored = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 after a deliberate change)",
+            path.display()
+        )
+    });
+    let decoded: T =
+        decode(&stored).unwrap_or_else(|e| panic!("{name}: stored bytes no longer decode: {e}"));
+    assert_eq!(
+        &decoded, value,
+        "{name}: stored bytes decode to another value"
+    );
+    assert_eq!(
+        encoded, stored,
+        "{name}: this build encodes differently from the stored bytes"
+    );
+}
+
+fn messages() -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::new(Role::System, "You are terse."),
+        ChatMessage::new(Role::User, "What is 2+2?"),
+    ]
+}
+
+#[test]
+fn hello() {
+    check(
+        "hello",
+        &Hello::new(PeerRole::Client, "rocksteady-gateway 0.1.0"),
+    );
+}
+
+#[test]
+fn client_submit() {
+    check(
+        "client_submit",
+        &ClientToSupervisor::Submit(Submit {
+            request_id: 42,
+            messages: messages(),
+            params: GenParams::default(),
+        }),
+    );
+}
+
+#[test]
+fn client_events() {
+    check(
+        "client_queued",
+        &SupervisorToClient::Queued(Queued {
+            request_id: 42,
+            position: 2,
+            reason: String::new(),
+        }),
+    );
+    check(
+        "client_done",
+        &SupervisorToClient::Done(Done {
+            request_id: 42,
+            text: "4".into(),
+            backend: Backend::Cpu,
+            model: "SmolLM2-135M-Instruct".into(),
+            stats: GenStats {
+                prompt_tokens: 30,
+                generated_tokens: 8,
+                ttft_ms: 12.5,
+                prefill_ms: 10.0,
+                decode_ms: 50.0,
+                decode_tps: 140.0,
+            },
+        }),
+    );
+    check(
+        "client_error",
+        &SupervisorToClient::Error(ErrorEvent {
+            request_id: 42,
+            kind: ErrorKind::Busy,
+            message: "queue full".into(),
+        }),
+    );
+}
+
+#[test]
+fn worker_messages() {
+    check(
+        "worker_load",
+        &SupervisorToWorker::Load(Load {
+            model_path: "/var/lib/rocksteady/models/m.gguf".into(),
+            profile: Profile {
+                name: "default".into(),
+                context_size: 2048,
+                batch_size: 512,
+                threads: 4,
+                kv_cache_type: KvCacheType::Q8_0,
+                flash_attention: true,
+                max_new_tokens: 512,
+            },
+            backend: BackendOptions::Cpu(CpuOptions { use_mmap: true }),
+        }),
+    );
+    check(
+        "worker_generate",
+        &SupervisorToWorker::Generate(Generate {
+            request_id: 9,
+            messages: messages(),
+            params: GenParams::default(),
+            assistant_prefix: "The answer".into(),
+        }),
+    );
+    check(
+        "worker_token",
+        &WorkerToSupervisor::Token(WorkerToken {
+            request_id: 9,
+            text: "é".into(),
+        }),
+    );
+    check(
+        "worker_done",
+        &WorkerToSupervisor::Done(WorkerDone {
+            request_id: 9,
+            finish: FinishReason::EndOfTurn,
+            stats: GenStats::default(),
+        }),
+    );
+}
+
+#[test]
+fn admin_messages() {
+    check("admin_status", &AdminToSupervisor::Status);
+    check(
+        "admin_failover",
+        &AdminToSupervisor::Failover(FailoverCommand {
+            to: Some(Backend::Cpu),
+        }),
+    );
+    check(
+        "admin_restart",
+        &AdminToSupervisor::Restart(RestartCommand {
+            slot: "primary".into(),
+            now: true,
+        }),
+    );
+}
