@@ -27,12 +27,12 @@ async fn round_trip_over_a_socket() {
     let mut writer = FrameWriter::new(a);
     let mut reader = FrameReader::new(b);
     let sent = submit("What is 2+2?");
-    let send = tokio::spawn(async move {
+    let sender = tokio::spawn(async move {
         writer.send(&sent).await.unwrap();
         sent
     });
     let got: ClientToSupervisor = reader.expect().await.unwrap();
-    assert_eq!(got, send.await.unwrap());
+    assert_eq!(got, sender.await.unwrap());
 }
 
 #[tokio::test]
