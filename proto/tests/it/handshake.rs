@@ -102,7 +102,7 @@ async fn wrong_role_is_refused_with_reason() {
         .unwrap_err();
     match err {
         ProtoError::Refused { reason } => {
-            assert!(reason.contains("client peer is not served"), "{reason}")
+            assert!(reason.contains("client peer is not served"), "{reason}");
         }
         other => panic!("expected Refused, got {other}"),
     }
