@@ -460,8 +460,6 @@ fn elem_size(kind: u32) -> Option<u64> {
 fn tensor_bytes(ggml_type: u32, elements: u64) -> Option<u64> {
     // (elements per block, bytes per block), from ggml's type traits.
     let (block, bytes) = match ggml_type {
-        0 => (1, 4),           // F32
-        1 | 30 => (1, 2),      // F16, BF16
         2 | 20 => (32, 18),    // Q4_0, IQ4_NL
         3 => (32, 20),         // Q4_1
         6 => (32, 22),         // Q5_0
@@ -481,8 +479,8 @@ fn tensor_bytes(ggml_type: u32, elements: u64) -> Option<u64> {
         22 => (256, 82),       // IQ2_S
         23 => (256, 136),      // IQ4_XS
         24 => (1, 1),          // I8
-        25 => (1, 2),          // I16
-        26 => (1, 4),          // I32
+        1 | 25 | 30 => (1, 2), // F16, I16, BF16
+        0 | 26 => (1, 4),      // F32, I32
         27 | 28 => (1, 8),     // I64, F64
         29 => (256, 56),       // IQ1_M
         34 => (256, 54),       // TQ1_0
