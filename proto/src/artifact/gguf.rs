@@ -520,7 +520,7 @@ mod tests {
         out.extend(elements.to_le_bytes());
         out.extend(0u32.to_le_bytes()); // F32
         out.extend(0u64.to_le_bytes()); // offset
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         out.extend(vec![0u8; data_len]);
