@@ -1,1 +1,118 @@
-fn main() {}
+//! `worker-cpu`: started by the supervisor with `--socket PATH`; also
+//! `worker-cpu generate ...` to run one generation without a supervisor.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use proto::chat::GenParams;
+use proto::worker::{BackendOptions, CpuOptions, KvCacheType, Load, Profile};
+use worker_cpu::fault::Faults;
+use worker_cpu::serve::{serve, Outcome};
+use worker_cpu::standalone;
+
+#[derive(Parser)]
+#[command(version, about = "rocksteady CPU worker (llama.cpp)")]
+struct Cli {
+    /// Supervisor socket to connect to (the supervisor passes this).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load a model and generate one answer, printing it as it is decoded.
+    Generate {
+        /// GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// The user's message.
+        #[arg(long)]
+        prompt: String,
+        /// Tokens to generate at most.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: u32,
+        /// Context window.
+        #[arg(long, default_value_t = 2048)]
+        context_size: u32,
+        /// Threads (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,llama-cpp-2=warn,llama_cpp_2=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // llama.cpp's own chatter goes through tracing (at its levels), not raw stderr.
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+    let cli = Cli::parse();
+    match (cli.command, cli.socket) {
+        (Some(Cmd::Generate { model, prompt, max_tokens, context_size, threads }), _) => {
+            let load = Load {
+                model_path: model.to_string_lossy().into_owned(),
+                profile: Profile {
+                    name: "standalone".into(),
+                    context_size,
+                    batch_size: 512,
+                    threads,
+                    kv_cache_type: KvCacheType::F16,
+                    flash_attention: false,
+                    max_new_tokens: max_tokens,
+                },
+                backend: BackendOptions::Cpu(CpuOptions { use_mmap: true }),
+            };
+            let params = GenParams { max_tokens, ..GenParams::default() };
+            let mut out = std::io::stdout();
+            let result = standalone::generate(load, &prompt, params, &mut |piece| {
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+            });
+            println!();
+            match result {
+                Ok((_, load_ms, s)) => {
+                    eprintln!(
+                        "load {load_ms:.0} ms, prompt {} tokens, generated {} tokens, ttft {:.0} ms, decode {:.1} tok/s",
+                        s.prompt_tokens, s.generated_tokens, s.ttft_ms, s.decode_tps
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(e.exit_code());
+                }
+            }
+        }
+        (None, Some(socket)) => {
+            let faults = Faults::from_env().context("reading fault settings")?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            match runtime.block_on(serve(&socket, faults)) {
+                Ok(Outcome::Stopped) => Ok(()),
+                Ok(Outcome::LoadFailed(code)) => std::process::exit(code.code()),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    let code = match e {
+                        worker_cpu::serve::ServeError::Protocol {
+                            source: proto::ProtoError::VersionMismatch { .. },
+                        } => proto::worker::ExitCode::ProtocolMismatch.code(),
+                        _ => 1,
+                    };
+                    std::process::exit(code);
+                }
+            }
+        }
+        (None, None) => anyhow::bail!("nothing to do: pass --socket PATH (as the supervisor does) or a subcommand; see --help"),
+    }
+}
