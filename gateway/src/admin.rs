@@ -1,0 +1,282 @@
+//! `/status`: asks the supervisor for its status on the admin socket and
+//! words the report for Discord.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::Stream as LocalStream;
+use proto::admin::{
+    AdminToSupervisor, Routing, SlotStatus, StatusReport, SupervisorToAdmin, ThermalLevel,
+};
+use proto::{Connection, PeerRole, ProtoError};
+use thiserror::Error;
+
+use crate::link::SOFTWARE;
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the status could not be fetched.
+#[derive(Debug, Error)]
+pub enum StatusError {
+    /// Nothing listens on the admin socket.
+    #[error("cannot connect to the supervisor's admin socket {path}: {source}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Handshake or exchange failed.
+    #[error("admin conversation with the supervisor failed: {source}")]
+    Protocol {
+        /// The protocol error.
+        #[source]
+        source: ProtoError,
+    },
+    /// The supervisor answered with an error.
+    #[error("the supervisor refused: {message}")]
+    Refused {
+        /// Its reason.
+        message: String,
+    },
+    /// The supervisor answered something else than a status.
+    #[error("the supervisor answered the status request with something else")]
+    Unexpected,
+    /// No answer in time.
+    #[error("the supervisor did not answer within {seconds} s")]
+    Timeout {
+        /// The limit.
+        seconds: u64,
+    },
+}
+
+/// Fetches the supervisor's status report.
+///
+/// # Errors
+/// [`StatusError`] when the supervisor cannot be reached or does not answer.
+pub async fn fetch_status(path: &Path) -> Result<StatusReport, StatusError> {
+    let exchange = async {
+        let stream =
+            proto::hello::connect_path(path)
+                .await
+                .map_err(|source| StatusError::Connect {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        let mut conn: Connection<LocalStream, SupervisorToAdmin, AdminToSupervisor> =
+            Connection::new(stream);
+        let protocol = |source| StatusError::Protocol { source };
+        proto::hello::client_handshake(
+            &mut conn.reader,
+            &mut conn.writer,
+            PeerRole::Admin,
+            SOFTWARE,
+        )
+        .await
+        .map_err(protocol)?;
+        conn.send(&AdminToSupervisor::Status)
+            .await
+            .map_err(protocol)?;
+        match conn.recv().await.map_err(protocol)? {
+            Some(SupervisorToAdmin::Status(report)) => Ok(*report),
+            Some(SupervisorToAdmin::Error(err)) => Err(StatusError::Refused {
+                message: err.message,
+            }),
+            Some(SupervisorToAdmin::Ok(_)) => Err(StatusError::Unexpected),
+            None => Err(StatusError::Protocol {
+                source: ProtoError::Closed,
+            }),
+        }
+    };
+    tokio::time::timeout(ADMIN_TIMEOUT, exchange)
+        .await
+        .map_err(|_| StatusError::Timeout {
+            seconds: ADMIN_TIMEOUT.as_secs(),
+        })?
+}
+
+fn duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..=86_399 => format!("{}h {}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d {}h", secs / 86_400, (secs % 86_400) / 3600),
+    }
+}
+
+fn slot_line(slot: &SlotStatus) -> String {
+    let mut line = format!(
+        "- **{}** ({}): {} for {}",
+        slot.name,
+        slot.backend,
+        slot.state.as_str(),
+        duration(slot.state_ms)
+    );
+    if !slot.reason.is_empty() {
+        let _ = write!(line, " ({})", slot.reason);
+    }
+    if !slot.model.is_empty() {
+        let _ = write!(line, ", model {}", slot.model);
+    }
+    if !slot.profile.is_empty() {
+        let _ = write!(line, ", profile {}", slot.profile);
+    }
+    if let Some(tps) = slot.last_decode_tps {
+        let _ = write!(line, ", {tps:.1} tok/s");
+    }
+    if let Some(kb) = slot.rss_anon_kb {
+        let _ = write!(line, ", {} MiB anon", kb / 1024);
+    }
+    let _ = write!(
+        line,
+        ", {} served, {} restarts",
+        slot.requests_served, slot.restarts
+    );
+    if let Some(reason) = &slot.last_restart_reason {
+        let _ = write!(line, " (last: {reason})");
+    }
+    line
+}
+
+/// The report as a Discord message (under 2000 characters).
+pub fn format_status(report: &StatusReport) -> String {
+    let mut out = format!(
+        "**rocksteady** {} (pid {}, up {})\n",
+        report.version,
+        report.pid,
+        duration(report.uptime_ms)
+    );
+    let active = report
+        .active_backend
+        .map_or_else(|| "none".to_owned(), |b| b.to_string());
+    let routing = match report.routing {
+        Routing::Auto => "auto".to_owned(),
+        Routing::Pinned(b) => format!("pinned to {b}"),
+    };
+    let _ = writeln!(
+        out,
+        "Backend: **{active}** (routing {routing}{})",
+        if report.routing_reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", report.routing_reason)
+        }
+    );
+    let _ = writeln!(
+        out,
+        "Queue: {} waiting, {} generating",
+        report.queue_depth, report.in_flight
+    );
+    for slot in &report.slots {
+        out.push_str(&slot_line(slot));
+        out.push('\n');
+    }
+    let level = match report.thermal.level {
+        ThermalLevel::Normal => "normal",
+        ThermalLevel::Throttle => "throttling",
+        ThermalLevel::Critical => "critical: not starting generations",
+    };
+    let zones: Vec<String> = report
+        .thermal
+        .zones
+        .iter()
+        .map(|z| {
+            format!(
+                "{} {:.1} °C",
+                z.kind.trim_end_matches("-thermal"),
+                z.celsius
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "Temperatures ({level}): {}",
+        if zones.is_empty() {
+            "not available".to_owned()
+        } else {
+            zones.join(", ")
+        }
+    );
+    if let Some(kb) = report.mem_available_kb {
+        let _ = writeln!(out, "Memory available: {} MiB", kb / 1024);
+    }
+    if out.chars().count() > crate::split::DISCORD_LIMIT {
+        out = out
+            .chars()
+            .take(crate::split::DISCORD_LIMIT - 1)
+            .collect::<String>();
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::admin::{SlotState, ThermalStatus, ZoneTemp};
+    use proto::chat::Backend;
+
+    #[test]
+    fn status_shows_backend_states_queue_temperatures() {
+        let report = StatusReport {
+            version: "0.1.0".into(),
+            pid: 42,
+            uptime_ms: 3_725_000,
+            slots: vec![SlotStatus {
+                name: "primary".into(),
+                backend: Backend::Npu,
+                state: SlotState::Ready,
+                state_ms: 65_000,
+                reason: String::new(),
+                pid: Some(43),
+                model: "qwen".into(),
+                profile: "normal".into(),
+                profile_reason: String::new(),
+                rss_anon_kb: Some(2048),
+                rss_file_kb: None,
+                vm_hwm_kb: None,
+                memory_pressure: false,
+                uptime_ms: Some(1),
+                requests_served: 7,
+                last_decode_tps: Some(9.25),
+                restarts: 1,
+                last_restart_reason: Some("hang".into()),
+            }],
+            active_backend: Some(Backend::Npu),
+            routing: Routing::Auto,
+            routing_reason: "primary ready".into(),
+            queue_depth: 2,
+            in_flight: 1,
+            thermal: ThermalStatus {
+                zones: vec![ZoneTemp {
+                    kind: "soc-thermal".into(),
+                    celsius: 51.25,
+                }],
+                level: ThermalLevel::Throttle,
+            },
+            mem_available_kb: Some(4_194_304),
+        };
+        let text = format_status(&report);
+        assert!(text.contains("up 1h 2m"), "{text}");
+        assert!(text.contains("Backend: **npu**"), "{text}");
+        assert!(text.contains("Queue: 2 waiting, 1 generating"), "{text}");
+        assert!(
+            text.contains("**primary** (npu): ready for 1m 5s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("9.2 tok/s") || text.contains("9.3 tok/s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("soc 51.2 °C") || text.contains("soc 51.3 °C"),
+            "{text}"
+        );
+        assert!(text.contains("throttling"), "{text}");
+        assert!(text.contains("(last: hang)"), "{text}");
+        assert!(text.contains("4096 MiB"), "{text}");
+    }
+}

@@ -1,0 +1,402 @@
+//! The gateway's connection to the supervisor's client socket: one shared
+//! connection carrying every request, kept up with reconnects and backoff.
+//!
+//! A background task connects, and when the supervisor goes away (restart,
+//! crash) it reconnects with exponential backoff. A request submitted while
+//! disconnected first tries one immediate connect, so the first message after
+//! the supervisor comes back does not wait out the backoff. Requests in flight
+//! when the connection drops get [`LinkEvent::Lost`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::Stream as LocalStream;
+use proto::chat::{ChatMessage, GenParams};
+use proto::client::{Cancel, ClientToSupervisor, Submit, SupervisorToClient};
+use proto::frame::{FrameReader, FrameWriter};
+use proto::{Connection, PeerRole, ProtoError};
+use thiserror::Error;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// Software name sent in the hello.
+pub const SOFTWARE: &str = concat!("rocksteady-gateway ", env!("CARGO_PKG_VERSION"));
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Why a request could not be submitted.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    /// Nothing listens on the socket (supervisor not running).
+    #[error("cannot connect to the supervisor at {path}: {source}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting took too long.
+    #[error("connecting to the supervisor at {path} timed out")]
+    Timeout {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The supervisor refused the handshake or the connection broke.
+    #[error("supervisor connection at {path} failed: {source}")]
+    Protocol {
+        /// The socket path.
+        path: PathBuf,
+        /// The protocol error.
+        #[source]
+        source: ProtoError,
+    },
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// What a request's owner receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkEvent {
+    /// An event from the supervisor about this request.
+    Event(SupervisorToClient),
+    /// The connection to the supervisor dropped before the request ended.
+    Lost,
+}
+
+type Writer = FrameWriter<WriteHalf<LocalStream>>;
+type Reader = FrameReader<ReadHalf<LocalStream>>;
+
+struct Connected {
+    writer: Writer,
+    generation: u64,
+}
+
+struct Pending {
+    generation: u64,
+    events: mpsc::UnboundedSender<LinkEvent>,
+}
+
+struct Inner {
+    path: PathBuf,
+    conn: Mutex<Option<Connected>>,
+    pending: StdMutex<HashMap<u64, Pending>>,
+    next_request: AtomicU64,
+    next_generation: AtomicU64,
+    disconnected: Notify,
+    shutdown: CancellationToken,
+}
+
+/// Handle on the shared supervisor connection; cheap to clone.
+#[derive(Clone)]
+pub struct SupervisorLink {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SupervisorLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorLink")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One submitted request: its events, in order. Dropping it before the
+/// request ended cancels it at the supervisor.
+pub struct Request {
+    id: u64,
+    events: mpsc::UnboundedReceiver<LinkEvent>,
+    inner: Arc<Inner>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SupervisorLink {
+    /// Starts the link to the client socket at `path`; the background task
+    /// keeps connecting until `shutdown`.
+    pub fn start(path: PathBuf, shutdown: CancellationToken) -> Self {
+        let inner = Arc::new(Inner {
+            path,
+            conn: Mutex::new(None),
+            pending: StdMutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            next_generation: AtomicU64::new(1),
+            disconnected: Notify::new(),
+            shutdown,
+        });
+        tokio::spawn(keep_connected(Arc::clone(&inner)));
+        Self { inner }
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Submits a request.
+    ///
+    /// # Errors
+    /// [`LinkError`] when the supervisor cannot be reached.
+    pub async fn submit(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: GenParams,
+    ) -> Result<Request, LinkError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(LinkError::ShuttingDown);
+        }
+        let request_id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let submit = ClientToSupervisor::Submit(Submit {
+            request_id,
+            messages,
+            params,
+        });
+        let mut conn = self.inner.conn.lock().await;
+        if conn.is_none() {
+            *conn = Some(connect(&self.inner).await?);
+        }
+        let Some(connected) = conn.as_mut() else {
+            return Err(LinkError::ShuttingDown);
+        };
+        let generation = connected.generation;
+        self.inner.pending_map().insert(
+            request_id,
+            Pending {
+                generation,
+                events: tx,
+            },
+        );
+        if let Err(source) = connected.writer.send(&submit).await {
+            self.inner.pending_map().remove(&request_id);
+            *conn = None;
+            self.inner.disconnected.notify_one();
+            return Err(LinkError::Protocol {
+                path: self.inner.path.clone(),
+                source,
+            });
+        }
+        Ok(Request {
+            id: request_id,
+            events: rx,
+            inner: Arc::clone(&self.inner),
+            ended: false,
+        })
+    }
+}
+
+impl Request {
+    /// This request's id on the connection.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next event; `Lost` also when the link is gone for good.
+    pub async fn next(&mut self) -> LinkEvent {
+        let event = self.events.recv().await.unwrap_or(LinkEvent::Lost);
+        self.note(&event);
+        event
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_next(&mut self) -> Option<LinkEvent> {
+        let event = match self.events.try_recv() {
+            Ok(event) => event,
+            Err(mpsc::error::TryRecvError::Empty) => return None,
+            Err(mpsc::error::TryRecvError::Disconnected) => LinkEvent::Lost,
+        };
+        self.note(&event);
+        Some(event)
+    }
+
+    fn note(&mut self, event: &LinkEvent) {
+        if matches!(
+            event,
+            LinkEvent::Lost
+                | LinkEvent::Event(SupervisorToClient::Done(_) | SupervisorToClient::Error(_))
+        ) {
+            self.ended = true;
+        }
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        self.inner.pending_map().remove(&self.id);
+        if self.ended {
+            return;
+        }
+        let inner = Arc::clone(&self.inner);
+        let request_id = self.id;
+        // Cancelling is best effort: if the connection is gone, the
+        // supervisor has cancelled the request already.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let mut conn = inner.conn.lock().await;
+                if let Some(connected) = conn.as_mut() {
+                    let _ = connected
+                        .writer
+                        .send(&ClientToSupervisor::Cancel(Cancel { request_id }))
+                        .await;
+                }
+            });
+        }
+    }
+}
+
+impl Inner {
+    fn pending_map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends every request of connection `generation` with `Lost`.
+    fn fail_generation(&self, generation: u64) {
+        let mut pending = self.pending_map();
+        pending.retain(|_, p| {
+            if p.generation == generation {
+                let _ = p.events.send(LinkEvent::Lost);
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// Connects and shakes hands; spawns the reader of the new connection.
+async fn connect(inner: &Arc<Inner>) -> Result<Connected, LinkError> {
+    let path = inner.path.clone();
+    let attempt = async {
+        let stream =
+            proto::hello::connect_path(&path)
+                .await
+                .map_err(|source| LinkError::Connect {
+                    path: path.clone(),
+                    source,
+                })?;
+        let mut conn: Connection<LocalStream, SupervisorToClient, ClientToSupervisor> =
+            Connection::new(stream);
+        proto::hello::client_handshake(
+            &mut conn.reader,
+            &mut conn.writer,
+            PeerRole::Client,
+            SOFTWARE,
+        )
+        .await
+        .map_err(|source| LinkError::Protocol {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(conn.into_parts())
+    };
+    let (reader, writer) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| LinkError::Timeout { path: path.clone() })??;
+    let generation = inner.next_generation.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(socket = %path.display(), "connected to the supervisor");
+    tokio::spawn(read_events(Arc::clone(inner), reader, generation));
+    Ok(Connected { writer, generation })
+}
+
+/// Routes the supervisor's events to their requests until the connection ends.
+async fn read_events(inner: Arc<Inner>, mut reader: Reader, generation: u64) {
+    loop {
+        let next = tokio::select! {
+            () = inner.shutdown.cancelled() => break,
+            next = reader.recv::<SupervisorToClient>() => next,
+        };
+        match next {
+            Ok(Some(event)) => {
+                let id = event.request_id();
+                let ends = matches!(
+                    event,
+                    SupervisorToClient::Done(_) | SupervisorToClient::Error(_)
+                );
+                let mut pending = inner.pending_map();
+                if let Some(p) = pending.get(&id) {
+                    let _ = p.events.send(LinkEvent::Event(event));
+                }
+                if ends {
+                    pending.remove(&id);
+                }
+            }
+            Ok(None) => {
+                tracing::warn!("the supervisor closed the connection");
+                break;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "supervisor connection failed");
+                break;
+            }
+        }
+    }
+    {
+        let mut conn = inner.conn.lock().await;
+        if conn.as_ref().is_some_and(|c| c.generation == generation) {
+            *conn = None;
+        }
+    }
+    inner.fail_generation(generation);
+    inner.disconnected.notify_one();
+}
+
+/// Keeps a connection up: connects at start and after every loss, with
+/// exponential backoff between failed attempts.
+async fn keep_connected(inner: Arc<Inner>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut logged_down = false;
+    loop {
+        let result = {
+            let mut conn = inner.conn.lock().await;
+            if conn.is_some() {
+                Ok(true)
+            } else {
+                match connect(&inner).await {
+                    Ok(c) => {
+                        *conn = Some(c);
+                        Ok(false)
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+        };
+        match result {
+            Ok(_) => {
+                backoff = BACKOFF_MIN;
+                logged_down = false;
+                tokio::select! {
+                    () = inner.shutdown.cancelled() => break,
+                    () = inner.disconnected.notified() => {}
+                }
+            }
+            Err(err) => {
+                // Log the first failure of an outage, not every retry.
+                if !logged_down {
+                    tracing::warn!(error = %err, "supervisor not reachable; retrying with backoff");
+                    logged_down = true;
+                }
+                tokio::select! {
+                    () = inner.shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+    // Closing the connection cancels every request at the supervisor.
+    *inner.conn.lock().await = None;
+}

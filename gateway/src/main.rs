@@ -1,0 +1,96 @@
+//! `rocksteady-gateway`: the Discord bot process (arguments, logging, signals).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// Exit status for errors a restart cannot fix (bad token, bad config), so
+/// systemd can be told not to restart-loop (`RestartPreventExitStatus=78`).
+const EXIT_CONFIG: u8 = 78;
+
+/// rocksteady Discord gateway.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The rocksteady config file; the gateway reads its [gateway] section.
+    #[arg(long, short, default_value = "/etc/rocksteady/config.toml")]
+    config: PathBuf,
+    /// Check the config file and the token, then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match real_main(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let fatal_config = err.chain().any(|cause| {
+                cause.is::<gateway::ConfigError>()
+                    || matches!(
+                        cause.downcast_ref::<gateway::GatewayError>(),
+                        Some(
+                            gateway::GatewayError::Config(_)
+                                | gateway::GatewayError::InvalidToken
+                                | gateway::GatewayError::DisallowedIntents
+                        )
+                    )
+            });
+            eprintln!("rocksteady-gateway: {err:#}");
+            if fatal_config {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn real_main(args: &Args) -> anyhow::Result<()> {
+    let config = gateway::Config::load(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
+    if args.check {
+        println!(
+            "{}: [gateway] section and token are fine",
+            args.config.display()
+        );
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping");
+            stop.cancel();
+        });
+        gateway::run(config, shutdown)
+            .await
+            .context("running the Discord gateway")
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
