@@ -12,7 +12,10 @@
 # Running it again is cheap: installed tools are detected and cargo rebuilds only
 # what changed.
 #
-# Usage: deploy/cross-build.sh [--profile NAME | --smoke | --debug] [--no-install] [-- CARGO_ARGS...]
+# Usage: deploy/cross-build.sh [--target TRIPLE] [--profile NAME | --smoke | --debug] [--no-install] [-- CARGO_ARGS...]
+#   --target TRIPLE aarch64-unknown-linux-gnu (default, the board) or
+#                   x86_64-unknown-linux-gnu (a native build with the same
+#                   profiles, for the amd64 package)
 #   --profile NAME  cargo profile to build (default: release, what the package ships)
 #   --smoke         the "smoke" profile defined below: release without LTO and with
 #                   Rust code at opt-level 1, for CI's emulated smoke test. llama.cpp
@@ -23,13 +26,11 @@
 #   --no-install    fail instead of installing missing tools
 #   -- ARGS         passed to cargo build (e.g. -- --locked, -- -j1)
 #
-# Output: target/aarch64-unknown-linux-gnu/<profile dir>/ (release -> release,
+# Output: target/<triple>/<profile dir>/ (release -> release,
 # smoke -> smoke), or under $CARGO_TARGET_DIR when that is set.
 set -euo pipefail
 
-readonly TARGET=aarch64-unknown-linux-gnu
 readonly SYSROOT=/usr/aarch64-linux-gnu
-readonly APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu cmake clang libclang-dev)
 
 # The workspace's own binaries, in the order a reader expects; the ones not in
 # the workspace yet are simply not listed at the end.
@@ -41,6 +42,7 @@ die() { printf 'cross-build: error: %s\n' "$*" >&2; exit 1; }
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
+TARGET=aarch64-unknown-linux-gnu
 profile=release
 install_missing=1
 cargo_extra=()
@@ -48,6 +50,8 @@ while (($#)); do
     case "$1" in
         --profile) [[ $# -ge 2 ]] || die "--profile needs a name"; profile=$2; shift 2 ;;
         --profile=*) profile=${1#--profile=}; shift ;;
+        --target) [[ $# -ge 2 ]] || die "--target needs a triple"; TARGET=$2; shift 2 ;;
+        --target=*) TARGET=${1#--target=}; shift ;;
         --smoke) profile=smoke; shift ;;
         --debug) profile=dev; shift ;;
         --no-install) install_missing=0; shift ;;
@@ -57,6 +61,18 @@ while (($#)); do
     esac
 done
 [[ -n $profile ]] || die "--profile needs a name"
+case "$TARGET" in
+    aarch64-unknown-linux-gnu)
+        cross=1
+        machine=AArch64
+        APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu cmake clang libclang-dev) ;;
+    x86_64-unknown-linux-gnu)
+        [[ $(uname -m) == x86_64 ]] || die "--target $TARGET builds natively and needs an x86-64 machine"
+        cross=0
+        machine="Advanced Micro Devices X86-64"
+        APT_PACKAGES=(gcc g++ cmake clang libclang-dev) ;;
+    *) die "--target must be aarch64-unknown-linux-gnu or x86_64-unknown-linux-gnu, not '$TARGET'" ;;
+esac
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
@@ -96,24 +112,26 @@ if ((${#missing[@]})); then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-[[ -d $SYSROOT ]] || die "$SYSROOT is missing although the cross compilers are installed"
+if ((cross)); then
+    [[ -d $SYSROOT ]] || die "$SYSROOT is missing although the cross compilers are installed"
 
-step "setting the cross toolchain variables"
-# cargo links the final binaries with the cross gcc (rustc's default `cc` would
-# produce x86-64 objects).
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-# The cc crate and cmake-rs (llama.cpp) read the per-target compilers.
-export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
-export CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++
-export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
-# bindgen parses llama.cpp's headers with the host libclang; without the sysroot
-# it would pick up the x86-64 glibc headers and generate wrong layouts.
-export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=$SYSROOT"
-for v in CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER CC_aarch64_unknown_linux_gnu \
-    CXX_aarch64_unknown_linux_gnu AR_aarch64_unknown_linux_gnu \
-    BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu; do
-    info "$v=${!v}"
-done
+    step "setting the cross toolchain variables"
+    # cargo links the final binaries with the cross gcc (rustc's default `cc` would
+    # produce x86-64 objects).
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+    # The cc crate and cmake-rs (llama.cpp) read the per-target compilers.
+    export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+    export CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++
+    export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+    # bindgen parses llama.cpp's headers with the host libclang; without the sysroot
+    # it would pick up the x86-64 glibc headers and generate wrong layouts.
+    export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=$SYSROOT"
+    for v in CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER CC_aarch64_unknown_linux_gnu \
+        CXX_aarch64_unknown_linux_gnu AR_aarch64_unknown_linux_gnu \
+        BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu; do
+        info "$v=${!v}"
+    done
+fi
 
 profile_args=()
 case "$profile" in
@@ -153,8 +171,8 @@ for bin in "${KNOWN_BINARIES[@]}"; do
     found=$((found + 1))
     # Check the architecture, so a missing linker setting cannot slip an x86-64
     # binary into the board package.
-    machine=$(LC_ALL=C readelf -h "$out_dir/$bin" 2>/dev/null | sed -n 's/^ *Machine: *//p')
-    [[ $machine == AArch64 ]] || die "$bin is not an AArch64 binary (readelf says: ${machine:-not ELF})"
-    info "$bin ($(du -h "$out_dir/$bin" | cut -f1), $machine)"
+    got=$(LC_ALL=C readelf -h "$out_dir/$bin" 2>/dev/null | sed -n 's/^ *Machine: *//p')
+    [[ $got == "$machine" ]] || die "$bin is not a $machine binary (readelf says: ${got:-not ELF})"
+    info "$bin ($(du -h "$out_dir/$bin" | cut -f1), $got)"
 done
 ((found)) || die "the build produced none of: ${KNOWN_BINARIES[*]}"
