@@ -1,0 +1,45 @@
+//! The `worker-npu` binary: started by the supervisor as
+//! `worker-npu --socket PATH`; serves one RKLLM model until the supervisor
+//! says stop or goes away.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// rocksteady NPU worker (RKLLM runtime).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Unix socket the supervisor listens on for this worker.
+    #[arg(long)]
+    socket: PathBuf,
+    /// sysfs root (the SoC is read from its device tree).
+    #[arg(long, default_value = "/sys")]
+    sysfs_root: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Before any thread exists: it sets an environment variable.
+    worker_npu::prepare_environment();
+    let log = worker_npu::log_sink().context("duplicating stderr for the log")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(Mutex::new(log))
+        .with_ansi(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let exit = runtime.block_on(worker_npu::run(worker_npu::Options {
+        socket: args.socket,
+        sysfs_root: args.sysfs_root,
+    }));
+    worker_npu::exit(exit)
+}

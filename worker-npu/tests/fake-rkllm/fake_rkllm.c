@@ -1,0 +1,633 @@
+/* Test double of Rockchip's RKLLM runtime (librkllmrt.so) for the NPU worker's tests.
+ *
+ * Built by worker-npu/build.rs for one ABI per library (-DRKLLM_ABI=12 for the
+ * 1.2.x layout, 13 for 1.3.0) with an embedded version string
+ * (-DRKLLM_VERSION="1.2.1"), so the worker's version detection, struct layouts
+ * and classification of init failures can be exercised without a board.
+ *
+ * Behaviour is chosen by environment variables (the supervisor passes them to
+ * a slot through its per-slot worker_env table):
+ *   FAKE_RKLLM_MODE          normal | slow_first | hang | crash | leak | run_error
+ *                            | invalid_model | platform_mismatch | npu_oom
+ *                            | unknown_platform | init_error
+ *   FAKE_RKLLM_TEXT          the scripted answer (default: DEFAULT_SCRIPT)
+ *   FAKE_RKLLM_CHUNK         bytes per token piece (default 3: splits multi-byte
+ *                            characters across RKLLM_RUN_WAITING callbacks)
+ *   FAKE_RKLLM_DELAY_MS      delay before each piece (default 10)
+ *   FAKE_RKLLM_FIRST_DELAY_MS  slow_first: delay before the first piece (default 2000)
+ *   FAKE_RKLLM_AFTER         hang/crash/run_error: pieces sent before it happens
+ *                            (default: hang 0, crash 2, run_error 1)
+ *   FAKE_RKLLM_LEAK_MB       leak: MiB allocated and touched per piece (default 32)
+ *   FAKE_RKLLM_LEAK_CAP_MB   leak: stop growing at this many MiB (default 4096)
+ *   FAKE_RKLLM_CONTEXT_LIMIT the model's max_context_limit (default 4096)
+ *   FAKE_RKLLM_RECORD        file to append key=value lines to: every init
+ *                            parameter, chat template, run input, abort, destroy
+ *   RKLLM_LOG_LEVEL          >= 1: log version, model facts (as the real runtime does)
+ *
+ * Continuation: when the full prompt (system + prefix + input + postfix) ends
+ * with the start of the script, only the rest of the script is streamed, as a
+ * model continuing a prefilled assistant turn would.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef RKLLM_ABI
+#error "define RKLLM_ABI as 12 (layout of 1.2.x) or 13 (layout of 1.3.0)"
+#endif
+#ifndef RKLLM_VERSION
+#error "define RKLLM_VERSION, e.g. \"1.2.1\""
+#endif
+
+/* Where a real runtime keeps its version: the worker's ABI detection looks for these. */
+__attribute__((used)) const char fake_rkllm_sdk_banner[] = "RKLLM SDK (version: " RKLLM_VERSION ")";
+__attribute__((used)) const char fake_rkllm_runtime_banner[] = "rkllm-runtime version: " RKLLM_VERSION;
+
+#define DEFAULT_SCRIPT "Hello from the fake NPU! Na\xc3\xafve caf\xc3\xa9: \xe2\x98\x95 and \xf0\x9f\x8e\x89 done."
+
+/* ---- the public layout (see RKLLM.md) ---------------------------------- */
+
+typedef void *LLMHandle;
+
+typedef enum {
+    RKLLM_RUN_NORMAL = 0,
+    RKLLM_RUN_WAITING = 1,
+    RKLLM_RUN_FINISH = 2,
+    RKLLM_RUN_ERROR = 3
+} LLMCallState;
+
+typedef enum {
+    RKLLM_INPUT_PROMPT = 0,
+    RKLLM_INPUT_TOKEN = 1,
+    RKLLM_INPUT_EMBED = 2,
+    RKLLM_INPUT_MULTIMODAL = 3
+} RKLLMInputType;
+
+typedef enum {
+    RKLLM_INFER_GENERATE = 0,
+    RKLLM_INFER_GET_LAST_HIDDEN_LAYER = 1,
+    RKLLM_INFER_GET_LOGITS = 2
+} RKLLMInferMode;
+
+typedef struct {
+    int32_t base_domain_id;
+    int8_t embed_flash;
+    int8_t enabled_cpus_num;
+    uint32_t enabled_cpus_mask;
+    uint8_t n_batch;
+    int8_t use_cross_attn;
+    uint8_t reserved[104];
+} RKLLMExtendParam;
+
+typedef struct {
+    const char *model_path;
+    int32_t max_context_len;
+    int32_t max_new_tokens;
+    int32_t top_k;
+    int32_t n_keep;
+    float top_p;
+    float temperature;
+    float repeat_penalty;
+    float frequency_penalty;
+    float presence_penalty;
+    int32_t mirostat;
+    float mirostat_tau;
+    float mirostat_eta;
+    bool skip_special_token;
+#if RKLLM_ABI == 12
+    bool is_async;
+    const char *img_start;
+    const char *img_end;
+    const char *img_content;
+#else
+    bool ignore_eos_token;
+    bool is_async;
+#endif
+    RKLLMExtendParam extend_param;
+} RKLLMParam;
+
+typedef struct {
+    float *embed;
+    size_t n_tokens;
+} RKLLMEmbedInput;
+
+typedef struct {
+    int32_t *input_ids;
+    size_t n_tokens;
+} RKLLMTokenInput;
+
+#if RKLLM_ABI == 12
+typedef struct {
+    char *prompt;
+    float *image_embed;
+    size_t n_image_tokens;
+    size_t n_image;
+    size_t image_width;
+    size_t image_height;
+} RKLLMMultiModalInput;
+#else
+/* 144 bytes in 1.3.0; the fields do not matter to a chat worker. */
+typedef struct {
+    uint64_t opaque[18];
+} RKLLMMultiModalInput;
+#endif
+
+typedef struct {
+    const char *role;
+    bool enable_thinking;
+    RKLLMInputType input_type;
+    union {
+        const char *prompt_input;
+        RKLLMEmbedInput embed_input;
+        RKLLMTokenInput token_input;
+        RKLLMMultiModalInput multimodal_input;
+    };
+} RKLLMInput;
+
+typedef struct RKLLMLoraParam RKLLMLoraParam;
+typedef struct RKLLMPromptCacheParam RKLLMPromptCacheParam;
+
+typedef struct {
+    RKLLMInferMode mode;
+    RKLLMLoraParam *lora_params;
+    RKLLMPromptCacheParam *prompt_cache_params;
+#if RKLLM_ABI == 13
+    void *sampling_params;
+#endif
+    int keep_history;
+#if RKLLM_ABI == 13
+    int32_t max_new_tokens;
+#endif
+} RKLLMInferParam;
+
+typedef struct {
+    float prefill_time_ms;
+    int prefill_tokens;
+    float generate_time_ms;
+    int generate_tokens;
+    float memory_usage_mb;
+} RKLLMPerfStat;
+
+typedef struct {
+    const char *text;
+    int32_t token_id;
+    struct {
+        const float *hidden_states;
+        int embd_size;
+        int num_tokens;
+    } last_hidden_layer;
+    struct {
+        const float *logits;
+        int vocab_size;
+        int num_tokens;
+    } logits;
+    RKLLMPerfStat perf;
+} RKLLMResult;
+
+typedef int (*LLMResultCallback)(RKLLMResult *result, void *userdata, LLMCallState state);
+
+#if RKLLM_ABI == 13
+typedef struct {
+    LLMResultCallback result_callback;
+    void *result_userdata;
+    void *tokenizer_callback;
+    void *tokenizer_userdata;
+    void *embed_callback;
+    void *embed_userdata;
+} RKLLMCallback;
+#endif
+
+/* The same sizes the worker's layout tests assert: a drift here would make
+ * the double agree with a wrong binding. */
+_Static_assert(sizeof(RKLLMExtendParam) == 120, "RKLLMExtendParam");
+_Static_assert(sizeof(RKLLMPerfStat) == 20, "RKLLMPerfStat");
+_Static_assert(sizeof(RKLLMResult) == 72, "RKLLMResult");
+_Static_assert(offsetof(RKLLMResult, perf) == 48, "RKLLMResult.perf");
+_Static_assert(offsetof(RKLLMInput, input_type) == 12, "RKLLMInput.input_type");
+_Static_assert(offsetof(RKLLMInput, prompt_input) == 16, "RKLLMInput union");
+#if RKLLM_ABI == 12
+_Static_assert(sizeof(RKLLMParam) == 208, "RKLLMParam 1.2");
+_Static_assert(offsetof(RKLLMParam, is_async) == 57, "is_async 1.2");
+_Static_assert(offsetof(RKLLMParam, extend_param) == 88, "extend_param 1.2");
+_Static_assert(sizeof(RKLLMInput) == 64, "RKLLMInput 1.2");
+_Static_assert(sizeof(RKLLMInferParam) == 32, "RKLLMInferParam 1.2");
+#else
+_Static_assert(sizeof(RKLLMParam) == 184, "RKLLMParam 1.3");
+_Static_assert(offsetof(RKLLMParam, is_async) == 58, "is_async 1.3");
+_Static_assert(offsetof(RKLLMParam, extend_param) == 60, "extend_param 1.3");
+_Static_assert(sizeof(RKLLMInput) == 160, "RKLLMInput 1.3");
+_Static_assert(sizeof(RKLLMInferParam) == 40, "RKLLMInferParam 1.3");
+_Static_assert(offsetof(RKLLMInferParam, keep_history) == 32, "keep_history 1.3");
+_Static_assert(sizeof(RKLLMCallback) == 48, "RKLLMCallback");
+#endif
+
+/* ---- the double -------------------------------------------------------- */
+
+typedef struct {
+    char *model_path;
+    int32_t max_context_len;
+    int32_t max_new_tokens;
+    LLMResultCallback callback;
+    void *init_userdata;
+    char *system_prompt;
+    char *prompt_prefix;
+    char *prompt_postfix;
+    atomic_int abort_requested;
+} FakeModel;
+
+static const char *env_or(const char *name, const char *fallback) {
+    const char *v = getenv(name);
+    return (v && *v) ? v : fallback;
+}
+
+static long env_long(const char *name, long fallback) {
+    const char *v = getenv(name);
+    if (!v || !*v) return fallback;
+    return strtol(v, NULL, 10);
+}
+
+static bool mode_is(const char *mode) {
+    return strcmp(env_or("FAKE_RKLLM_MODE", "normal"), mode) == 0;
+}
+
+static void sleep_ms(long ms) {
+    if (ms <= 0) return;
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+/* Appends one key=value line to the record file; strings are escaped so that
+ * every value stays on one line (\n, \\, and control bytes as \xNN). */
+static void record_raw(const char *key, const char *value, bool escape) {
+    const char *path = getenv("FAKE_RKLLM_RECORD");
+    if (!path || !*path) return;
+    FILE *f = fopen(path, "a");
+    if (!f) return;
+    fprintf(f, "%s=", key);
+    if (!value) {
+        fputs("(null)", f);
+    } else if (!escape) {
+        fputs(value, f);
+    } else {
+        for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+            if (*p == '\n') fputs("\\n", f);
+            else if (*p == '\\') fputs("\\\\", f);
+            else if (*p < 0x20) fprintf(f, "\\x%02x", *p);
+            else fputc(*p, f);
+        }
+    }
+    fputc('\n', f);
+    fclose(f);
+}
+
+static void record_str(const char *key, const char *value) { record_raw(key, value, true); }
+
+static void record_fmt(const char *key, const char *fmt, ...) {
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    record_raw(key, buf, false);
+}
+
+static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }
+
+RKLLMParam rkllm_createDefaultParam(void) {
+    RKLLMParam p;
+    memset(&p, 0, sizeof p);
+    p.max_context_len = 512;
+    p.max_new_tokens = -1;
+    p.top_k = 40;
+    p.n_keep = -1;
+    p.top_p = 0.9f;
+    p.temperature = 0.8f;
+    p.repeat_penalty = 1.1f;
+    p.mirostat_tau = 5.0f;
+    p.mirostat_eta = 0.1f;
+    p.skip_special_token = true;
+    p.extend_param.enabled_cpus_num = 4;
+    p.extend_param.enabled_cpus_mask = 0xF0;
+    p.extend_param.n_batch = 1;
+    return p;
+}
+
+static void record_params(const RKLLMParam *p) {
+    record_fmt("abi", "%s", RKLLM_ABI == 12 ? "1.2" : "1.3");
+    record_str("model_path", p->model_path);
+    record_fmt("max_context_len", "%d", p->max_context_len);
+    record_fmt("max_new_tokens", "%d", p->max_new_tokens);
+    record_fmt("top_k", "%d", p->top_k);
+    record_fmt("n_keep", "%d", p->n_keep);
+    record_fmt("top_p", "%.3f", p->top_p);
+    record_fmt("temperature", "%.3f", p->temperature);
+    record_fmt("repeat_penalty", "%.3f", p->repeat_penalty);
+    record_fmt("skip_special_token", "%d", p->skip_special_token);
+    record_fmt("is_async", "%d", p->is_async);
+#if RKLLM_ABI == 13
+    record_fmt("ignore_eos_token", "%d", p->ignore_eos_token);
+#else
+    record_fmt("img_pointers_null", "%d", !p->img_start && !p->img_end && !p->img_content);
+#endif
+    record_fmt("base_domain_id", "%d", p->extend_param.base_domain_id);
+    record_fmt("embed_flash", "%d", p->extend_param.embed_flash);
+    record_fmt("enabled_cpus_num", "%d", p->extend_param.enabled_cpus_num);
+    record_fmt("enabled_cpus_mask", "%u", p->extend_param.enabled_cpus_mask);
+    record_fmt("n_batch", "%d", p->extend_param.n_batch);
+    record_fmt("use_cross_attn", "%d", p->extend_param.use_cross_attn);
+}
+
+static int init_common(LLMHandle *handle, RKLLMParam *param, LLMResultCallback cb, void *userdata) {
+    if (!handle || !param || !cb) {
+        fprintf(stderr, "E rkllm: invalid arguments to rkllm_init\n");
+        return -1;
+    }
+    *handle = NULL;
+    record_params(param);
+    long limit = env_long("FAKE_RKLLM_CONTEXT_LIMIT", 4096);
+    if (env_long("RKLLM_LOG_LEVEL", 0) >= 1) {
+        fprintf(stderr, "I rkllm: rkllm-runtime version: %s, rknpu driver version: 0.9.8, platform: RK3588\n",
+                RKLLM_VERSION);
+        fprintf(stderr, "I rkllm: loading rkllm model from %s\n", param->model_path);
+        fprintf(stderr,
+                "I rkllm: rkllm-toolkit version: %s, max_context_limit: %ld, npu_core_num: 3, "
+                "target_platform: RK3588, model_dtype: W8A8\n",
+                RKLLM_VERSION, limit);
+    }
+    /* A line on stdout too: real runtimes are not consistent about which stream they use. */
+    printf("I rkllm: fake runtime %s initialising\n", RKLLM_VERSION);
+
+    if (mode_is("platform_mismatch")) {
+        fprintf(stderr, "E rkllm: the target_platform does not match: model is for RK3576, this is RK3588\n");
+        return -1;
+    }
+    if (mode_is("npu_oom")) {
+        fprintf(stderr, "E RKNN: failed to malloc npu memory, size: 1073741824, flags: 0x2\n");
+        fprintf(stderr, "E rkllm: load model failed\n");
+        return -1;
+    }
+    if (mode_is("unknown_platform")) {
+        fprintf(stderr, "E rkllm: Platform error! Your platform is unknown\n");
+        return -1;
+    }
+    if (mode_is("init_error")) {
+        fprintf(stderr, "E rkllm: something the worker has never seen\n");
+        return -1;
+    }
+    FILE *model = fopen(param->model_path ? param->model_path : "", "rb");
+    if (!model) {
+        fprintf(stderr, "E rkllm: failed to open model file %s\n", param->model_path);
+        return -1;
+    }
+    fclose(model);
+
+    FakeModel *m = calloc(1, sizeof *m);
+    if (!m) return -1;
+    m->model_path = dup_or_empty(param->model_path);
+    m->max_context_len = param->max_context_len;
+    m->max_new_tokens = param->max_new_tokens;
+    m->callback = cb;
+    m->init_userdata = userdata;
+    atomic_init(&m->abort_requested, 0);
+    *handle = m;
+
+    /* Like runtimes before 1.2: report the failure on stderr and still return 0. */
+    if (mode_is("invalid_model")) {
+        fprintf(stderr, "E rkllm: invalid rkllm model!\n");
+        return 0;
+    }
+    record_fmt("init", "ok");
+    return 0;
+}
+
+#if RKLLM_ABI == 12
+int rkllm_init(LLMHandle *handle, RKLLMParam *param, LLMResultCallback callback) {
+    record_fmt("callback_kind", "function");
+    return init_common(handle, param, callback, NULL);
+}
+#else
+int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLMCallback *callback) {
+    if (!callback) {
+        fprintf(stderr, "E rkllm: callback struct is null\n");
+        return -1;
+    }
+    record_fmt("callback_kind", "struct");
+    record_fmt("callback_extras_null", "%d",
+               !callback->tokenizer_callback && !callback->embed_callback);
+    return init_common(handle, param, callback->result_callback, callback->result_userdata);
+}
+#endif
+
+int rkllm_set_chat_template(LLMHandle handle, const char *system_prompt, const char *prompt_prefix,
+                            const char *prompt_postfix) {
+    FakeModel *m = handle;
+    if (!m) return -1;
+    free(m->system_prompt);
+    free(m->prompt_prefix);
+    free(m->prompt_postfix);
+    m->system_prompt = dup_or_empty(system_prompt);
+    m->prompt_prefix = dup_or_empty(prompt_prefix);
+    m->prompt_postfix = dup_or_empty(prompt_postfix);
+    record_str("chat_system", m->system_prompt);
+    record_str("chat_prefix", m->prompt_prefix);
+    record_str("chat_postfix", m->prompt_postfix);
+    return 0;
+}
+
+static bool is_continuation_byte(unsigned char c) { return (c & 0xC0) == 0x80; }
+
+/* Longest k such that script[0..k) is a suffix of prompt. */
+static size_t continuation_point(const char *prompt, const char *script) {
+    size_t plen = strlen(prompt), slen = strlen(script);
+    size_t max = plen < slen ? plen : slen;
+    for (size_t k = max; k > 0; k--) {
+        if (memcmp(prompt + plen - k, script, k) == 0) return k;
+    }
+    return 0;
+}
+
+static int deliver(FakeModel *m, void *userdata, const char *text, int32_t token_id, LLMCallState state,
+                   const RKLLMPerfStat *perf) {
+    RKLLMResult r;
+    memset(&r, 0, sizeof r);
+    r.text = text;
+    r.token_id = token_id;
+    if (perf) r.perf = *perf;
+    int ret = m->callback(&r, userdata, state);
+    if (ret != 0) record_fmt("callback_returned", "%d", ret);
+    return ret;
+}
+
+int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void *userdata) {
+    FakeModel *m = handle;
+    if (!m || !input || !infer) return -1;
+    atomic_store(&m->abort_requested, 0);
+
+    const char *prompt = input->input_type == RKLLM_INPUT_PROMPT ? input->prompt_input : NULL;
+    record_str("run_role", input->role);
+    record_fmt("run_enable_thinking", "%d", input->enable_thinking);
+    record_fmt("run_input_type", "%d", (int)input->input_type);
+    record_str("run_prompt", prompt);
+    record_fmt("run_mode", "%d", (int)infer->mode);
+    record_fmt("run_keep_history", "%d", infer->keep_history);
+#if RKLLM_ABI == 13
+    record_fmt("run_max_new_tokens", "%d", infer->max_new_tokens);
+    record_fmt("run_sampling_null", "%d", infer->sampling_params == NULL);
+#endif
+    if (!prompt) return -1;
+
+    /* What the model would see: system + prefix + input + postfix. */
+    const char *sys = m->system_prompt ? m->system_prompt : "";
+    const char *pre = m->prompt_prefix ? m->prompt_prefix : "";
+    const char *post = m->prompt_postfix ? m->prompt_postfix : "";
+    size_t full_len = strlen(sys) + strlen(pre) + strlen(prompt) + strlen(post);
+    char *full = malloc(full_len + 1);
+    if (!full) return -1;
+    strcpy(full, sys);
+    strcat(full, pre);
+    strcat(full, prompt);
+    strcat(full, post);
+    record_str("run_full_prompt", full);
+
+    if (m->max_context_len > env_long("FAKE_RKLLM_CONTEXT_LIMIT", 4096)) {
+        /* What older runtimes did after accepting a context above the model's limit. */
+        fprintf(stderr, "E rkllm: context buffer overflow\n");
+        abort();
+    }
+
+    const char *script = env_or("FAKE_RKLLM_TEXT", DEFAULT_SCRIPT);
+    size_t start = continuation_point(full, script);
+    record_fmt("run_continue_at", "%zu", start);
+    size_t len = strlen(script);
+    long chunk = env_long("FAKE_RKLLM_CHUNK", 3);
+    if (chunk < 1) chunk = 1;
+    long delay = env_long("FAKE_RKLLM_DELAY_MS", 10);
+    long limit = m->max_new_tokens;
+#if RKLLM_ABI == 13
+    if (infer->max_new_tokens > 0) limit = infer->max_new_tokens;
+#endif
+    long after = env_long("FAKE_RKLLM_AFTER", mode_is("crash") ? 2 : mode_is("run_error") ? 1 : 0);
+    bool leak = mode_is("leak");
+    long leak_mb = env_long("FAKE_RKLLM_LEAK_MB", 32);
+    long leak_cap = env_long("FAKE_RKLLM_LEAK_CAP_MB", 4096);
+    long leaked = 0;
+
+    double t0 = now_ms();
+    int pieces = 0;
+    size_t pos = start;
+    char piece[64];
+    for (;;) {
+        if (pos >= len) {
+            if (!leak || len == 0) break;
+            pos = 0; /* leak mode talks forever */
+        }
+        if (limit > 0 && pieces >= limit) break;
+        if (atomic_load(&m->abort_requested)) {
+            record_fmt("run_aborted_after", "%d", pieces);
+            free(full);
+            return 0; /* like the runtime: no FINISH after an abort */
+        }
+        if (pieces == after) {
+            if (mode_is("hang")) {
+                record_fmt("run_hung_after", "%d", pieces);
+                for (;;) sleep_ms(1000); /* deaf to rkllm_abort, as a stuck NPU job is */
+            }
+            if (mode_is("crash")) {
+                fprintf(stderr, "E rkllm: fake crash\n");
+                abort();
+            }
+            if (mode_is("run_error")) {
+                deliver(m, userdata, NULL, -1, RKLLM_RUN_ERROR, NULL);
+                free(full);
+                return -1;
+            }
+        }
+        sleep_ms(pieces == 0 && mode_is("slow_first") ? env_long("FAKE_RKLLM_FIRST_DELAY_MS", 2000) : delay);
+        if (leak && leaked + leak_mb <= leak_cap) {
+            size_t bytes = (size_t)leak_mb << 20;
+            char *block = malloc(bytes);
+            if (block) {
+                memset(block, 0x5a, bytes);
+                leaked += leak_mb;
+            }
+        }
+        size_t n = (size_t)chunk;
+        if (n > len - pos) n = len - pos;
+        if (n > sizeof piece - 1) n = sizeof piece - 1;
+        memcpy(piece, script + pos, n);
+        piece[n] = '\0';
+        pos += n;
+        bool split = pos < len && is_continuation_byte((unsigned char)script[pos]);
+        deliver(m, userdata, piece, 1000 + pieces, split ? RKLLM_RUN_WAITING : RKLLM_RUN_NORMAL, NULL);
+        pieces++;
+    }
+
+    RKLLMPerfStat perf;
+    memset(&perf, 0, sizeof perf);
+    perf.prefill_time_ms = 12.5f;
+    perf.prefill_tokens = (int)(full_len / 4) + 1;
+    perf.generate_time_ms = (float)(now_ms() - t0);
+    perf.generate_tokens = pieces;
+    perf.memory_usage_mb = 100.0f;
+    record_fmt("run_prefill_tokens", "%d", perf.prefill_tokens);
+    record_fmt("run_generate_tokens", "%d", perf.generate_tokens);
+    deliver(m, userdata, NULL, -1, RKLLM_RUN_FINISH, &perf);
+    free(full);
+    return 0;
+}
+
+int rkllm_run_async(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void *userdata) {
+    (void)handle;
+    (void)input;
+    (void)infer;
+    (void)userdata;
+    fprintf(stderr, "E rkllm: rkllm_run_async is not provided by the test runtime\n");
+    return -1;
+}
+
+int rkllm_abort(LLMHandle handle) {
+    FakeModel *m = handle;
+    record_fmt("abort", "1");
+    if (!m) return -1;
+    atomic_store(&m->abort_requested, 1);
+    return 0;
+}
+
+int rkllm_is_running(LLMHandle handle) {
+    (void)handle;
+    return 0;
+}
+
+int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt, int *start_pos, int *end_pos) {
+    (void)handle;
+    (void)keep_system_prompt;
+    (void)start_pos;
+    (void)end_pos;
+    return 0;
+}
+
+int rkllm_destroy(LLMHandle handle) {
+    FakeModel *m = handle;
+    record_fmt("destroy", "1");
+    if (!m) return -1;
+    free(m->model_path);
+    free(m->system_prompt);
+    free(m->prompt_prefix);
+    free(m->prompt_postfix);
+    free(m);
+    return 0;
+}
