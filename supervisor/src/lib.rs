@@ -1,1 +1,129 @@
-//! placeholder
+//! rocksteady's supervisor: starts and watches the inference workers, routes
+//! chat requests to them, and relays their token streams; plus the client
+//! code that `supctl` (and the tests) use to talk to it.
+//!
+//! [`run`] is the whole daemon; the binary only parses arguments and sets up
+//! logging around it.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod lifecycle;
+pub mod process;
+pub mod routing;
+pub mod server;
+pub mod telemetry;
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{parse_mode, Config};
+use crate::core::{Core, Expected};
+
+/// Why the supervisor could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// A directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A socket could not be bound.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), StartError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|source| StartError::Dir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Runs the supervisor until `shutdown` is cancelled: binds the sockets,
+/// reaps a previous run's workers, starts the workers, serves, and on
+/// shutdown stops the workers and removes the sockets. `on_ready` is called
+/// once the sockets are bound and a worker is ready (or none can be).
+///
+/// # Errors
+/// [`StartError`] when the directories or sockets cannot be set up.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_ready: Option<Box<dyn FnOnce() + Send>>,
+) -> Result<(), StartError> {
+    let sup = &config.supervisor;
+    make_dir(&sup.runtime_dir, 0o750)?;
+    make_dir(&sup.state_dir, 0o750)?;
+    make_dir(&sup.worker_socket_dir(), 0o700)?;
+    let bind = |path: std::path::PathBuf, mode: u32| {
+        server::bind(&path, mode).map_err(|source| StartError::Bind { path, source })
+    };
+    let client_mode = parse_mode(&sup.client_socket_mode).unwrap_or(0o660);
+    let client_listener = bind(sup.client_socket(), client_mode)?;
+    let admin_listener = bind(sup.admin_socket(), 0o600)?;
+
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let tasks = CancellationToken::new();
+    let mut sockets = Vec::new();
+    let mut joins = Vec::new();
+    for (i, (name, _)) in config.slot_list().into_iter().enumerate() {
+        let path = sup.worker_socket_dir().join(format!("{name}.sock"));
+        process::reap_leftover(&sup.state_dir, &config.telemetry.proc_root, name, &path);
+        let listener = bind(path.clone(), 0o600)?;
+        let expected = Arc::new(Expected::default());
+        sockets.push((path, Arc::clone(&expected)));
+        joins.push(tokio::spawn(server::serve_worker_slot(
+            i,
+            listener,
+            expected,
+            tx.clone(),
+            tasks.clone(),
+        )));
+    }
+    joins.push(tokio::spawn(server::serve_clients(
+        client_listener,
+        tx.clone(),
+        tasks.clone(),
+    )));
+    joins.push(tokio::spawn(server::serve_admin(
+        admin_listener,
+        tx.clone(),
+        tasks.clone(),
+    )));
+    tracing::info!(client = %sup.client_socket().display(), admin = %sup.admin_socket().display(), "listening");
+
+    let core = Core::new(config.clone(), tx, sockets.clone(), on_ready);
+    core.run(rx, shutdown).await;
+
+    tasks.cancel();
+    for join in joins {
+        let _ = join.await;
+    }
+    let _ = std::fs::remove_file(sup.client_socket());
+    let _ = std::fs::remove_file(sup.admin_socket());
+    for (path, _) in sockets {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("supervisor stopped");
+    Ok(())
+}

@@ -1,1 +1,64 @@
-fn main() {}
+//! `rocksteady-supervisor`: the daemon. Parses arguments, sets up logging and
+//! signals, and runs [`supervisor::run`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use futures::StreamExt;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use supervisor::config::{Config, DEFAULT_PATH};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "rocksteady supervisor: runs and watches the inference workers"
+)]
+struct Cli {
+    /// Config file.
+    #[arg(long, default_value = DEFAULT_PATH, env = "ROCKSTEADY_CONFIG")]
+    config: PathBuf,
+    /// Check the config file and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config =
+        Config::load(&cli.config).with_context(|| format!("loading {}", cli.config.display()))?;
+    if cli.check_config {
+        println!("{}: ok", cli.config.display());
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT])
+            .context("installing signal handlers")?;
+        let handle = signals.handle();
+        let on_signal = shutdown.clone();
+        let signal_task = tokio::spawn(async move {
+            if let Some(sig) = signals.next().await {
+                tracing::info!(signal = sig, "stop requested");
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                on_signal.cancel();
+            }
+        });
+        let on_ready: Box<dyn FnOnce() + Send> = Box::new(|| {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        });
+        let result = supervisor::run(config, shutdown, Some(on_ready)).await;
+        handle.close();
+        signal_task.abort();
+        result.context("supervisor failed")
+    })
+}

@@ -1,1 +1,158 @@
-fn main() {}
+//! `supctl`: the operator's command line for a running supervisor.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use proto::admin::{AdminToSupervisor, SupervisorToAdmin};
+use proto::chat::{Backend, GenParams};
+use supervisor::cli::{self, ask::AskOutcome};
+use supervisor::config::{Config, SupervisorSection, DEFAULT_PATH};
+
+#[derive(Parser)]
+#[command(version, about = "Administer the rocksteady supervisor")]
+struct Cli {
+    /// Config file (used to find the sockets).
+    #[arg(long, global = true, env = "ROCKSTEADY_CONFIG", default_value = DEFAULT_PATH)]
+    config: PathBuf,
+    /// Socket directory; overrides the config file.
+    #[arg(long, global = true)]
+    runtime_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Ask a question; the answer streams as it is generated.
+    Ask {
+        /// The question.
+        prompt: String,
+        /// Tokens to generate at most.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: u32,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// A system prompt.
+        #[arg(long)]
+        system: Option<String>,
+        /// Print every event as a JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show workers, routing, queue and temperatures.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin traffic to one backend, or return to automatic routing.
+    Failover {
+        /// Backend to pin ("npu" or "cpu").
+        #[arg(long, conflicts_with = "auto", required_unless_present = "auto")]
+        to: Option<Backend>,
+        /// Automatic routing: primary when ready, else fallback.
+        #[arg(long)]
+        auto: bool,
+    },
+    /// Restart a worker (after its current request unless --now).
+    Restart {
+        /// Slot ("primary", "fallback") or backend ("npu", "cpu").
+        slot: String,
+        /// Do not wait for the current request.
+        #[arg(long)]
+        now: bool,
+    },
+}
+
+fn sockets(cli: &Cli) -> (PathBuf, PathBuf) {
+    let section = match &cli.runtime_dir {
+        Some(dir) => SupervisorSection {
+            runtime_dir: dir.clone(),
+            ..SupervisorSection::default()
+        },
+        None => Config::load(&cli.config)
+            .map(|c| c.supervisor)
+            .unwrap_or_default(),
+    };
+    (section.client_socket(), section.admin_socket())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("supctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let (client_socket, admin_socket) = sockets(&cli);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Cmd::Ask {
+                prompt,
+                max_tokens,
+                temperature,
+                system,
+                json,
+            } => {
+                let params = GenParams {
+                    max_tokens,
+                    temperature,
+                    ..GenParams::default()
+                };
+                let mut out = std::io::stdout();
+                let mut note = std::io::stderr();
+                let outcome = cli::ask::ask(
+                    &client_socket,
+                    &prompt,
+                    system.as_deref(),
+                    params,
+                    json,
+                    &mut out,
+                    &mut note,
+                )
+                .await?;
+                Ok(match outcome {
+                    AskOutcome::Done(_) => ExitCode::SUCCESS,
+                    AskOutcome::Failed(_) => ExitCode::FAILURE,
+                })
+            }
+            Cmd::Status { json } => {
+                let answer = cli::admin_request(&admin_socket, &AdminToSupervisor::Status).await?;
+                let SupervisorToAdmin::Status(report) = answer else {
+                    anyhow::bail!("unexpected answer from the supervisor");
+                };
+                let text = if json {
+                    serde_json::to_string_pretty(&report)? + "\n"
+                } else {
+                    cli::status::render(&report)
+                };
+                std::io::stdout().write_all(text.as_bytes())?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Failover { to, auto } => {
+                let message =
+                    cli::failover::failover(&admin_socket, if auto { None } else { to }).await?;
+                println!("{message}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Restart { slot, now } => {
+                let message = cli::restart::restart(&admin_socket, &slot, now).await?;
+                println!("{message}");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}

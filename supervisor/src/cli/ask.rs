@@ -1,0 +1,96 @@
+//! `supctl ask PROMPT`: streams an answer to the terminal as it is generated.
+
+use std::io::Write;
+use std::path::Path;
+
+use proto::chat::{ChatMessage, GenParams, Role};
+use proto::client::{Done, ErrorEvent, SupervisorToClient};
+
+use crate::client::{ChatClient, ClientError};
+
+/// How `ask` ended.
+#[derive(Debug)]
+pub enum AskOutcome {
+    /// The whole answer.
+    Done(Done),
+    /// The supervisor's error.
+    Failed(ErrorEvent),
+}
+
+/// Sends `prompt` and writes the answer to `out` token by token; progress
+/// notes (queue, failover) and the summary go to `note`. With `json`, every
+/// event is one JSON line on `out` instead.
+///
+/// # Errors
+/// Connection failures.
+pub async fn ask(
+    client_socket: &Path,
+    prompt: &str,
+    system: Option<&str>,
+    params: GenParams,
+    json: bool,
+    out: &mut dyn Write,
+    note: &mut dyn Write,
+) -> Result<AskOutcome, ClientError> {
+    let mut client = ChatClient::connect(client_socket).await?;
+    let mut messages = Vec::new();
+    if let Some(system) = system {
+        messages.push(ChatMessage::new(Role::System, system));
+    }
+    messages.push(ChatMessage::new(Role::User, prompt));
+    client.submit(messages, params).await?;
+    loop {
+        let event = client.next_event().await?;
+        if json {
+            let line = serde_json::to_string(&event).unwrap_or_default();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        match event {
+            SupervisorToClient::Token(t) => {
+                if !json {
+                    let _ = out.write_all(t.text.as_bytes());
+                    let _ = out.flush();
+                }
+            }
+            SupervisorToClient::Queued(q) => {
+                if !json {
+                    let why = if q.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", q.reason)
+                    };
+                    let _ = writeln!(note, "[queued, position {}{why}]", q.position);
+                }
+            }
+            SupervisorToClient::Started(_) => {}
+            SupervisorToClient::Failover(f) => {
+                if !json {
+                    let _ = writeln!(
+                        note,
+                        "\n[{} worker failed ({}); continuing on {}]",
+                        f.from, f.reason, f.to
+                    );
+                }
+            }
+            SupervisorToClient::Done(done) => {
+                if !json {
+                    let s = &done.stats;
+                    let _ = writeln!(out);
+                    let _ = writeln!(
+                        note,
+                        "[{} · {} · prompt {} tokens · generated {} tokens · first token {:.0} ms · {:.1} tokens/s]",
+                        done.backend, done.model, s.prompt_tokens, s.generated_tokens, s.ttft_ms, s.decode_tps
+                    );
+                }
+                return Ok(AskOutcome::Done(done));
+            }
+            SupervisorToClient::Error(e) => {
+                if !json {
+                    let _ = writeln!(note, "\nerror ({:?}): {}", e.kind, e.message);
+                }
+                return Ok(AskOutcome::Failed(e));
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `supctl status`: the supervisor's state as a table, or JSON.
+
+use std::fmt::Write as _;
+
+use proto::admin::{Routing, StatusReport};
+
+fn mib(kb: Option<u64>) -> String {
+    kb.map_or_else(|| "-".into(), |kb| format!("{}", (kb + 512) / 1024))
+}
+
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Renders the report as the human table.
+#[allow(clippy::too_many_lines)] // one table, one place
+pub fn render(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<9} {:<4} {:<18} {:>7} {:<34} {:>6} {:>6} {:>6} {:>8} {:>6} {:>8} {:>9}",
+        "WORKER",
+        "BACK",
+        "STATE",
+        "PID",
+        "MODEL",
+        "ANON",
+        "FILE",
+        "HWM",
+        "UPTIME",
+        "SERVED",
+        "TOK/S",
+        "RESTARTS"
+    );
+    for s in &r.slots {
+        let state = format!("{} {}", s.state.as_str(), duration(s.state_ms));
+        let restarts = match &s.last_restart_reason {
+            Some(reason) => format!("{} ({reason})", s.restarts),
+            None => s.restarts.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<9} {:<4} {:<18} {:>7} {:<34} {:>6} {:>6} {:>6} {:>8} {:>6} {:>8} {:>9}",
+            s.name,
+            s.backend.as_str(),
+            state,
+            s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+            truncate(&s.model, 34),
+            mib(s.rss_anon_kb),
+            mib(s.rss_file_kb),
+            mib(s.vm_hwm_kb),
+            s.uptime_ms.map_or_else(|| "-".into(), duration),
+            s.requests_served,
+            s.last_decode_tps
+                .map_or_else(|| "-".into(), |t| format!("{t:.1}")),
+            restarts,
+        );
+        if !s.reason.is_empty() {
+            let _ = writeln!(out, "          why: {}", s.reason);
+        }
+        if s.memory_pressure {
+            let _ = writeln!(
+                out,
+                "          memory pressure: above the soft ceiling or system memory low"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "          profile: {}{}",
+            s.profile,
+            if s.profile_reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.profile_reason)
+            }
+        );
+    }
+    let routing = match r.routing {
+        Routing::Auto => "auto".to_owned(),
+        Routing::Pinned(b) => format!("pinned to {b}"),
+    };
+    let _ = writeln!(
+        out,
+        "active: {} ({routing}; {})",
+        r.active_backend.map_or("none", |b| b.as_str()),
+        r.routing_reason
+    );
+    let _ = writeln!(
+        out,
+        "queue: {} waiting, {} generating",
+        r.queue_depth, r.in_flight
+    );
+    let temps: Vec<String> = r
+        .thermal
+        .zones
+        .iter()
+        .map(|z| format!("{} {:.1}°C", z.kind, z.celsius))
+        .collect();
+    let _ = writeln!(
+        out,
+        "thermal: {:?}{}",
+        r.thermal.level,
+        if temps.is_empty() {
+            " (no zones readable)".to_owned()
+        } else {
+            format!(" — {}", temps.join(", "))
+        }
+    );
+    if let Some(avail) = r.mem_available_kb {
+        let _ = writeln!(out, "memory available: {} MiB", avail / 1024);
+    }
+    let _ = writeln!(
+        out,
+        "supervisor: pid {}, up {}, version {}",
+        r.pid,
+        duration(r.uptime_ms),
+        r.version
+    );
+    out
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}

@@ -1,0 +1,790 @@
+//! The supervisor's TOML configuration: every key, its default, and the
+//! checks that turn a bad value into an error naming the key.
+//!
+//! One file serves the whole installation (`/etc/rocksteady/config.toml`);
+//! the `[gateway]` section belongs to the gateway process and is passed over
+//! here. Relative paths are resolved against the config file's directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proto::chat::Backend;
+use proto::worker::{BackendOptions, CpuOptions, KvCacheType, Load, NpuOptions, Profile};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Default location of the config file.
+pub const DEFAULT_PATH: &str = "/etc/rocksteady/config.toml";
+
+/// A config file that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML.
+    #[error("config is not valid TOML: {source}")]
+    Syntax {
+        /// Parser error (with line and column).
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A key is unknown or its value has the wrong type.
+    #[error("config key `{key}`: {message}")]
+    Key {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value has the right type but is not acceptable.
+    #[error("config key `{key}`: {problem}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong and what is allowed.
+        problem: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub supervisor: SupervisorSection,
+    /// Worker slots.
+    pub slots: Slots,
+    /// Supervision policy: timeouts, backoff, restart limits.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Temperature thresholds.
+    #[serde(default)]
+    pub thermal: ThermalConfig,
+    /// Where board and process telemetry is read from.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// The gateway's section: read by the gateway, ignored here.
+    #[serde(default)]
+    pub gateway: Option<toml::Table>,
+}
+
+/// `[supervisor]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorSection {
+    /// Directory of the sockets (created mode 0750 if missing).
+    pub runtime_dir: PathBuf,
+    /// Directory of pid files and results.
+    pub state_dir: PathBuf,
+    /// Requests that may wait for a worker; more are refused as busy.
+    pub queue_capacity: usize,
+    /// Longest accepted conversation, in characters over all messages.
+    pub max_prompt_chars: usize,
+    /// Longest a request may wait for a worker before it fails (seconds).
+    pub queue_timeout_s: f64,
+    /// Permission bits of the client socket (octal string).
+    pub client_socket_mode: String,
+}
+
+impl Default for SupervisorSection {
+    fn default() -> Self {
+        Self {
+            runtime_dir: PathBuf::from("/run/rocksteady"),
+            state_dir: PathBuf::from("/var/lib/rocksteady"),
+            queue_capacity: 16,
+            max_prompt_chars: 16_000,
+            queue_timeout_s: 120.0,
+            client_socket_mode: "0660".into(),
+        }
+    }
+}
+
+impl SupervisorSection {
+    /// Path of the client socket.
+    pub fn client_socket(&self) -> PathBuf {
+        self.runtime_dir.join("client.sock")
+    }
+
+    /// Path of the admin socket.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.runtime_dir.join("admin.sock")
+    }
+
+    /// Directory of the per-worker sockets.
+    pub fn worker_socket_dir(&self) -> PathBuf {
+        self.runtime_dir.join("workers")
+    }
+}
+
+/// `[slots]`: the primary worker and the optional fallback.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slots {
+    /// Preferred worker (the NPU on the board).
+    pub primary: SlotConfig,
+    /// Worker that serves when the primary cannot (the CPU on the board).
+    pub fallback: Option<SlotConfig>,
+}
+
+/// One worker slot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotConfig {
+    /// "npu" or "cpu".
+    #[serde(deserialize_with = "de_backend")]
+    pub backend: Backend,
+    /// Model file.
+    pub model: PathBuf,
+    /// Worker binary; default: `worker-<backend>` next to the supervisor's binary.
+    #[serde(default)]
+    pub worker: Option<PathBuf>,
+    /// Keep the worker loaded while it is not needed (warm standby).
+    #[serde(default = "yes")]
+    pub warm: bool,
+    /// Extra environment for the worker (its environment is otherwise cleaned).
+    #[serde(default)]
+    pub worker_env: BTreeMap<String, String>,
+    /// Serving profile.
+    #[serde(default)]
+    pub profile: ProfileConfig,
+    /// llama.cpp options (backend "cpu").
+    #[serde(default)]
+    pub cpu: CpuConfig,
+    /// RKLLM options (backend "npu").
+    #[serde(default)]
+    pub npu: NpuConfig,
+    /// RssAnon above which the slot is under memory pressure (MiB; 0 = off).
+    #[serde(default)]
+    pub memory_soft_mib: u64,
+    /// RssAnon above which the worker is stopped (MiB; 0 = off).
+    #[serde(default)]
+    pub memory_hard_mib: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn de_backend<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Backend, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+/// A serving profile.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfileConfig {
+    /// Name shown in status.
+    pub name: String,
+    /// Context window (tokens).
+    pub context_size: u32,
+    /// Prompt batch (tokens).
+    pub batch_size: u32,
+    /// Inference threads (0 = all cores).
+    pub threads: u32,
+    /// "f16", "q8_0" or "q4_0".
+    pub kv_cache_type: String,
+    /// Flash attention (forced on for quantised KV caches).
+    pub flash_attention: bool,
+    /// Cap on tokens generated per request.
+    pub max_new_tokens: u32,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            context_size: 2048,
+            batch_size: 512,
+            threads: 0,
+            kv_cache_type: "f16".into(),
+            flash_attention: false,
+            max_new_tokens: 512,
+        }
+    }
+}
+
+/// `[slots.<name>.cpu]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpuConfig {
+    /// mmap the weights (they then count as RssFile, shared page cache).
+    pub use_mmap: bool,
+}
+
+impl Default for CpuConfig {
+    fn default() -> Self {
+        Self { use_mmap: true }
+    }
+}
+
+/// `[slots.<name>.npu]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NpuConfig {
+    /// Path of the RKLLM runtime library.
+    pub runtime_path: PathBuf,
+    /// "auto", "1.2" or "1.3".
+    pub abi: String,
+    /// CPU cores the runtime may use (bit n = CPU n); RK3588's A76 cores are 4-7.
+    pub enabled_cpus_mask: u32,
+    /// NPU memory domain.
+    pub base_domain_id: i32,
+    /// Chat template system prompt (unset = model family default).
+    pub system_prompt: Option<String>,
+    /// Chat template prefix (unset = model family default).
+    pub prompt_prefix: Option<String>,
+    /// Chat template postfix (unset = model family default).
+    pub prompt_postfix: Option<String>,
+}
+
+impl Default for NpuConfig {
+    fn default() -> Self {
+        Self {
+            runtime_path: PathBuf::from("/usr/lib/librkllmrt.so"),
+            abi: "auto".into(),
+            enabled_cpus_mask: 0xF0,
+            base_domain_id: 0,
+            system_prompt: None,
+            prompt_prefix: None,
+            prompt_postfix: None,
+        }
+    }
+}
+
+/// `[policy]`: supervision timing and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Ping interval for idle workers (s).
+    pub heartbeat_interval_s: f64,
+    /// An idle worker that has not answered a ping for this long is hung (s).
+    pub heartbeat_timeout_s: f64,
+    /// A generating worker that produced no token for this long is hung (s).
+    pub stall_timeout_s: f64,
+    /// Limit for the first token of a generation, prompt processing included (s).
+    pub first_token_timeout_s: f64,
+    /// Limit from spawn to ready (s).
+    pub load_timeout_s: f64,
+    /// Time between SIGTERM and SIGKILL when stopping a worker (s).
+    pub stop_grace_s: f64,
+    /// First restart delay (s); doubles per restart up to `backoff_max_s`.
+    pub backoff_initial_s: f64,
+    /// Longest restart delay (s).
+    pub backoff_max_s: f64,
+    /// More than this many restarts within `restart_period_s` marks the slot failed.
+    pub restart_intensity: u32,
+    /// Window of the restart count (s).
+    pub restart_period_s: f64,
+    /// A failed slot is probed again after this long (s).
+    pub failed_cooldown_s: f64,
+    /// The primary must be healthy this long before traffic fails back to it (s).
+    pub failback_hold_s: f64,
+    /// Memory sampling interval (s).
+    pub memory_interval_s: f64,
+    /// System MemAvailable below which workers are under memory pressure (MiB; 0 = off).
+    pub mem_available_floor_mib: u64,
+    /// oom_score_adj given to workers, so the kernel picks them before the supervisor.
+    pub worker_oom_score_adj: i32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_s: 2.0,
+            heartbeat_timeout_s: 10.0,
+            stall_timeout_s: 15.0,
+            first_token_timeout_s: 60.0,
+            load_timeout_s: 180.0,
+            stop_grace_s: 3.0,
+            backoff_initial_s: 1.0,
+            backoff_max_s: 60.0,
+            restart_intensity: 5,
+            restart_period_s: 300.0,
+            failed_cooldown_s: 300.0,
+            failback_hold_s: 30.0,
+            memory_interval_s: 1.0,
+            mem_available_floor_mib: 0,
+            worker_oom_score_adj: 500,
+        }
+    }
+}
+
+/// Converts a validated number of seconds.
+pub fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// `[thermal]`: thresholds in degrees Celsius, on the hottest matching zone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThermalConfig {
+    /// Zone types that count (empty = all zones).
+    pub zones: Vec<String>,
+    /// Above this, new generations' max tokens are capped.
+    pub throttle_c: f64,
+    /// Above this, no new generations start.
+    pub critical_c: f64,
+    /// Admission resumes below this.
+    pub resume_c: f64,
+    /// Max tokens while throttled.
+    pub throttle_max_tokens: u32,
+    /// While throttled, prefer the backend whose zone is cooler.
+    pub prefer_cooler: bool,
+}
+
+impl Default for ThermalConfig {
+    fn default() -> Self {
+        Self {
+            zones: Vec::new(),
+            throttle_c: 80.0,
+            critical_c: 90.0,
+            resume_c: 75.0,
+            throttle_max_tokens: 128,
+            prefer_cooler: false,
+        }
+    }
+}
+
+/// `[telemetry]`: roots of the files read, settable so tests can fake them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// procfs mount.
+    pub proc_root: PathBuf,
+    /// sysfs mount.
+    pub sysfs_root: PathBuf,
+    /// debugfs mount (NPU load).
+    pub debugfs_root: PathBuf,
+    /// cgroup v2 mount.
+    pub cgroup_root: PathBuf,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            proc_root: PathBuf::from("/proc"),
+            sysfs_root: PathBuf::from("/sys"),
+            debugfs_root: PathBuf::from("/sys/kernel/debug"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and checks the file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key at fault.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        Self::from_toml(&text, &base)
+    }
+
+    /// Parses and checks TOML text; relative paths are taken from `base`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key at fault.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let de =
+            toml::Deserializer::parse(text).map_err(|source| ConfigError::Syntax { source })?;
+        let mut config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.inner().message().to_owned();
+            ConfigError::Key { key, message }
+        })?;
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.supervisor.runtime_dir);
+        fix(&mut self.supervisor.state_dir);
+        for slot in self.slot_configs_mut() {
+            fix(&mut slot.model);
+            if let Some(w) = &mut slot.worker {
+                fix(w);
+            }
+        }
+    }
+
+    fn slot_configs_mut(&mut self) -> impl Iterator<Item = &mut SlotConfig> {
+        std::iter::once(&mut self.slots.primary).chain(self.slots.fallback.as_mut())
+    }
+
+    /// The slots in order, with their names.
+    pub fn slot_list(&self) -> Vec<(&'static str, &SlotConfig)> {
+        let mut v = vec![("primary", &self.slots.primary)];
+        if let Some(f) = &self.slots.fallback {
+            v.push(("fallback", f));
+        }
+        v
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.supervisor;
+        if s.queue_capacity == 0 {
+            return Err(invalid("supervisor.queue_capacity", "must be at least 1"));
+        }
+        if s.max_prompt_chars == 0 {
+            return Err(invalid("supervisor.max_prompt_chars", "must be at least 1"));
+        }
+        positive("supervisor.queue_timeout_s", s.queue_timeout_s)?;
+        parse_mode(&s.client_socket_mode).ok_or_else(|| {
+            invalid(
+                "supervisor.client_socket_mode",
+                format!(
+                    "{:?} is not an octal permission such as \"0660\"",
+                    s.client_socket_mode
+                ),
+            )
+        })?;
+        for (name, slot) in self.slot_list() {
+            slot.validate(&format!("slots.{name}"))?;
+        }
+        let p = &self.policy;
+        for (key, v) in [
+            ("heartbeat_interval_s", p.heartbeat_interval_s),
+            ("heartbeat_timeout_s", p.heartbeat_timeout_s),
+            ("stall_timeout_s", p.stall_timeout_s),
+            ("first_token_timeout_s", p.first_token_timeout_s),
+            ("load_timeout_s", p.load_timeout_s),
+            ("stop_grace_s", p.stop_grace_s),
+            ("backoff_initial_s", p.backoff_initial_s),
+            ("backoff_max_s", p.backoff_max_s),
+            ("restart_period_s", p.restart_period_s),
+            ("failed_cooldown_s", p.failed_cooldown_s),
+            ("failback_hold_s", p.failback_hold_s),
+            ("memory_interval_s", p.memory_interval_s),
+        ] {
+            positive(&format!("policy.{key}"), v)?;
+        }
+        if p.heartbeat_timeout_s <= p.heartbeat_interval_s {
+            return Err(invalid(
+                "policy.heartbeat_timeout_s",
+                "must be longer than policy.heartbeat_interval_s",
+            ));
+        }
+        if p.backoff_max_s < p.backoff_initial_s {
+            return Err(invalid(
+                "policy.backoff_max_s",
+                "must not be below policy.backoff_initial_s",
+            ));
+        }
+        if !(-1000..=1000).contains(&p.worker_oom_score_adj) {
+            return Err(invalid(
+                "policy.worker_oom_score_adj",
+                "must be between -1000 and 1000",
+            ));
+        }
+        let t = &self.thermal;
+        for (key, v) in [
+            ("throttle_c", t.throttle_c),
+            ("critical_c", t.critical_c),
+            ("resume_c", t.resume_c),
+        ] {
+            if !v.is_finite() {
+                return Err(invalid(
+                    format!("thermal.{key}"),
+                    "must be a number of degrees",
+                ));
+            }
+        }
+        if t.critical_c <= t.resume_c {
+            return Err(invalid(
+                "thermal.resume_c",
+                "must be below thermal.critical_c (hysteresis)",
+            ));
+        }
+        if t.throttle_c > t.critical_c {
+            return Err(invalid(
+                "thermal.throttle_c",
+                "must not be above thermal.critical_c",
+            ));
+        }
+        if t.throttle_max_tokens == 0 {
+            return Err(invalid("thermal.throttle_max_tokens", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn positive(key: &str, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("must be a positive number of seconds, not {v}"),
+        ))
+    }
+}
+
+/// Parses an octal permission string such as "0660".
+pub fn parse_mode(s: &str) -> Option<u32> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+}
+
+/// Parses a KV cache type name.
+pub fn parse_kv(s: &str) -> Option<KvCacheType> {
+    match s {
+        "f16" => Some(KvCacheType::F16),
+        "q8_0" => Some(KvCacheType::Q8_0),
+        "q4_0" => Some(KvCacheType::Q4_0),
+        _ => None,
+    }
+}
+
+impl ProfileConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if !(64..=1 << 20).contains(&self.context_size) {
+            return Err(invalid(
+                format!("{key}.context_size"),
+                "must be between 64 and 1048576 tokens",
+            ));
+        }
+        if self.batch_size == 0 || self.batch_size > self.context_size {
+            return Err(invalid(
+                format!("{key}.batch_size"),
+                "must be between 1 and context_size",
+            ));
+        }
+        if self.max_new_tokens == 0 || self.max_new_tokens >= self.context_size {
+            return Err(invalid(
+                format!("{key}.max_new_tokens"),
+                "must be between 1 and context_size - 1",
+            ));
+        }
+        if self.threads > 256 {
+            return Err(invalid(
+                format!("{key}.threads"),
+                "must be at most 256 (0 = all cores)",
+            ));
+        }
+        if parse_kv(&self.kv_cache_type).is_none() {
+            return Err(invalid(
+                format!("{key}.kv_cache_type"),
+                format!(
+                    "{:?} is not one of \"f16\", \"q8_0\", \"q4_0\"",
+                    self.kv_cache_type
+                ),
+            ));
+        }
+        if self.name.is_empty() {
+            return Err(invalid(format!("{key}.name"), "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// The profile as sent to a worker.
+    pub fn to_proto(&self) -> Profile {
+        Profile {
+            name: self.name.clone(),
+            context_size: self.context_size,
+            batch_size: self.batch_size,
+            threads: self.threads,
+            // Checked by validate().
+            kv_cache_type: parse_kv(&self.kv_cache_type).unwrap_or(KvCacheType::F16),
+            flash_attention: self.flash_attention,
+            max_new_tokens: self.max_new_tokens,
+        }
+    }
+}
+
+impl SlotConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.model.as_os_str().is_empty() {
+            return Err(invalid(format!("{key}.model"), "must name a model file"));
+        }
+        self.profile.validate(&format!("{key}.profile"))?;
+        if self.memory_hard_mib != 0 && self.memory_soft_mib > self.memory_hard_mib {
+            return Err(invalid(
+                format!("{key}.memory_soft_mib"),
+                "must not be above memory_hard_mib",
+            ));
+        }
+        if !["auto", "1.2", "1.3"].contains(&self.npu.abi.as_str()) {
+            return Err(invalid(
+                format!("{key}.npu.abi"),
+                format!(
+                    "{:?} is not one of \"auto\", \"1.2\", \"1.3\"",
+                    self.npu.abi
+                ),
+            ));
+        }
+        if self.npu.enabled_cpus_mask == 0 {
+            return Err(invalid(
+                format!("{key}.npu.enabled_cpus_mask"),
+                "must enable at least one CPU",
+            ));
+        }
+        for name in self.worker_env.keys() {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                return Err(invalid(
+                    format!("{key}.worker_env"),
+                    format!("{name:?} is not a variable name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `Load` message for this slot.
+    pub fn load_message(&self) -> Load {
+        let backend = match self.backend {
+            Backend::Cpu => BackendOptions::Cpu(CpuOptions {
+                use_mmap: self.cpu.use_mmap,
+            }),
+            Backend::Npu => BackendOptions::Npu(NpuOptions {
+                runtime_path: self.npu.runtime_path.to_string_lossy().into_owned(),
+                abi: self.npu.abi.clone(),
+                enabled_cpus_mask: self.npu.enabled_cpus_mask,
+                base_domain_id: self.npu.base_domain_id,
+                system_prompt: self.npu.system_prompt.clone(),
+                prompt_prefix: self.npu.prompt_prefix.clone(),
+                prompt_postfix: self.npu.prompt_postfix.clone(),
+            }),
+        };
+        Load {
+            model_path: self.model.to_string_lossy().into_owned(),
+            profile: self.profile.to_proto(),
+            backend,
+        }
+    }
+
+    /// The worker binary to run.
+    pub fn worker_binary(&self) -> PathBuf {
+        self.worker.clone().unwrap_or_else(|| {
+            let name = format!("worker-{}", self.backend);
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join(&name)))
+                .unwrap_or_else(|| PathBuf::from(name))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[slots.primary]\nbackend = \"cpu\"\nmodel = \"m.gguf\"\n";
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, Path::new("/etc/rocksteady"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolved_paths() {
+        let c = Config::from_toml(MINIMAL, Path::new("/etc/rocksteady")).unwrap();
+        assert_eq!(
+            c.slots.primary.model,
+            PathBuf::from("/etc/rocksteady/m.gguf")
+        );
+        assert_eq!(c.slots.primary.profile.context_size, 2048);
+        assert!(c.slots.fallback.is_none());
+        assert_eq!(
+            c.supervisor.client_socket(),
+            PathBuf::from("/run/rocksteady/client.sock")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err(&format!("{MINIMAL}context = 4096\n"));
+        assert!(e.contains("slots.primary") && e.contains("context"), "{e}");
+        let e = err(&format!("[policy]\nstall_timeout = 3\n{MINIMAL}"));
+        assert!(e.contains("policy") && e.contains("stall_timeout"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            (
+                "backend = \"gpu\"",
+                "slots.primary.backend",
+                "unknown backend",
+            ),
+            (
+                "profile.context_size = 10",
+                "slots.primary.profile.context_size",
+                "between 64",
+            ),
+            (
+                "profile.kv_cache_type = \"q2\"",
+                "slots.primary.profile.kv_cache_type",
+                "q8_0",
+            ),
+            (
+                "profile.context_size = \"big\"",
+                "slots.primary.profile.context_size",
+                "invalid type",
+            ),
+            ("npu.abi = \"2.0\"", "slots.primary.npu.abi", "auto"),
+        ];
+        for (line, key, words) in cases {
+            let text = format!(
+                "[slots.primary]\nmodel = \"m.gguf\"\n{}{line}\n",
+                if line.starts_with("backend") {
+                    ""
+                } else {
+                    "backend = \"cpu\"\n"
+                }
+            );
+            let e = err(&text);
+            assert!(e.contains(key) && e.contains(words), "{line}: {e}");
+        }
+        let e = err(&format!("[policy]\nstall_timeout_s = -1\n{MINIMAL}"));
+        assert!(e.contains("policy.stall_timeout_s"), "{e}");
+        let e = err(&format!(
+            "[thermal]\ncritical_c = 70\nresume_c = 75\n{MINIMAL}"
+        ));
+        assert!(e.contains("thermal.resume_c"), "{e}");
+        let e = err(&format!(
+            "[supervisor]\nclient_socket_mode = \"rw\"\n{MINIMAL}"
+        ));
+        assert!(e.contains("supervisor.client_socket_mode"), "{e}");
+        let e = err("[slots.fallback]\nbackend = \"cpu\"\nmodel = \"m\"\n");
+        assert!(e.contains("primary"), "{e}");
+    }
+
+    #[test]
+    fn the_gateway_section_is_left_to_the_gateway() {
+        let c = Config::from_toml(
+            &format!("[gateway]\nanything = 1\n{MINIMAL}"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert!(c.gateway.is_some());
+    }
+}

@@ -1,0 +1,127 @@
+//! Worker processes: spawning them isolated, signalling their process group,
+//! and pid files so a restarted supervisor can reap a previous run's workers.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::config::SlotConfig;
+
+/// Environment variables a worker may inherit; everything else (notably
+/// systemd's NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID, which would let a
+/// worker speak for the service) is removed.
+const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "RKLLM_LOG_LEVEL",
+];
+
+/// Starts a worker: its own process group (so a stop reaches any helper it
+/// forks), a cleaned environment, stdin closed, stdout/stderr shared with the
+/// supervisor (the journal).
+///
+/// # Errors
+/// The spawn error, e.g. the worker binary is missing.
+pub fn spawn_worker(cfg: &SlotConfig, socket: &Path) -> io::Result<Child> {
+    let mut cmd = Command::new(cfg.worker_binary());
+    cmd.arg("--socket")
+        .arg(socket)
+        .env_clear()
+        .process_group(0)
+        .stdin(Stdio::null())
+        .kill_on_drop(false);
+    for key in INHERITED_ENV {
+        if let Some(v) = std::env::var_os(key) {
+            cmd.env(key, v);
+        }
+    }
+    cmd.envs(&cfg.worker_env);
+    cmd.spawn()
+}
+
+/// Makes the kernel's OOM killer prefer the worker over the supervisor.
+///
+/// # Errors
+/// Writing `/proc/<pid>/oom_score_adj` failed (raising it needs no privilege,
+/// so this is unexpected).
+pub fn set_oom_score_adj(proc_root: &Path, pid: u32, adj: i32) -> io::Result<()> {
+    std::fs::write(
+        proc_root.join(pid.to_string()).join("oom_score_adj"),
+        adj.to_string(),
+    )
+}
+
+/// Sends `signal` to the process group led by `pid`.
+///
+/// # Errors
+/// `ESRCH` when the group is gone, `EPERM` when not ours.
+pub fn signal_group(pid: u32, signal: Signal) -> nix::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| nix::errno::Errno::EINVAL)?;
+    killpg(Pid::from_raw(pid), signal)
+}
+
+/// Stops a worker: SIGTERM to its group, then SIGKILL after `grace` unless
+/// `alive` was cleared (the supervisor saw it exit) in between. Runs in the
+/// background; the exit itself is reported by the task waiting on the child.
+pub fn stop_in_background(pid: u32, grace: Duration, alive: Arc<AtomicBool>) {
+    if signal_group(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        if alive.load(Ordering::Acquire) {
+            tracing::warn!(pid, "worker ignored SIGTERM for {grace:?}; sending SIGKILL");
+            let _ = signal_group(pid, Signal::SIGKILL);
+        }
+    });
+}
+
+/// Pid file of a slot's worker.
+pub fn pid_file(state_dir: &Path, slot: &str) -> PathBuf {
+    state_dir.join(format!("worker-{slot}.pid"))
+}
+
+/// Records a worker's pid.
+///
+/// # Errors
+/// Writing the file failed.
+pub fn write_pid_file(state_dir: &Path, slot: &str, pid: u32) -> io::Result<()> {
+    std::fs::write(pid_file(state_dir, slot), format!("{pid}\n"))
+}
+
+/// Kills the worker a previous supervisor run left behind for `slot`, if its
+/// pid file names a live process that is still a worker on our socket (a
+/// recycled pid of some other program is left alone). Returns the pid killed.
+pub fn reap_leftover(state_dir: &Path, proc_root: &Path, slot: &str, socket: &Path) -> Option<u32> {
+    let file = pid_file(state_dir, slot);
+    let pid: u32 = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
+    let _ = std::fs::remove_file(&file);
+    let cmdline = std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+    let ours = cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == socket.as_os_str().as_encoded_bytes());
+    if !ours {
+        return None;
+    }
+    tracing::warn!(slot, pid, "killing a worker left over from a previous run");
+    let _ = signal_group(pid, Signal::SIGKILL);
+    // Wait (briefly) until it is gone, so two NPU clients never overlap.
+    for _ in 0..50 {
+        if !proc_root.join(pid.to_string()).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(pid)
+}

@@ -1,0 +1,163 @@
+//! Which slot new requests go to: pure functions over the slots' states.
+
+use std::time::{Duration, Instant};
+
+use proto::admin::{Routing, SlotState};
+use proto::chat::Backend;
+
+/// What routing needs to know about a slot.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotView {
+    /// The slot's backend.
+    pub backend: Backend,
+    /// Its lifecycle state.
+    pub state: SlotState,
+    /// Since when it has been continuously ready or busy.
+    pub healthy_since: Option<Instant>,
+}
+
+impl SlotView {
+    /// Ready or busy: able to take requests (now or after the current one).
+    pub fn healthy(&self) -> bool {
+        matches!(self.state, SlotState::Ready | SlotState::Busy)
+    }
+}
+
+/// The slot requests should go to, and why. Slot 0 is the primary.
+///
+/// Auto: the primary when healthy, else the fallback. Once traffic is on the
+/// fallback, it moves back only after the primary has been healthy for
+/// `failback_hold`, so a flapping primary does not drag replies back and forth.
+/// Pinned: the first healthy slot of that backend, nothing else.
+pub fn choose(
+    slots: &[SlotView],
+    routing: Routing,
+    previous: Option<usize>,
+    failback_hold: Duration,
+    now: Instant,
+) -> (Option<usize>, String) {
+    if let Routing::Pinned(backend) = routing {
+        let pick = slots
+            .iter()
+            .position(|s| s.backend == backend && s.healthy());
+        let why = match pick {
+            Some(_) => format!("pinned to {backend} by an operator"),
+            None => format!("pinned to {backend} by an operator, but no {backend} worker is ready"),
+        };
+        return (pick, why);
+    }
+    let Some(primary) = slots.first() else {
+        return (None, "no slots configured".into());
+    };
+    let fallback = slots.get(1).filter(|s| s.healthy());
+    if primary.healthy() {
+        let held = primary
+            .healthy_since
+            .is_some_and(|since| now.duration_since(since) >= failback_hold);
+        let on_fallback = previous == Some(1);
+        if on_fallback && !held && fallback.is_some() {
+            return (
+                Some(1),
+                "primary recovering: failback after the hold-down time".into(),
+            );
+        }
+        return (Some(0), "primary ready".into());
+    }
+    match fallback {
+        Some(_) => (
+            Some(1),
+            format!("failed over: primary is {}", primary.state.as_str()),
+        ),
+        None => (None, "no worker is ready".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(backend: Backend, state: SlotState, since: Option<Instant>) -> SlotView {
+        SlotView {
+            backend,
+            state,
+            healthy_since: since,
+        }
+    }
+
+    #[test]
+    fn auto_prefers_primary_and_fails_over_and_back_after_hold() {
+        let t0 = Instant::now();
+        let hold = Duration::from_secs(30);
+        let fb = view(Backend::Cpu, SlotState::Ready, Some(t0));
+        let up = [view(Backend::Npu, SlotState::Busy, Some(t0)), fb];
+        assert_eq!(choose(&up, Routing::Auto, None, hold, t0).0, Some(0));
+        let down = [view(Backend::Npu, SlotState::BackingOff, None), fb];
+        let (pick, why) = choose(&down, Routing::Auto, Some(0), hold, t0);
+        assert_eq!(pick, Some(1));
+        assert!(why.contains("backing-off"));
+        let back = [view(Backend::Npu, SlotState::Ready, Some(t0)), fb];
+        assert_eq!(
+            choose(
+                &back,
+                Routing::Auto,
+                Some(1),
+                hold,
+                t0 + Duration::from_secs(5)
+            )
+            .0,
+            Some(1)
+        );
+        assert_eq!(
+            choose(
+                &back,
+                Routing::Auto,
+                Some(1),
+                hold,
+                t0 + Duration::from_secs(31)
+            )
+            .0,
+            Some(0)
+        );
+        // Without a healthy fallback there is nothing to hold on to.
+        let alone = [
+            view(Backend::Npu, SlotState::Ready, Some(t0)),
+            view(Backend::Cpu, SlotState::Failed, None),
+        ];
+        assert_eq!(choose(&alone, Routing::Auto, Some(1), hold, t0).0, Some(0));
+    }
+
+    #[test]
+    fn pinned_uses_only_that_backend() {
+        let t0 = Instant::now();
+        let slots = [
+            view(Backend::Npu, SlotState::Ready, Some(t0)),
+            view(Backend::Cpu, SlotState::Loading, None),
+        ];
+        let (pick, why) = choose(
+            &slots,
+            Routing::Pinned(Backend::Cpu),
+            Some(0),
+            Duration::ZERO,
+            t0,
+        );
+        assert_eq!(pick, None);
+        assert!(why.contains("no cpu worker is ready"));
+        let (pick, _) = choose(
+            &slots,
+            Routing::Pinned(Backend::Npu),
+            None,
+            Duration::ZERO,
+            t0,
+        );
+        assert_eq!(pick, Some(0));
+    }
+
+    #[test]
+    fn nothing_healthy_means_no_slot() {
+        let slots = [view(Backend::Cpu, SlotState::Unavailable, None)];
+        assert_eq!(
+            choose(&slots, Routing::Auto, None, Duration::ZERO, Instant::now()).0,
+            None
+        );
+    }
+}

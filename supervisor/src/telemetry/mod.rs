@@ -1,0 +1,5 @@
+//! What the supervisor reads about processes and the board; every path sits
+//! under a configurable root so tests can supply their own files.
+
+pub mod memory;
+pub mod thermal;
