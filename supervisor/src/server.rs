@@ -195,21 +195,32 @@ pub async fn serve_worker_slot(
                 }
             },
         };
-        let peer_pid = stream
-            .peer_cred()
-            .ok()
-            .and_then(|c| c.pid())
-            .and_then(|p| u32::try_from(p).ok());
-        let current = *expected
-            .current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some((pid, incarnation)) = current.filter(|(pid, _)| Some(*pid) == peer_pid) else {
-            tracing::warn!(slot, ?peer_pid, expected = ?current.map(|c| c.0), "refusing an unknown peer on a worker socket");
-            continue;
-        };
         let core = core.clone();
+        let expected = Arc::clone(&expected);
         tokio::spawn(async move {
+            let peer_pid = stream
+                .peer_cred()
+                .ok()
+                .and_then(|c| c.pid())
+                .and_then(|p| u32::try_from(p).ok());
+            // A fresh worker can connect before the supervisor loop has
+            // recorded its pid (the child may run before spawn() returns),
+            // so give the record a moment before calling the peer unknown.
+            let mut current = None;
+            for _ in 0..50 {
+                current = *expected
+                    .current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if current.is_some_and(|(pid, _)| Some(pid) == peer_pid) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let Some((pid, incarnation)) = current.filter(|(pid, _)| Some(*pid) == peer_pid) else {
+                tracing::warn!(slot, ?peer_pid, expected = ?current.map(|c| c.0), "refusing an unknown peer on a worker socket");
+                return;
+            };
             worker_connection(slot, incarnation, pid, stream, core).await;
         });
     }

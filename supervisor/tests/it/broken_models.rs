@@ -1,0 +1,104 @@
+//! Broken model files: each gets its own message and exit code from the
+//! worker, and the supervisor marks the slot unavailable instead of
+//! restarting it in a loop.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use proto::admin::SlotState;
+use proto::client::{ErrorKind, SupervisorToClient};
+use proto::worker::ExitCode;
+
+use crate::support::{bin, collect, cpu_slot, greedy, model, user, Sup};
+
+/// (case name, file maker, exit code, words the message must contain)
+fn cases(dir: &Path) -> Vec<(&'static str, PathBuf, ExitCode, &'static str)> {
+    let missing = dir.join("missing.gguf");
+    let empty = dir.join("empty.gguf");
+    std::fs::write(&empty, b"").unwrap();
+    let html = dir.join("html.gguf");
+    std::fs::write(&html, b"<!DOCTYPE html><html>404</html>").unwrap();
+    let old = dir.join("old.gguf");
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(1u32.to_le_bytes());
+    bytes.extend([0u8; 64]);
+    std::fs::write(&old, bytes).unwrap();
+    let truncated = dir.join("truncated.gguf");
+    let real = std::fs::read(model()).unwrap();
+    std::fs::write(&truncated, &real[..real.len() / 2]).unwrap();
+    vec![
+        ("missing", missing, ExitCode::ModelMissing, "does not exist"),
+        ("empty", empty, ExitCode::ModelEmpty, "empty (0 bytes)"),
+        (
+            "not gguf",
+            html,
+            ExitCode::ModelBadFormat,
+            "not a GGUF file",
+        ),
+        (
+            "old version",
+            old,
+            ExitCode::ModelBadVersion,
+            "GGUF version 1",
+        ),
+        (
+            "truncated",
+            truncated,
+            ExitCode::ModelTruncated,
+            "truncated",
+        ),
+    ]
+}
+
+#[test]
+fn each_broken_file_has_its_own_message_and_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut codes = Vec::new();
+    for (name, path, code, words) in cases(dir.path()) {
+        let out = Command::new(bin("worker-cpu"))
+            .args(["generate", "--prompt", "hi", "--model"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code.code()), "{name}: {stderr}");
+        assert!(stderr.contains(words), "{name}: {stderr}");
+        codes.push(code.code());
+    }
+    codes.sort_unstable();
+    codes.dedup();
+    assert_eq!(codes.len(), 5, "exit codes must be distinct");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_marks_a_broken_model_unavailable_without_restarting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, path, _, words) in cases(dir.path()) {
+        let sup = Sup::start(&cpu_slot("primary", &path, "")).await;
+        let slot = sup
+            .wait_state("primary", SlotState::Unavailable, Duration::from_secs(30))
+            .await;
+        assert!(slot.reason.contains(words), "{name}: {}", slot.reason);
+        assert_eq!(slot.restarts, 0, "{name}: {slot:?}");
+        assert_eq!(slot.pid, None, "{name}");
+        // It stays that way: no restart loop.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let later = sup.slot("primary").await;
+        assert_eq!(
+            (later.state, later.restarts),
+            (SlotState::Unavailable, 0),
+            "{name}"
+        );
+        // A request is refused with the reason, not left waiting.
+        let mut client = sup.client().await;
+        client.submit(user("hello"), greedy(8)).await.unwrap();
+        let events = collect(&mut client, Duration::from_secs(5)).await;
+        let SupervisorToClient::Error(e) = &events[0].1 else {
+            panic!("{name}: {events:?}")
+        };
+        assert_eq!(e.kind, ErrorKind::NoWorker, "{name}");
+        assert!(e.message.contains(words), "{name}: {}", e.message);
+        sup.stop().await;
+    }
+}

@@ -1,0 +1,110 @@
+//! The binaries as an operator runs them: bad configs, supctl against a
+//! running (or absent) supervisor.
+
+use std::process::Command;
+use std::time::Duration;
+
+use proto::admin::SlotState;
+
+use crate::support::{bin, cpu_slot, model, Sup};
+
+#[test]
+fn bad_config_values_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[slots.primary]\nbackend = \"cpu\"\nmodel = \"m.gguf\"\nprofile.context_size = 5\n",
+            "slots.primary.profile.context_size",
+        ),
+        (
+            "[slots.primary]\nbackend = \"tpu\"\nmodel = \"m.gguf\"\n",
+            "slots.primary.backend",
+        ),
+        (
+            "[policy]\nrestart_intensity = -1\n[slots.primary]\nbackend = \"cpu\"\nmodel = \"m\"\n",
+            "policy.restart_intensity",
+        ),
+        (
+            "[supervisor]\nqueue_capacity = 0\n[slots.primary]\nbackend = \"cpu\"\nmodel = \"m\"\n",
+            "supervisor.queue_capacity",
+        ),
+        (
+            "[slots.primary]\nbackend = \"cpu\"\nmodel = \"m\"\nwarmth = true\n",
+            "warmth",
+        ),
+    ];
+    for (text, key) in cases {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(bin("rocksteady-supervisor"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key}: accepted");
+        assert!(stderr.contains(key), "{key}: {stderr}");
+    }
+}
+
+#[test]
+fn supctl_says_when_no_supervisor_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [vec!["status"], vec!["ask", "hello"]] {
+        let out = Command::new(bin("supctl"))
+            .arg("--runtime-dir")
+            .arg(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("no supervisor at") && stderr.contains("is it running?"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supctl_ask_streams_and_status_shows_the_worker() {
+    let sup = Sup::start(&cpu_slot("primary", &model(), "")).await;
+    sup.wait_state("primary", SlotState::Ready, Duration::from_secs(60))
+        .await;
+    let run_dir = sup.config.supervisor.runtime_dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin("supctl"))
+            .arg("--runtime-dir")
+            .arg(&run_dir)
+            .args(["ask", "What is 2+2?", "--max-tokens", "24"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains('4'), "{stdout}");
+    assert!(
+        stderr.contains("cpu · ") && stderr.contains("tokens/s"),
+        "summary missing: {stderr}"
+    );
+
+    let run_dir = sup.config.supervisor.runtime_dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin("supctl"))
+            .arg("--runtime-dir")
+            .arg(&run_dir)
+            .args(["status", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["slots"][0]["state"], "Ready");
+    assert_eq!(json["slots"][0]["requests_served"], 1);
+    sup.stop().await;
+}

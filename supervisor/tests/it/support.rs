@@ -1,0 +1,220 @@
+//! Test fixture: a supervisor running in-process on a temporary directory,
+//! with real worker binaries from the build and the real default model.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use proto::admin::{AdminToSupervisor, SlotState, SlotStatus, StatusReport, SupervisorToAdmin};
+use proto::chat::{ChatMessage, GenParams, Role};
+use proto::client::SupervisorToClient;
+use supervisor::client::{AdminClient, ChatClient};
+use supervisor::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// Directory of the built binaries (target/debug), next to the test binary.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_owned()
+}
+
+/// Path of a workspace binary, which must have been built first.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// The default model, fetched by deploy/fetch-model.sh.
+pub fn model() -> PathBuf {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "{} is missing: run deploy/fetch-model.sh",
+        path.display()
+    );
+    path
+}
+
+/// A `[slots.<name>]` section for a CPU worker on `model` with test-friendly settings.
+pub fn cpu_slot(name: &str, model: &Path, extra: &str) -> String {
+    format!(
+        "[slots.{name}]\nbackend = \"cpu\"\nmodel = \"{}\"\nworker = \"{}\"\n{extra}\n[slots.{name}.profile]\ncontext_size = 1024\nbatch_size = 256\nthreads = 2\nmax_new_tokens = 512\n",
+        model.display(),
+        bin("worker-cpu").display()
+    )
+}
+
+/// A running supervisor.
+pub struct Sup {
+    #[allow(dead_code)] // keeps the directory alive
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Sup {
+    /// Starts a supervisor with `body` (slots and any other sections) plus a
+    /// `[supervisor]` section pointing at a temporary directory.
+    pub async fn start(body: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[supervisor]\nruntime_dir = \"{0}/run\"\nstate_dir = \"{0}/state\"\n{body}",
+            dir.path().display()
+        );
+        let config = Config::from_toml(&text, dir.path()).unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let config = config.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                supervisor::run(config, shutdown, None).await.unwrap();
+            }
+        });
+        let sup = Self {
+            dir,
+            config,
+            shutdown,
+            task: Some(task),
+        };
+        // Wait for the admin socket.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while AdminClient::connect(&sup.admin_socket()).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "supervisor did not start listening"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sup
+    }
+
+    pub fn client_socket(&self) -> PathBuf {
+        self.config.supervisor.client_socket()
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.config.supervisor.admin_socket()
+    }
+
+    pub async fn status(&self) -> StatusReport {
+        let mut admin = AdminClient::connect(&self.admin_socket()).await.unwrap();
+        match admin.request(&AdminToSupervisor::Status).await.unwrap() {
+            SupervisorToAdmin::Status(report) => *report,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    pub async fn admin(&self, cmd: AdminToSupervisor) -> SupervisorToAdmin {
+        let mut admin = AdminClient::connect(&self.admin_socket()).await.unwrap();
+        admin.request(&cmd).await.unwrap()
+    }
+
+    pub async fn slot(&self, name: &str) -> SlotStatus {
+        self.status()
+            .await
+            .slots
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap()
+    }
+
+    /// Waits until `pred` holds for slot `name`, returning its status.
+    pub async fn wait_slot(
+        &self,
+        name: &str,
+        limit: Duration,
+        pred: impl Fn(&SlotStatus) -> bool,
+    ) -> SlotStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            let slot = self.slot(name).await;
+            if pred(&slot) {
+                return slot;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slot {name} never reached the expected state; last: {slot:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, name: &str, state: SlotState, limit: Duration) -> SlotStatus {
+        self.wait_slot(name, limit, |s| s.state == state).await
+    }
+
+    pub async fn client(&self) -> ChatClient {
+        ChatClient::connect(&self.client_socket()).await.unwrap()
+    }
+
+    /// Stops the supervisor and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Sup {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// One user message.
+pub fn user(text: &str) -> Vec<ChatMessage> {
+    vec![ChatMessage::new(Role::User, text)]
+}
+
+/// Greedy parameters with a token limit.
+pub fn greedy(max_tokens: u32) -> GenParams {
+    GenParams {
+        max_tokens,
+        temperature: 0.0,
+        ..GenParams::default()
+    }
+}
+
+/// Every event of one request until it ends, each with its arrival time.
+pub async fn collect(
+    client: &mut ChatClient,
+    limit: Duration,
+) -> Vec<(Instant, SupervisorToClient)> {
+    let mut events = Vec::new();
+    let deadline = Instant::now() + limit;
+    loop {
+        let event = tokio::time::timeout_at(deadline.into(), client.next_event())
+            .await
+            .expect("request did not end in time")
+            .unwrap();
+        let end = matches!(
+            event,
+            SupervisorToClient::Done(_) | SupervisorToClient::Error(_)
+        );
+        events.push((Instant::now(), event));
+        if end {
+            return events;
+        }
+    }
+}
+
+/// The concatenated token texts of a collected request.
+pub fn streamed_text(events: &[(Instant, SupervisorToClient)]) -> String {
+    events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            SupervisorToClient::Token(t) => Some(t.text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
