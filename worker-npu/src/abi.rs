@@ -145,20 +145,15 @@ fn join(versions: &[RuntimeVersion]) -> String {
 /// `RKLLM SDK (version: 1.2.1 ...` and `rkllm-runtime version: 1.2.1`.
 const MARKERS: [&[u8]; 3] = [b"RKLLM SDK", b"rkllm-runtime version", b"RKLLM Runtime"];
 
-/// How far after a marker the version may start (past ": ", " (version: ", "V").
-const VERSION_WINDOW: usize = 48;
-
 /// Every distinct version that follows a known marker in `bytes` (pure).
+/// Only separators may stand between marker and version (`: `, ` (version: `,
+/// ` V`): in `rkllm-runtime version: %s, rknpu driver version: 0.9.8` the
+/// number belongs to the driver, not to the runtime.
 pub fn find_versions(bytes: &[u8]) -> Vec<RuntimeVersion> {
     let mut found = Vec::new();
     for marker in MARKERS {
         for at in memmem::find_iter(bytes, marker) {
-            let start = at + marker.len();
-            let end = (start + VERSION_WINDOW).min(bytes.len());
-            let window = &bytes[start..end];
-            // A C string ends at NUL: a version after it belongs to something else.
-            let window = &window[..memchr::memchr(0, window).unwrap_or(window.len())];
-            if let Some(v) = first_version(window) {
+            if let Some(v) = version_after(&bytes[at + marker.len()..]) {
                 if !found.contains(&v) {
                     found.push(v);
                 }
@@ -169,18 +164,21 @@ pub fn find_versions(bytes: &[u8]) -> Vec<RuntimeVersion> {
     found
 }
 
-/// The first `d+.d+.d+` in `window`.
-fn first_version(window: &[u8]) -> Option<RuntimeVersion> {
-    let mut i = 0;
-    while i < window.len() {
-        if window[i].is_ascii_digit() && (i == 0 || !window[i - 1].is_ascii_digit()) {
-            if let Some(v) = parse_version_at(&window[i..]) {
-                return Some(v);
-            }
-        }
-        i += 1;
+/// The version right after a marker, past separators and an optional
+/// "version" word and "v" prefix.
+fn version_after(rest: &[u8]) -> Option<RuntimeVersion> {
+    let is_sep = |b: &u8| matches!(b, b' ' | b'\t' | b':' | b'=' | b'(');
+    let skip = |s: &[u8]| s.iter().take_while(|b| is_sep(b)).count();
+    let mut pos = skip(rest);
+    let word = b"version";
+    if rest.len() >= pos + word.len() && rest[pos..pos + word.len()].eq_ignore_ascii_case(word) {
+        pos += word.len();
+        pos += skip(&rest[pos..]);
     }
-    None
+    if matches!(rest.get(pos), Some(b'v' | b'V')) {
+        pos += 1;
+    }
+    parse_version_at(&rest[pos..])
 }
 
 fn parse_version_at(s: &[u8]) -> Option<RuntimeVersion> {
@@ -259,6 +257,10 @@ mod tests {
         let blob = b"xx rkllm-runtime version: 1.3.0\0 RKLLM SDK V1.3.0\0";
         assert_eq!(find_versions(blob), vec![v(1, 3, 0)]);
         assert!(find_versions(b"librknnrt version: 2.3.0").is_empty());
+        // The format string of the runtime's log line: the number is the driver's.
+        assert!(
+            find_versions(b"rkllm-runtime version: %s, rknpu driver version: 0.9.8\0").is_empty()
+        );
         // A NUL ends the string the marker belongs to.
         assert!(find_versions(b"RKLLM SDK\0 1.2.1").is_empty());
     }

@@ -6,7 +6,7 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use proto::artifact::rkllm::{self, Platform, RkllmError};
 use proto::worker::{ExitCode, ModelFacts};
@@ -446,6 +446,37 @@ impl Engine {
         &self.facts
     }
 
+    /// Destroys the model (`rkllm_destroy`) as soon as no generation or
+    /// abort thread holds it any more, waiting at most `within`. Blocks.
+    ///
+    /// # Errors
+    /// Gives the engine back when it is still in use after `within` (a run
+    /// that does not return): the caller decides whether to leak it.
+    pub fn destroy(self, within: Duration) -> Result<(), Box<Self>> {
+        let deadline = Instant::now() + within;
+        let mut model = self.model;
+        loop {
+            match Arc::try_unwrap(model) {
+                Ok(unique) => {
+                    drop(unique);
+                    return Ok(());
+                }
+                Err(shared) if Instant::now() >= deadline => {
+                    return Err(Box::new(Self {
+                        model: shared,
+                        abi: self.abi,
+                        settings: self.settings,
+                        facts: self.facts,
+                    }))
+                }
+                Err(shared) => {
+                    model = shared;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
     /// Whether the runtime enforces the per-request token cap itself (1.3.0).
     pub fn caps_tokens_per_run(&self) -> bool {
         self.abi == Abi::V1_3
@@ -506,6 +537,9 @@ impl Engine {
                     ?result,
                     "rkllm_run returned"
                 );
+                // Let go of the model before saying so: after Returned the
+                // worker may destroy it, which needs the last reference.
+                drop(thread_model);
                 let tokens = thread_sink.tokens();
                 thread_sink.send(EngineEvent::Returned {
                     request_id,

@@ -31,6 +31,10 @@ use crate::ffi::raw::RKLLMPerfStat;
 /// process exits without tearing the model down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+/// How long a reload waits for the old model to be free (its last run and
+/// abort calls to return) before giving up.
+const RELOAD_WAIT: Duration = Duration::from_secs(10);
+
 /// What the worker needs besides the conversation.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -289,7 +293,15 @@ impl<W: AsyncWrite + Unpin> Worker<W> {
             .spawn(move || {
                 // The old model goes first: one model per process, and the
                 // NPU memory it holds may be needed by the new one.
-                drop(old);
+                if let Some(old) = old {
+                    if let Err(stuck) = old.destroy(RELOAD_WAIT) {
+                        std::mem::forget(stuck);
+                        let _ = tx.send(Err(LoadError::Internal {
+                            message: "the previous model is still in use by a run that does not end; restart the worker".into(),
+                        }));
+                        return;
+                    }
+                }
                 let outcome = std::panic::catch_unwind(|| {
                     let settings = LoadSettings::from_load(&load)?;
                     engine::load(&settings, board)
@@ -659,8 +671,13 @@ impl<W: AsyncWrite + Unpin> Worker<W> {
             }
         }
         self.current = None;
-        // Dropping the engine destroys the model (rkllm_destroy).
-        drop(self.engine.take());
+        if let Some(engine) = self.engine.take() {
+            // The run has returned; only its threads' last references remain.
+            if let Err(stuck) = engine.destroy(SHUTDOWN_GRACE) {
+                tracing::warn!("the model is still referenced; exiting without tearing it down");
+                std::mem::forget(stuck);
+            }
+        }
         Exit { code: 0 }
     }
 }

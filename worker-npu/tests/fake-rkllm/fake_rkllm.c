@@ -408,6 +408,7 @@ static int init_common(LLMHandle *handle, RKLLMParam *param, LLMResultCallback c
     /* Like runtimes before 1.2: report the failure on stderr and still return 0. */
     if (mode_is("invalid_model")) {
         fprintf(stderr, "E rkllm: invalid rkllm model!\n");
+        record_fmt("init_returned", "0");
         return 0;
     }
     record_fmt("init", "ok");
@@ -528,6 +529,7 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
 
     double t0 = now_ms();
     int pieces = 0;
+    int waiting = 0;
     size_t pos = start;
     char piece[64];
     for (;;) {
@@ -574,6 +576,7 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
         bool split = pos < len && is_continuation_byte((unsigned char)script[pos]);
         deliver(m, userdata, piece, 1000 + pieces, split ? RKLLM_RUN_WAITING : RKLLM_RUN_NORMAL, NULL);
         pieces++;
+        waiting += split;
     }
 
     RKLLMPerfStat perf;
@@ -585,6 +588,7 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
     perf.memory_usage_mb = 100.0f;
     record_fmt("run_prefill_tokens", "%d", perf.prefill_tokens);
     record_fmt("run_generate_tokens", "%d", perf.generate_tokens);
+    record_fmt("run_waiting_pieces", "%d", waiting);
     deliver(m, userdata, NULL, -1, RKLLM_RUN_FINISH, &perf);
     free(full);
     return 0;
