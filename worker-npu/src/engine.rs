@@ -248,8 +248,9 @@ fn init_message(
     }
 }
 
-/// What the runtime thread tells the worker's async side.
-#[derive(Debug, Clone, PartialEq)]
+/// What the runtime thread tells the worker's async side. `Debug` leaves
+/// the generated text out (it answers a user's prompt).
+#[derive(Clone, PartialEq)]
 pub enum EngineEvent {
     /// Complete text; `tokens` counts the runtime's pieces so far.
     Text {
@@ -290,6 +291,55 @@ pub enum EngineEvent {
         /// Tokens counted by the worker.
         tokens: u32,
     },
+}
+
+impl std::fmt::Debug for EngineEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Text {
+                request_id,
+                text,
+                tokens,
+            } => f
+                .debug_struct("Text")
+                .field("request_id", request_id)
+                .field("bytes", &text.len())
+                .field("tokens", tokens)
+                .finish(),
+            Self::LimitReached { request_id } => f
+                .debug_struct("LimitReached")
+                .field("request_id", request_id)
+                .finish(),
+            Self::Finished {
+                request_id,
+                perf,
+                tokens,
+            } => f
+                .debug_struct("Finished")
+                .field("request_id", request_id)
+                .field("perf", perf)
+                .field("tokens", tokens)
+                .finish(),
+            Self::Failed {
+                request_id,
+                message,
+            } => f
+                .debug_struct("Failed")
+                .field("request_id", request_id)
+                .field("message", message)
+                .finish(),
+            Self::Returned {
+                request_id,
+                result,
+                tokens,
+            } => f
+                .debug_struct("Returned")
+                .field("request_id", request_id)
+                .field("result", result)
+                .field("tokens", tokens)
+                .finish(),
+        }
+    }
 }
 
 /// Per-run state shared with the runtime's callback.

@@ -143,10 +143,10 @@ impl Runtime {
             path,
             abi,
         };
-        // SAFETY (for every `lookup.get` below): each type is the function
-        // pointer type `rkllm.h` declares for that symbol in this layout
-        // (raw.rs), and the pointers are stored in the Runtime next to the
-        // library that keeps them valid.
+        // SAFETY: each type is the function pointer type `rkllm.h` declares
+        // for that symbol (identical in both layouts, raw::common), and the
+        // pointers are stored in the Runtime next to the library that keeps
+        // them valid.
         let common = unsafe {
             Common {
                 abort: lookup.get("rkllm_abort")?,
@@ -154,6 +154,8 @@ impl Runtime {
                 set_chat_template: lookup.get("rkllm_set_chat_template")?,
             }
         };
+        // SAFETY: as above, with the types of the layout chosen by `abi`
+        // (raw::v1_2 or raw::v1_3).
         let entry = unsafe {
             match abi {
                 Abi::V1_2 => Entry::V1_2 {
@@ -657,4 +659,94 @@ pub fn flush_c_stdio() {
 pub fn exit_immediately(code: i32) -> ! {
     // SAFETY: _exit takes no pointers and does not return.
     unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A sink that panics on every event and counts the panics reported.
+    struct Panicking {
+        reported: AtomicU32,
+    }
+
+    impl RunSink for Panicking {
+        fn on_event(&self, _event: RunEvent<'_>) {
+            panic!("sink failure");
+        }
+        fn on_panic(&self) {
+            self.reported.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    struct Recording {
+        events: Mutex<Vec<String>>,
+    }
+
+    impl RunSink for Recording {
+        fn on_event(&self, event: RunEvent<'_>) {
+            self.events.lock().unwrap().push(format!("{event:?}"));
+        }
+        fn on_panic(&self) {}
+    }
+
+    // One test for both sinks: the slot is process-wide.
+    #[test]
+    fn the_callback_decodes_results_and_stops_panics() {
+        let text = c"h\xc3";
+        let mut result = raw::RKLLMResult {
+            text: text.as_ptr(),
+            token_id: 1,
+            last_hidden_layer: raw::RKLLMResultLastHiddenLayer {
+                hidden_states: ptr::null(),
+                embd_size: 0,
+                num_tokens: 0,
+            },
+            logits: raw::RKLLMResultLogits {
+                logits: ptr::null(),
+                vocab_size: 0,
+                num_tokens: 0,
+            },
+            perf: raw::RKLLMPerfStat::default(),
+        };
+
+        let recording = Arc::new(Recording {
+            events: Mutex::new(Vec::new()),
+        });
+        set_active_sink(Some(recording.clone()));
+        // SAFETY: a valid result with a NUL-terminated text, as the runtime passes.
+        let codes = unsafe {
+            [
+                on_result(&raw mut result, ptr::null_mut(), raw::RKLLM_RUN_WAITING),
+                on_result(ptr::null_mut(), ptr::null_mut(), raw::RKLLM_RUN_FINISH),
+                on_result(ptr::null_mut(), ptr::null_mut(), 7),
+            ]
+        };
+        assert_eq!(codes, [0, 0, 0]);
+        let events = recording.events.lock().unwrap().clone();
+        assert_eq!(
+            events,
+            [
+                "Text { bytes: [104, 195], waiting: true }",
+                &format!("Finish({:?})", raw::RKLLMPerfStat::default()),
+                "Unknown(7)",
+            ]
+        );
+
+        let panicking = Arc::new(Panicking {
+            reported: AtomicU32::new(0),
+        });
+        set_active_sink(Some(panicking.clone()));
+        // SAFETY: as above.
+        let code = unsafe { on_result(&raw mut result, ptr::null_mut(), raw::RKLLM_RUN_NORMAL) };
+        assert_eq!(code, 0, "the callback returns normally");
+        assert_eq!(panicking.reported.load(Ordering::SeqCst), 1);
+
+        // No sink: a late callback is ignored.
+        set_active_sink(None);
+        // SAFETY: as above.
+        let code = unsafe { on_result(&raw mut result, ptr::null_mut(), raw::RKLLM_RUN_NORMAL) };
+        assert_eq!(code, 0);
+    }
 }

@@ -20,6 +20,7 @@
  *   FAKE_RKLLM_LEAK_MB       leak: MiB allocated and touched per piece (default 32)
  *   FAKE_RKLLM_LEAK_CAP_MB   leak: stop growing at this many MiB (default 4096)
  *   FAKE_RKLLM_CONTEXT_LIMIT the model's max_context_limit (default 4096)
+ *   FAKE_RKLLM_INIT_DELAY_MS how long rkllm_init takes (default 0)
  *   FAKE_RKLLM_RECORD        file to append key=value lines to: every init
  *                            parameter, chat template, run input, abort, destroy
  *   RKLLM_LOG_LEVEL          >= 1: log version, model facts (as the real runtime does)
@@ -368,6 +369,7 @@ static int init_common(LLMHandle *handle, RKLLMParam *param, LLMResultCallback c
                 "target_platform: RK3588, model_dtype: W8A8\n",
                 RKLLM_VERSION, limit);
     }
+    sleep_ms(env_long("FAKE_RKLLM_INIT_DELAY_MS", 0));
     /* A line on stdout too: real runtimes are not consistent about which stream they use. */
     printf("I rkllm: fake runtime %s initialising\n", RKLLM_VERSION);
 

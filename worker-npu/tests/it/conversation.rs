@@ -518,3 +518,30 @@ async fn reload_destroys_the_old_model_first() {
     let (pieces, _) = w.collect(2).await;
     assert_eq!(pieces.concat(), SCRIPT);
 }
+
+#[tokio::test]
+async fn heartbeats_are_answered_while_the_model_loads() {
+    let fx = Fixture::new().env("FAKE_RKLLM_INIT_DELAY_MS", "1500");
+    let mut w = fx.spawn().await;
+    w.send(SupervisorToWorker::Load(fx.load(FAKE_1_3, "auto")))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.send(SupervisorToWorker::Ping(Ping { seq: 4 })).await;
+    match w.recv().await {
+        WorkerToSupervisor::Heartbeat(hb) => {
+            assert_eq!(hb.seq, 4);
+            assert_eq!(hb.busy_with, None);
+        }
+        other => panic!("expected a heartbeat during the load, got {other:?}"),
+    }
+    // A request during the load is refused, not queued behind it.
+    w.send(SupervisorToWorker::Generate(ask(1, "early"))).await;
+    match w.recv().await {
+        WorkerToSupervisor::Error(e) => assert_eq!(e.kind, WorkerErrorKind::NotLoaded),
+        other => panic!("expected NotLoaded, got {other:?}"),
+    }
+    match w.recv().await {
+        WorkerToSupervisor::Ready(ready) => assert!(ready.load_ms >= 1400.0, "{}", ready.load_ms),
+        other => panic!("expected Ready, got {other:?}"),
+    }
+}
