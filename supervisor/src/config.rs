@@ -696,6 +696,14 @@ impl SlotConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_documented_example_is_valid() {
+        let text = include_str!("../../deploy/config.example.toml");
+        let c = Config::from_toml(text, Path::new("/etc/rocksteady")).unwrap();
+        assert_eq!(c.slots.primary.backend, Backend::Npu);
+        assert_eq!(c.slots.fallback.as_ref().unwrap().backend, Backend::Cpu);
+    }
+
     const MINIMAL: &str = "[slots.primary]\nbackend = \"cpu\"\nmodel = \"m.gguf\"\n";
 
     fn err(text: &str) -> String {

@@ -52,6 +52,7 @@ fn main() -> anyhow::Result<()> {
             }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // llama.cpp's own chatter goes through tracing (at its levels), not raw stderr.
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());

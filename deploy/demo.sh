@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The main job. With a Discord token configured (DISCORD_TOKEN, or a
+# credentials directory holding discord-token) it runs the supervisor and the
+# Discord gateway in the foreground until Ctrl-C. Without one it runs the demo:
+# a supervisor with an NPU slot (unavailable on a machine without the RKLLM
+# runtime) and a CPU slot on the default model, `supctl ask "What is 2+2?"`
+# streaming its answer, `supctl status`, and a clean shutdown.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+
+"$here/deploy/setup.sh"
+echo "demo: building"
+cargo build --workspace --bins --quiet
+bin=$here/target/debug
+
+work=$(mktemp -d /tmp/rocksteady-demo.XXXXXX)
+sup_pid=""
+cleanup() {
+  if [ -n "$sup_pid" ] && kill -0 "$sup_pid" 2>/dev/null; then
+    kill -TERM "$sup_pid" 2>/dev/null || true
+    wait "$sup_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+config=${ROCKSTEADY_CONFIG:-$work/config.toml}
+if [ -z "${ROCKSTEADY_CONFIG:-}" ]; then
+  sed -e "s|@WORK@|$work|g" -e "s|@MODELS@|$here/models|g" "$here/deploy/demo.toml" > "$config"
+fi
+
+token_present=false
+if [ -n "${DISCORD_TOKEN:-}" ] || { [ -n "${CREDENTIALS_DIRECTORY:-}" ] && [ -f "$CREDENTIALS_DIRECTORY/discord-token" ]; }; then
+  token_present=true
+fi
+
+RUST_LOG=${RUST_LOG:-warn} "$bin/rocksteady-supervisor" --config "$config" &
+sup_pid=$!
+
+# Wait until a worker is ready (or none can be).
+for _ in $(seq 1 600); do
+  if "$bin/supctl" --config "$config" status --json 2>/dev/null \
+      | grep -qE '"state": "(Ready|Busy)"'; then
+    break
+  fi
+  kill -0 "$sup_pid" 2>/dev/null || { echo "demo: the supervisor exited" >&2; exit 1; }
+  sleep 0.2
+done
+
+if $token_present && [ -x "$bin/rocksteady-gateway" ]; then
+  echo "demo: Discord token found: running the gateway (Ctrl-C stops both)"
+  "$bin/rocksteady-gateway" --config "$config"
+  exit $?
+fi
+
+echo
+echo "\$ supctl ask \"What is 2+2?\""
+"$bin/supctl" --config "$config" ask "What is 2+2?"
+echo
+echo "\$ supctl status"
+"$bin/supctl" --config "$config" status
+echo
+echo "demo: stopping the supervisor"
+kill -TERM "$sup_pid"
+wait "$sup_pid"
+sup_pid=""
+echo "demo: done"

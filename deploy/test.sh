@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this): set-up (system
+# packages, the default model), formatting and lint gates, the workspace's
+# tests on the real model, and the deployment checks (systemd units, arm64
+# build under emulation, packages).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+
+step() { printf '\n== %s ==\n' "$*"; }
+
+step "set-up"
+"$here/deploy/setup.sh"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build"
+# Integration tests start the workers and the supervisor as processes, so
+# every binary must exist before any test runs.
+cargo build --workspace --bins
+
+step "cargo test"
+cargo test --workspace --no-fail-fast
+
+if [ "${ROCKSTEADY_SKIP_DEPLOY_CHECKS:-}" != 1 ]; then
+  step "deployment checks"
+  "$here/deploy/ci-deploy-checks.sh"
+fi
