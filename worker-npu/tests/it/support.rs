@@ -83,7 +83,7 @@ impl Fixture {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker-npu"));
+        let mut cmd = worker_command();
         cmd.arg("--socket")
             .arg(&socket)
             .arg("--sysfs-root")
@@ -157,6 +157,23 @@ impl Fixture {
     /// A Load for this fixture's model with the given runtime and ABI setting.
     pub fn load(&self, runtime: &str, abi: &str) -> Load {
         npu_load(&self.model, runtime, abi)
+    }
+}
+
+/// The worker binary, run through `WORKER_NPU_TEST_RUNNER` when set (e.g.
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu` to run the whole suite on the
+/// board's architecture under emulation: the test binary itself runs under
+/// cargo's target runner, but the worker it starts needs one too).
+fn worker_command() -> Command {
+    let binary = env!("CARGO_BIN_EXE_worker-npu");
+    match std::env::var("WORKER_NPU_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut parts = runner.split_whitespace();
+            let mut cmd = Command::new(parts.next().unwrap_or_default());
+            cmd.args(parts).arg(binary);
+            cmd
+        }
+        _ => Command::new(binary),
     }
 }
 
