@@ -113,8 +113,6 @@ impl LoadSettings {
                 expected: "expected bits for CPUs 0-7 only (0x01-0xFF)",
             });
         }
-        // The runtime's prompt batch is a u8; the profile's batch is for llama.cpp too.
-        let n_batch = u8::try_from(load.profile.batch_size.clamp(1, 255)).unwrap_or(1);
         let sampling = InitSampling::from(GenParams::default());
         let file_name = std::path::Path::new(&load.model_path)
             .file_name()
@@ -135,7 +133,10 @@ impl LoadSettings {
                 repeat_penalty: sampling.repeat_penalty,
                 base_domain_id: npu.base_domain_id,
                 enabled_cpus_mask: mask,
-                n_batch: n_batch.max(1),
+                // Not a prompt batch (unlike llama.cpp's): the number of
+                // sequences decoded together. A worker runs one generation
+                // at a time, and more sequences cost NPU memory for nothing.
+                n_batch: 1,
                 embed_flash: true,
             },
             family: Family::detect(&file_name),
@@ -235,7 +236,10 @@ mod tests {
         assert_eq!(s.init.max_context_len, 2048);
         assert_eq!(s.init.max_new_tokens, 256);
         assert_eq!(s.init.base_domain_id, 1);
-        assert_eq!(s.init.n_batch, 255);
+        assert_eq!(
+            s.init.n_batch, 1,
+            "the profile's prompt batch is not RKLLM's n_batch"
+        );
         assert_eq!(s.runtime_path, PathBuf::from(DEFAULT_RUNTIME_PATH));
         assert_eq!(s.family, Family::ChatMl);
         assert_eq!(s.abi, AbiSetting::Fixed(crate::abi::Abi::V1_3));

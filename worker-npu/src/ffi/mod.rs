@@ -121,12 +121,17 @@ impl Runtime {
     /// Loads the library at `path` and resolves the functions of `abi`.
     ///
     /// The library is bound immediately (`RTLD_NOW`), so a missing
-    /// dependency fails here and not at the first call.
+    /// dependency fails here and not at the first call, and stays mapped
+    /// until the process ends (`RTLD_NODELETE`).
     ///
     /// # Errors
     /// [`FfiError::Open`] or [`FfiError::Symbol`].
     pub fn open(path: &Path, abi: Abi) -> Result<Arc<Self>, FfiError> {
-        let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL;
+        // RTLD_NODELETE: the runtime is never unloaded (a reload opens it
+        // again): its worker threads and static destructors do not survive
+        // being unmapped under them.
+        let flags =
+            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL | libc::RTLD_NODELETE;
         // SAFETY: loading runs the library's initialisers. The library is the
         // vendor runtime the operator configured for this worker, which is
         // exactly the code this process exists to run; nothing else in the
@@ -235,7 +240,7 @@ pub struct InitParams {
     pub base_domain_id: i32,
     /// CPU cores the runtime may use (bit n = CPU n).
     pub enabled_cpus_mask: u32,
-    /// Prompt batch size.
+    /// Sequences decoded together (batched inference); 1 for one chat at a time.
     pub n_batch: u8,
     /// Keep the embedding table in flash (saves RAM).
     pub embed_flash: bool,

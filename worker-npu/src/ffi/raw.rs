@@ -38,7 +38,7 @@ pub struct RKLLMExtendParam {
     pub enabled_cpus_num: i8,
     /// Which CPU cores (bit n = CPU n).
     pub enabled_cpus_mask: u32,
-    /// Prompt batch size.
+    /// Input sequences processed together (batched inference); default 1.
     pub n_batch: u8,
     /// Cross-attention (encoder-decoder models only).
     pub use_cross_attn: i8,

@@ -137,7 +137,9 @@ async fn settings_reach_the_runtime() {
         assert_eq!(rec["base_domain_id"], "2");
         assert_eq!(rec["max_context_len"], "1024");
         assert_eq!(rec["max_new_tokens"], "100");
-        assert_eq!(rec["n_batch"], "64");
+        // The profile's prompt batch (64) is llama.cpp's; RKLLM's n_batch is
+        // the number of sequences and stays 1.
+        assert_eq!(rec["n_batch"], "1");
         assert_eq!(
             unescape(&rec["chat_system"]),
             "<|im_start|>system\nBe terse.<|im_end|>\n"
