@@ -178,13 +178,14 @@ pub struct Format {
 }
 
 /// The operator's template settings (`NpuOptions`), each replacing the
-/// family's default when set: `system_prompt` is the literal system block
-/// used when a request brings no system message; `prompt_prefix` goes before
-/// every user turn; `prompt_postfix` after it (closing the user turn and
+/// family's default when set: `system_prompt` is the system text used when a
+/// request brings no system message (wrapped in the family's system markers
+/// like a request's own); `prompt_prefix` goes literally before every user
+/// turn; `prompt_postfix` literally after it (closing the user turn and
 /// opening the assistant's).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {
-    /// Literal system block.
+    /// Default system text.
     pub system_prompt: Option<String>,
     /// Text before each user turn.
     pub prompt_prefix: Option<String>,
@@ -302,21 +303,23 @@ pub fn render(
         .clone()
         .unwrap_or_else(|| [format.user_close, format.reply_open].concat());
 
-    let request_system = (!system_texts.is_empty()).then(|| system_texts.join("\n\n"));
+    // The request's own system text wins, then the operator's, then the family's.
+    let system_text = if system_texts.is_empty() {
+        overrides
+            .system_prompt
+            .clone()
+            .or_else(|| format.default_system.map(str::to_owned))
+    } else {
+        Some(system_texts.join("\n\n"))
+    };
     let mut system_block = String::new();
     let mut system_in_first_user = None;
-    match (&request_system, format.system_role) {
+    match (system_text, format.system_role) {
         (Some(text), true) => {
-            system_block = [format.system_open, text, format.system_close].concat();
+            system_block = [format.system_open, &text, format.system_close].concat();
         }
-        (Some(text), false) => system_in_first_user = Some(text.clone()),
-        (None, _) => {
-            if let Some(literal) = &overrides.system_prompt {
-                system_block.clone_from(literal);
-            } else if let Some(text) = format.default_system {
-                system_block = [format.system_open, text, format.system_close].concat();
-            }
-        }
+        (Some(text), false) => system_in_first_user = Some(text),
+        (None, _) => {}
     }
 
     let mut body = String::new();
@@ -500,13 +503,26 @@ mod tests {
     #[test]
     fn overrides_replace_the_family_defaults() {
         let overrides = Overrides {
-            system_prompt: Some("<<SYS>>".into()),
+            system_prompt: Some("Be terse.".into()),
             prompt_prefix: Some("[U]".into()),
             prompt_postfix: Some("[/U][A]".into()),
         };
         let r = render(Family::ChatMl, &overrides, &[msg(Role::User, "x")], "").unwrap();
-        assert_eq!(r.transcript(), "<<SYS>>[U]x[/U][A]");
+        assert_eq!(
+            r.transcript(),
+            "<|im_start|>system\nBe terse.<|im_end|>\n[U]x[/U][A]"
+        );
         assert_eq!(r.input, "x");
+        // A request's own system message still wins over the configured text.
+        let r = render(
+            Family::ChatMl,
+            &overrides,
+            &[msg(Role::System, "Be kind."), msg(Role::User, "x")],
+            "",
+        )
+        .unwrap();
+        assert!(r.template.system_prompt.contains("Be kind."));
+        assert!(!r.template.system_prompt.contains("Be terse."));
     }
 
     #[test]

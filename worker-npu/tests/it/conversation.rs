@@ -126,7 +126,7 @@ async fn settings_reach_the_runtime() {
         };
         npu.enabled_cpus_mask = 0x0C;
         npu.base_domain_id = 2;
-        npu.system_prompt = Some("<|im_start|>system\nBe terse.<|im_end|>\n".into());
+        npu.system_prompt = Some("Be terse.".into());
         assert!(matches!(w.load(load).await, WorkerToSupervisor::Ready(_)));
         w.send(SupervisorToWorker::Generate(ask(1, "hi"))).await;
         let (_, end) = w.collect(1).await;
