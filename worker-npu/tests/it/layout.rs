@@ -23,6 +23,14 @@ fn shared_structs() {
     assert_eq!(offset_of!(RKLLMPerfStat, generate_tokens), 12);
     assert_eq!(offset_of!(RKLLMPerfStat, memory_usage_mb), 16);
 
+    assert_eq!(size_of::<RKLLMResultLastHiddenLayer>(), 16);
+    assert_eq!(offset_of!(RKLLMResultLastHiddenLayer, num_tokens), 12);
+    assert_eq!(size_of::<RKLLMResultLogits>(), 16);
+    assert_eq!(offset_of!(RKLLMResultLogits, vocab_size), 8);
+    assert_eq!(size_of::<RKLLMEmbedInput>(), 16);
+    assert_eq!(size_of::<RKLLMTokenInput>(), 16);
+    assert_eq!(offset_of!(RKLLMTokenInput, n_tokens), 8);
+
     assert_eq!(size_of::<RKLLMResult>(), 72);
     assert_eq!(offset_of!(RKLLMResult, text), 0);
     assert_eq!(offset_of!(RKLLMResult, token_id), 8);
