@@ -4,7 +4,10 @@
 
 use std::mem::{align_of, offset_of, size_of};
 
-use worker_npu::ffi::raw::{self, v1_2, v1_3, RKLLMExtendParam, RKLLMPerfStat, RKLLMResult};
+use worker_npu::ffi::raw::{
+    self, v1_2, v1_3, RKLLMEmbedInput, RKLLMExtendParam, RKLLMPerfStat, RKLLMResult,
+    RKLLMResultLastHiddenLayer, RKLLMResultLogits, RKLLMTokenInput,
+};
 
 #[test]
 fn shared_structs() {
