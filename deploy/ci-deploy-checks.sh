@@ -35,7 +35,7 @@ model=$repo_root/models/SmolLM2-135M-Instruct.Q4_1.gguf
 work=$(mktemp -d)
 
 readonly APT_PACKAGES=(qemu-user systemd gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
-    cmake clang libclang-dev binutils python3 python3-pip adduser init-system-helpers)
+    cmake clang libclang-dev binutils python3 python3-pip adduser init-system-helpers debconf)
 
 passed=0
 failed=0
@@ -112,7 +112,7 @@ verify_units() { # DIR-WITH-UNITS
 }
 # Exposure ceilings (0 = fully locked down, 10 = none). Raising one needs a
 # reason in the unit file.
-declare -A SECURITY_CEILING=([rocksteady-supervisor]=2.5 [rocksteady-gateway]=2.0 [rocksteady-board-tune]=3.5)
+declare -A SECURITY_CEILING=([rocksteady-supervisor]=2.5 [rocksteady-gateway]=2.0 [rocksteady-board-tune]=2.5)
 security_units() { # DIR-WITH-UNITS
     local unit score rc=0
     for unit in "${!SECURITY_CEILING[@]}"; do
@@ -137,7 +137,6 @@ check_units() {
     sed -i -E "s#^(Exec(Start|Stop)=)/usr/bin/#\\1$arm_dir/#" "$d"/*.service
     sed -i -E "s#^(Exec(Start|Stop)=)/usr/sbin/rocksteady-board-tune#\\1$repo_root/deploy/board-tune.sh#" "$d"/*.service
     grep -h '^Exec' "$d"/*.service
-    # The gateway may not be built yet; verify then fails naming it.
     verify_units "$d"
     security_units "$d"
 }
@@ -198,7 +197,7 @@ check_install() {
     local f=0
     t() { if "$@"; then log "  ok   ${desc}"; else log "  FAIL ${desc}"; f=$((f + 1)); fi; }
     desc="rocksteady is a system user";            t test "$(id -u rocksteady)" -lt 1000
-    desc="group rocksteady exists";                t getent group rocksteady
+    desc="group rocksteady exists";                t bash -c "getent group rocksteady >/dev/null"
     desc="user's primary group is rocksteady";     t test "$(id -gn rocksteady)" = rocksteady
     desc="user has no login shell";                t test "$(getent passwd rocksteady | cut -d: -f7)" = /usr/sbin/nologin
     for g in render video; do
@@ -240,7 +239,7 @@ check_install() {
     DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq rocksteady >/dev/null
     desc="config gone after purge";              t test ! -e /etc/rocksteady/config.toml
     desc="state gone after purge";               t test ! -e /var/lib/rocksteady
-    desc="user kept after purge (Debian practice)"; t getent passwd rocksteady
+    desc="user kept after purge (Debian practice)"; t bash -c "getent passwd rocksteady >/dev/null"
     ((f == 0))
 }
 

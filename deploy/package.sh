@@ -83,11 +83,15 @@ done
 grep -q '^\[package.metadata.deb\]' "$manifest" || die "$manifest has no [package.metadata.deb] section"
 
 step "checking cargo-deb"
-if cargo deb --version >/dev/null 2>&1; then
-    info "$(cargo deb --version)"
+# 3.x installs units under /usr/lib/systemd/system and handles the
+# target/release/ rewriting this script relies on; older ones differ.
+readonly CARGO_DEB_MIN=3.8.0
+have=$(cargo deb --version 2>/dev/null | sed -n 's/^cargo-deb \([0-9.]*\).*/\1/p' || true)
+if [[ -n $have && $(printf '%s\n%s\n' "$CARGO_DEB_MIN" "$have" | sort -V | head -n1) == "$CARGO_DEB_MIN" ]]; then
+    info "cargo-deb $have"
 else
-    info "missing: cargo install cargo-deb --locked"
-    cargo install cargo-deb --locked
+    info "${have:+cargo-deb $have is older than $CARGO_DEB_MIN; }installing: cargo install cargo-deb --locked --version ^$CARGO_DEB_MIN"
+    cargo install cargo-deb --locked --version "^$CARGO_DEB_MIN"
 fi
 
 # The binaries the workspace defines, from cargo's own view of it.
