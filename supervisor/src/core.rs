@@ -153,6 +153,7 @@ impl Slot {
             backend: self.cfg.backend,
             state: self.state,
             healthy_since: self.healthy_since,
+            recovering: self.restarts > 0,
         }
     }
 }
@@ -529,7 +530,15 @@ impl Core {
             let _ = tx.send(SupervisorToWorker::Shutdown);
         }
         process::stop_in_background(pid, grace, Arc::clone(&s.alive));
+        // The request it was serving moves on now, not after the process is
+        // gone: a hung worker may take the whole grace period to die.
+        let job = s.job.take();
+        s.generate_sent_at = None;
+        s.last_token_at = None;
         self.set_state(i, SlotState::Stopping, Some(reason.as_str().to_owned()));
+        if let Some(id) = job {
+            self.rescue(id, i, reason);
+        }
     }
 
     fn on_worker_connected(

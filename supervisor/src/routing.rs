@@ -14,6 +14,9 @@ pub struct SlotView {
     pub state: SlotState,
     /// Since when it has been continuously ready or busy.
     pub healthy_since: Option<Instant>,
+    /// It has been restarted (or failed) since the supervisor started: a
+    /// worker that just came back must prove itself before taking traffic back.
+    pub recovering: bool,
 }
 
 impl SlotView {
@@ -51,9 +54,10 @@ pub fn choose(
     };
     let fallback = slots.get(1).filter(|s| s.healthy());
     if primary.healthy() {
-        let held = primary
-            .healthy_since
-            .is_some_and(|since| now.duration_since(since) >= failback_hold);
+        let held = !primary.recovering
+            || primary
+                .healthy_since
+                .is_some_and(|since| now.duration_since(since) >= failback_hold);
         let on_fallback = previous == Some(1);
         if on_fallback && !held && fallback.is_some() {
             return (
@@ -81,6 +85,7 @@ mod tests {
             backend,
             state,
             healthy_since: since,
+            recovering: true,
         }
     }
 
@@ -118,6 +123,15 @@ mod tests {
             .0,
             Some(0)
         );
+        // A primary that was merely slower to load at start takes over at once.
+        let fresh = [
+            SlotView {
+                recovering: false,
+                ..back[0]
+            },
+            fb,
+        ];
+        assert_eq!(choose(&fresh, Routing::Auto, Some(1), hold, t0).0, Some(0));
         // Without a healthy fallback there is nothing to hold on to.
         let alone = [
             view(Backend::Npu, SlotState::Ready, Some(t0)),

@@ -4,4 +4,5 @@
 mod broken_models;
 mod cli;
 mod relay;
+mod supervision;
 mod support;
