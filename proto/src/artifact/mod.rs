@@ -7,3 +7,4 @@
 //! an inference engine just to read a file header.
 
 pub mod gguf;
+pub mod rkllm;
