@@ -275,8 +275,12 @@ impl Bot {
             return;
         }
         if let Some(referenced) = &message.referenced_message {
-            self.cache
-                .put(referenced.id.get(), node_of(referenced, me.user));
+            // Our own record of a message (the exact answer text) beats one
+            // rebuilt from what Discord shows.
+            if self.cache.get(referenced.id.get()).is_none() {
+                self.cache
+                    .put(referenced.id.get(), node_of(referenced, me.user));
+            }
         }
         self.cache.put(message.id.get(), node_of(&message, me.user));
         let fetcher = HttpFetch {

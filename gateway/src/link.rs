@@ -205,15 +205,22 @@ impl Request {
         self.id
     }
 
-    /// The next event; `Lost` also when the link is gone for good.
+    /// The next event; `Lost` also when the link is gone for good. After the
+    /// request ended this waits forever: callers stop at the end.
     pub async fn next(&mut self) -> LinkEvent {
+        if self.ended {
+            return std::future::pending().await;
+        }
         let event = self.events.recv().await.unwrap_or(LinkEvent::Lost);
         self.note(&event);
         event
     }
 
-    /// The next event if one is waiting.
+    /// The next event if one is waiting (never anything after the end).
     pub fn try_next(&mut self) -> Option<LinkEvent> {
+        if self.ended {
+            return None;
+        }
         let event = match self.events.try_recv() {
             Ok(event) => event,
             Err(mpsc::error::TryRecvError::Empty) => return None,

@@ -1,0 +1,67 @@
+//! Access and fairness: allowlists and the per-user limits answer with a
+//! short refusal, and never reach the model.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::fake_discord::CHANNEL;
+use crate::finished_answer;
+use crate::harness;
+use crate::stand_in::{echo_answer, footer, stream_answer, StandIn, Step};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_outside_the_allowlist_is_refused() {
+    let bot = harness::start(|c| c.allowed_users = vec![1001]).await;
+    let supervisor = StandIn::start(
+        &bot.client_socket(),
+        Arc::new(|s| stream_answer(&echo_answer(s), 30, Duration::ZERO)),
+    );
+    let q = bot.discord.user_message(CHANNEL, 2002, "Let me in", true);
+    let refusal = finished_answer(&bot.discord, CHANNEL, q, "can't answer you here.").await;
+    assert_eq!(refusal.len(), 1);
+    // An allowed user in the same channel is served, and only that one request reached the model.
+    let ok = bot.discord.user_message(CHANNEL, 1001, "Me too", true);
+    finished_answer(&bot.discord, CHANNEL, ok, &footer()).await;
+    let submits = supervisor.submits();
+    assert_eq!(submits.len(), 1);
+    assert_eq!(submits[0].messages.last().unwrap().content, "Me too");
+    bot.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_concurrent_request_is_refused() {
+    let bot = harness::start(|_| {}).await;
+    let supervisor = StandIn::start(
+        &bot.client_socket(),
+        Arc::new(|s| {
+            let mut steps = vec![Step::Wait(Duration::from_millis(1500))];
+            steps.extend(stream_answer(&echo_answer(s), 30, Duration::from_millis(5)));
+            steps
+        }),
+    );
+    let first = bot
+        .discord
+        .user_message(CHANNEL, 1001, "Slow question", true);
+    bot.discord
+        .wait_for("the first request", crate::WAIT, |_| {
+            (supervisor.submits().len() == 1).then_some(())
+        })
+        .await;
+    let second = bot
+        .discord
+        .user_message(CHANNEL, 1001, "Impatient question", true);
+    let refusal = finished_answer(
+        &bot.discord,
+        CHANNEL,
+        second,
+        "please wait for it to finish.",
+    )
+    .await;
+    assert!(refusal[0].1.contains("still answering"), "{}", refusal[0].1);
+    finished_answer(&bot.discord, CHANNEL, first, &footer()).await;
+    // Another user is not held up by the first one.
+    let other = bot.discord.user_message(CHANNEL, 3003, "Unrelated", true);
+    finished_answer(&bot.discord, CHANNEL, other, &footer()).await;
+    assert_eq!(supervisor.submits().len(), 2);
+    bot.stop().await.unwrap();
+}
