@@ -312,7 +312,9 @@ impl Default for PolicyConfig {
             stall_timeout_s: 15.0,
             first_token_timeout_s: 60.0,
             load_timeout_s: 180.0,
-            stop_grace_s: 3.0,
+            // The NPU worker gives a running generation 3 s to abort before
+            // it exits on its own; SIGKILL only after that.
+            stop_grace_s: 5.0,
             backoff_initial_s: 1.0,
             backoff_max_s: 60.0,
             restart_intensity: 5,

@@ -109,11 +109,13 @@ pub fn load(
     settings: &LoadSettings,
     board: Option<Platform>,
 ) -> Result<(Engine, LoadReport), LoadError> {
+    // The runtime first: without it nothing can work, whatever the model
+    // file, and "runtime not installed" is what the operator must fix first.
+    let (runtime, runtime_version) = open_runtime(&settings.runtime_path, settings.abi)?;
     let info = rkllm::check(&settings.model_path, board)?;
     for warning in &info.warnings {
         tracing::warn!(model = %settings.model_path.display(), "{warning}");
     }
-    let (runtime, runtime_version) = open_runtime(&settings.runtime_path, settings.abi)?;
     let abi = runtime.abi();
 
     let capture = OutputCapture::start().map_err(LoadError::Capture)?;

@@ -58,6 +58,14 @@ enum Cmd {
         #[arg(long)]
         auto: bool,
     },
+    /// Check a model file (.gguf or .rkllm) without loading it.
+    CheckModel {
+        /// The model file.
+        path: PathBuf,
+        /// The board's SoC, for .rkllm platform checks (e.g. rk3588).
+        #[arg(long)]
+        board: Option<String>,
+    },
     /// Restart a worker (after its current request unless --now).
     Restart {
         /// Slot ("primary", "fallback") or backend ("npu", "cpu").
@@ -147,6 +155,19 @@ fn run() -> anyhow::Result<ExitCode> {
                     cli::failover::failover(&admin_socket, if auto { None } else { to }).await?;
                 println!("{message}");
                 Ok(ExitCode::SUCCESS)
+            }
+            Cmd::CheckModel { path, board } => {
+                let board = match board {
+                    Some(b) => Some(b.parse().map_err(|e| anyhow::anyhow!("--board: {e}"))?),
+                    None => None,
+                };
+                let (report, fine) = cli::check_model::check_model(&path, board);
+                print!("{report}");
+                Ok(if fine {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
             }
             Cmd::Restart { slot, now } => {
                 let message = cli::restart::restart(&admin_socket, &slot, now).await?;
