@@ -100,6 +100,9 @@ pub struct SupervisorSection {
     pub queue_timeout_s: f64,
     /// Permission bits of the client socket (octal string).
     pub client_socket_mode: String,
+    /// Run each worker in its own cgroup v2 group with `memory.max` from
+    /// its hard ceiling, where the cgroup tree is delegated to us.
+    pub worker_cgroups: bool,
 }
 
 impl Default for SupervisorSection {
@@ -111,6 +114,7 @@ impl Default for SupervisorSection {
             max_prompt_chars: 16_000,
             queue_timeout_s: 120.0,
             client_socket_mode: "0660".into(),
+            worker_cgroups: true,
         }
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::cgroup::WorkerCgroups;
 use crate::config::{secs, Config, SlotConfig};
 use crate::lifecycle::{
     self, check_transition, Action, Exit, Observation, Reason, RestartHistory, RestartPolicy,
@@ -144,7 +145,12 @@ struct Slot {
     mem: Option<memory::MemSample>,
     memory_pressure: bool,
     oom_kills_at_spawn: Option<u64>,
+    cgroup: Option<(std::path::PathBuf, u64)>,
     disconnected_at: Option<Instant>,
+    /// An exit seen before the worker's connection was drained: handled
+    /// when the connection ends (its last messages, such as `LoadFailed`,
+    /// explain the exit) or after a short wait.
+    pending_exit: Option<(Option<i32>, Option<i32>, Instant)>,
 }
 
 impl Slot {
@@ -209,6 +215,7 @@ pub struct Core {
     last_memory_sample: Instant,
     ready_notified: bool,
     on_ready: Option<Box<dyn FnOnce() + Send>>,
+    cgroups: Option<WorkerCgroups>,
 }
 
 impl Core {
@@ -270,7 +277,9 @@ impl Core {
                 mem: None,
                 memory_pressure: false,
                 oom_kills_at_spawn: None,
+                cgroup: None,
                 disconnected_at: None,
+                pending_exit: None,
             })
             .collect();
         Self {
@@ -293,11 +302,22 @@ impl Core {
             last_memory_sample: now.checked_sub(Duration::from_secs(3600)).unwrap_or(now),
             ready_notified: false,
             on_ready,
+            cgroups: None,
         }
     }
 
     /// Runs until `shutdown` fires and every worker is gone.
     pub async fn run(mut self, mut rx: UnboundedReceiver<Event>, shutdown: CancellationToken) {
+        if self.cfg.supervisor.worker_cgroups {
+            let t = &self.cfg.telemetry;
+            match WorkerCgroups::setup(&t.cgroup_root, &t.proc_root, std::process::id()) {
+                Ok(groups) => {
+                    tracing::info!("workers run in their own cgroups with memory.max from the hard ceiling");
+                    self.cgroups = Some(groups);
+                }
+                Err(e) => tracing::warn!("per-worker cgroups unavailable ({e}); the procfs RssAnon ceiling still applies"),
+            }
+        }
         for i in 0..self.slots.len() {
             if i == 0 || self.slots[i].cfg.warm {
                 self.spawn(i);
@@ -381,6 +401,9 @@ impl Core {
                     // worker that lingers without its connection.
                     s.tx = None;
                     s.disconnected_at = Some(Instant::now());
+                    if let Some((code, signal, _)) = s.pending_exit.take() {
+                        self.on_worker_exit(slot, code, signal);
+                    }
                 }
             }
             Event::WorkerExited {
@@ -389,8 +412,13 @@ impl Core {
                 code,
                 signal,
             } => {
-                if self.slots[slot].incarnation == incarnation {
-                    self.on_worker_exit(slot, code, signal);
+                let s = &mut self.slots[slot];
+                if s.incarnation == incarnation {
+                    if s.tx.is_some() {
+                        s.pending_exit = Some((code, signal, Instant::now()));
+                    } else {
+                        self.on_worker_exit(slot, code, signal);
+                    }
                 }
             }
             Event::Admin { cmd, reply } => {
@@ -448,6 +476,7 @@ impl Core {
         s.mem = None;
         s.wake_at = None;
         s.disconnected_at = None;
+        s.pending_exit = None;
         let incarnation = s.incarnation;
         let child = match process::spawn_worker(&s.cfg, &s.socket) {
             Ok(child) => child,
@@ -487,6 +516,19 @@ impl Core {
         s.pid = Some(pid);
         s.spawned_at = Some(Instant::now());
         s.oom_kills_at_spawn = memory::oom_kills(&proc_root);
+        s.cgroup = None;
+        if let Some(groups) = &self.cgroups {
+            let max = (s.cfg.memory_hard_mib > 0).then_some(s.cfg.memory_hard_mib << 20);
+            match groups.place(s.name, pid, max) {
+                Ok(dir) => {
+                    let before = memory::cgroup_oom_kills(&dir).unwrap_or(0);
+                    s.cgroup = Some((dir, before));
+                }
+                Err(e) => {
+                    tracing::warn!(slot = s.name, "cannot move the worker into its cgroup: {e}");
+                }
+            }
+        }
         let alive = Arc::new(AtomicBool::new(true));
         s.alive = Arc::clone(&alive);
         tracing::info!(slot = s.name, pid, backend = %s.cfg.backend, "worker spawned");
@@ -682,10 +724,14 @@ impl Core {
         let now = Instant::now();
         let proc_root = self.cfg.telemetry.proc_root.clone();
         let s = &mut self.slots[i];
-        let oom_counter_rose = match (s.oom_kills_at_spawn, memory::oom_kills(&proc_root)) {
-            (Some(before), Some(after)) => after > before && s.stopped_for.is_none(),
-            _ => false,
-        };
+        let global_rose = matches!(
+            (s.oom_kills_at_spawn, memory::oom_kills(&proc_root)),
+            (Some(before), Some(after)) if after > before
+        );
+        let group_rose = s.cgroup.as_ref().is_some_and(|(dir, before)| {
+            memory::cgroup_oom_kills(dir).is_some_and(|after| after > *before)
+        });
+        let oom_counter_rose = (global_rose || group_rose) && s.stopped_for.is_none();
         let exit = Exit {
             code,
             signal,
@@ -896,13 +942,22 @@ impl Core {
     fn dispatch(&mut self) {
         let now = Instant::now();
         let views: Vec<SlotView> = self.slots.iter().map(Slot::view).collect();
-        let (active, why) = routing::choose(
+        let (mut active, mut why) = routing::choose(
             &views,
             self.routing,
             self.active,
             secs(self.cfg.policy.failback_hold_s),
             now,
         );
+        if self.cfg.thermal.prefer_cooler
+            && self.thermal != ThermalLevel::Normal
+            && self.routing == Routing::Auto
+        {
+            if let Some(c) = active.and_then(|a| routing::cooler(&views, &self.zones, a)) {
+                active = Some(c);
+                why = format!("throttled: the {} is cooler", self.slots[c].cfg.backend);
+            }
+        }
         if active != self.active {
             tracing::info!(active = ?active.map(|i| self.slots[i].name), reason = %why, "routing");
         }
@@ -927,14 +982,8 @@ impl Core {
         }
         let admitting = self.thermal != ThermalLevel::Critical;
         if let Some(i) = active {
-            if admitting && self.slots[i].state == SlotState::Ready {
-                while let Some(id) = self.queue.pop_front() {
-                    if self.jobs.get(&id).is_some_and(|j| !j.cancelled) {
-                        self.start_job(i, id);
-                        break;
-                    }
-                    self.jobs.remove(&id);
-                }
+            if admitting {
+                self.start_next(i);
             }
         }
         let reason = if admitting {
@@ -957,6 +1006,40 @@ impl Core {
         }
     }
 
+    /// Starts the first live queued request on slot `i` if it is ready. A
+    /// long request is not admitted to a slot under memory pressure while the
+    /// other slot can take it.
+    fn start_next(&mut self, i: usize) {
+        while let Some(&id) = self.queue.front() {
+            let Some(job) = self.jobs.get(&id).filter(|j| !j.cancelled) else {
+                self.queue.pop_front();
+                self.jobs.remove(&id);
+                continue;
+            };
+            let mut target = i;
+            if self.slots[i].memory_pressure && self.is_long(job, i) {
+                if let Some(other) = (0..self.slots.len())
+                    .find(|&o| o != i && self.slots[o].state == SlotState::Ready)
+                {
+                    target = other;
+                }
+            }
+            if self.slots[target].state == SlotState::Ready {
+                self.queue.pop_front();
+                self.start_job(target, id);
+            }
+            return;
+        }
+    }
+
+    /// A request that would use more than half of the slot's context window
+    /// (prompt estimated at 4 characters a token, plus its token budget).
+    fn is_long(&self, job: &Job, i: usize) -> bool {
+        let chars: usize = job.messages.iter().map(|m| m.content.len()).sum();
+        let estimate = chars / 4 + job.params.max_tokens as usize;
+        estimate > self.slots[i].cfg.profile.context_size as usize / 2
+    }
+
     fn start_job(&mut self, i: usize, id: u64) {
         let throttled = self.thermal == ThermalLevel::Throttle;
         let cap = self.cfg.thermal.throttle_max_tokens;
@@ -970,6 +1053,12 @@ impl Core {
         params.max_tokens = params.max_tokens.saturating_sub(job.tokens).max(1);
         if throttled {
             params.max_tokens = params.max_tokens.min(cap);
+        }
+        if s.memory_pressure {
+            // Under memory pressure the KV cache must not grow far.
+            params.max_tokens = params
+                .max_tokens
+                .min((s.cfg.profile.max_new_tokens / 4).max(16));
         }
         if let Some((from, reason)) = job.failover.take() {
             job.send(SupervisorToClient::Failover(Failover {
@@ -1005,6 +1094,13 @@ impl Core {
         let now = Instant::now();
         let p = self.cfg.policy.clone();
         for i in 0..self.slots.len() {
+            if let Some((code, signal, at)) = self.slots[i].pending_exit {
+                if now.duration_since(at) > Duration::from_millis(500) {
+                    self.slots[i].pending_exit = None;
+                    self.slots[i].tx = None;
+                    self.on_worker_exit(i, code, signal);
+                }
+            }
             if self.slots[i].wake_at.is_some_and(|t| t <= now) {
                 self.slots[i].wake_at = None;
                 let s = &mut self.slots[i];

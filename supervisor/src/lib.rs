@@ -5,6 +5,7 @@
 //! [`run`] is the whole daemon; the binary only parses arguments and sets up
 //! logging around it.
 
+pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod config;

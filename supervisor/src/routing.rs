@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use proto::admin::{Routing, SlotState};
+use proto::admin::{Routing, SlotState, ZoneTemp};
 use proto::chat::Backend;
 
 /// What routing needs to know about a slot.
@@ -74,6 +74,38 @@ pub fn choose(
         ),
         None => (None, "no worker is ready".into()),
     }
+}
+
+/// Substrings of the thermal zone types that belong to a backend's silicon
+/// (RK3588: `npu-thermal`; `bigcore0-thermal`, `littlecore-thermal`, ...).
+fn zone_patterns(backend: Backend) -> &'static [&'static str] {
+    match backend {
+        Backend::Npu => &["npu"],
+        Backend::Cpu => &["bigcore", "littlecore", "cpu"],
+    }
+}
+
+/// Hottest zone of a backend's silicon, if any zone matches.
+pub fn backend_temp(backend: Backend, zones: &[ZoneTemp]) -> Option<f64> {
+    zones
+        .iter()
+        .filter(|z| zone_patterns(backend).iter().any(|p| z.kind.contains(p)))
+        .map(|z| z.celsius)
+        .reduce(f64::max)
+}
+
+/// While throttled: another healthy slot whose silicon is at least 2 °C
+/// cooler than the chosen one's, if there is one.
+pub fn cooler(slots: &[SlotView], zones: &[ZoneTemp], chosen: usize) -> Option<usize> {
+    let here = backend_temp(slots.get(chosen)?.backend, zones)?;
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| *i != chosen && s.healthy())
+        .filter_map(|(i, s)| backend_temp(s.backend, zones).map(|t| (i, t)))
+        .filter(|(_, t)| *t + 2.0 <= here)
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i)
 }
 
 #[cfg(test)]
@@ -164,6 +196,33 @@ mod tests {
             t0,
         );
         assert_eq!(pick, Some(0));
+    }
+
+    #[test]
+    fn the_cooler_backend_is_found_by_zone_type() {
+        let t0 = Instant::now();
+        let slots = [
+            view(Backend::Npu, SlotState::Ready, Some(t0)),
+            view(Backend::Cpu, SlotState::Ready, Some(t0)),
+        ];
+        let zone = |kind: &str, celsius| ZoneTemp {
+            kind: kind.into(),
+            celsius,
+        };
+        let hot_npu = [
+            zone("npu-thermal", 84.0),
+            zone("bigcore0-thermal", 70.0),
+            zone("soc-thermal", 80.0),
+        ];
+        assert_eq!(backend_temp(Backend::Cpu, &hot_npu), Some(70.0));
+        assert_eq!(cooler(&slots, &hot_npu, 0), Some(1));
+        let close = [zone("npu-thermal", 71.0), zone("bigcore0-thermal", 70.0)];
+        assert_eq!(
+            cooler(&slots, &close, 0),
+            None,
+            "within 2 °C is not worth a switch"
+        );
+        assert_eq!(cooler(&slots, &[zone("soc-thermal", 90.0)], 0), None);
     }
 
     #[test]
