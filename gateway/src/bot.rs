@@ -18,7 +18,7 @@ use twilight_model::id::marker::{ApplicationMarker, UserMarker};
 use twilight_model::id::Id;
 use twilight_util::builder::command::{CommandBuilder, StringBuilder};
 
-use crate::access::{check_allowed, Origin, Refusal, SeenIds, UserLimits};
+use crate::access::{check_allowed, Origin, Refusal, SeenIds, UserLimits, UserPermit};
 use crate::admin::{fetch_status, format_status};
 use crate::config::Config;
 use crate::context::{self, clean_prompt, node_of, parent_of, Budget, Fetch, Node, NodeCache};
@@ -304,7 +304,12 @@ impl Bot {
             "answering"
         );
         let sent = self
-            .answer(Writer::new(self, target), context.turns, context.truncated)
+            .answer(
+                Writer::new(self, target),
+                context.turns,
+                context.truncated,
+                permit,
+            )
             .await;
         let channel = message.channel_id.get();
         let mut parent = (channel, message.id.get());
@@ -320,16 +325,21 @@ impl Bot {
             );
             parent = (channel, id.get());
         }
-        drop(permit);
     }
 
-    fn admit(&self, origin: &Origin) -> Result<crate::access::UserPermit, Refusal> {
+    fn admit(&self, origin: &Origin) -> Result<UserPermit, Refusal> {
         check_allowed(&self.config, origin)?;
         self.limits.admit(origin.user)
     }
 
     /// Submits `turns` and streams the answer through `writer`.
-    async fn answer(&self, writer: Writer<'_>, turns: Vec<ChatMessage>, truncated: bool) -> Sent {
+    async fn answer(
+        &self,
+        writer: Writer<'_>,
+        turns: Vec<ChatMessage>,
+        truncated: bool,
+        permit: UserPermit,
+    ) -> Sent {
         let mut state = AnswerState::default();
         if truncated {
             state
@@ -338,11 +348,12 @@ impl Bot {
         }
         let messages: Vec<ChatMessage> = self.system_turn().into_iter().chain(turns).collect();
         match self.link.submit(messages, self.config.gen_params()).await {
-            Ok(request) => writer.stream(Some(request), state).await,
+            Ok(request) => writer.stream(Some(request), state, Some(permit)).await,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot submit to the supervisor");
                 state.fail(SUPERVISOR_DOWN);
-                writer.stream(None, state).await
+                drop(permit);
+                writer.stream(None, state, None).await
             }
         }
     }
@@ -467,7 +478,9 @@ impl Bot {
             channel: origin.channel,
         };
         let turns = vec![ChatMessage::new(Role::User, prompt.clone())];
-        let sent = self.answer(Writer::new(self, target), turns, false).await;
+        let sent = self
+            .answer(Writer::new(self, target), turns, false, permit)
+            .await;
         let mut parent = None;
         let mut first_prompt = Some(prompt);
         for (id, body) in sent {
@@ -482,7 +495,6 @@ impl Bot {
             );
             parent = Some((origin.channel, id.get()));
         }
-        drop(permit);
     }
 
     async fn on_status(&self, interaction: &Interaction) {

@@ -14,6 +14,7 @@ use twilight_model::channel::message::{AllowedMentions, MessageFlags};
 use twilight_model::id::marker::{ApplicationMarker, ChannelMarker, MessageMarker};
 use twilight_model::id::Id;
 
+use crate::access::UserPermit;
 use crate::bot::Bot;
 use crate::link::Request;
 use crate::render::AnswerState;
@@ -211,7 +212,17 @@ impl<'a> Writer<'a> {
     /// Streams `request` into the target until the answer is complete,
     /// starting from `state` (which may already be finished, e.g. with an
     /// error, when `request` is `None`). Returns the messages written.
-    pub async fn stream(mut self, mut request: Option<Request>, mut state: AnswerState) -> Sent {
+    ///
+    /// `user_slot` (the user's concurrency permit) is released the moment the
+    /// request ends at the supervisor, before the final edit: by the time the
+    /// user sees the finished answer, they may ask again.
+    pub async fn stream(
+        mut self,
+        mut request: Option<Request>,
+        mut state: AnswerState,
+        user_slot: Option<UserPermit>,
+    ) -> Sent {
+        let mut user_slot = user_slot;
         let channel = self.target.channel();
         let typing = CancellationToken::new();
         let _stop_typing = typing.clone().drop_guard();
@@ -226,6 +237,9 @@ impl<'a> Writer<'a> {
             drain(&mut request, &mut state);
             if state.has_output() {
                 typing.cancel();
+            }
+            if state.finished {
+                user_slot.take();
             }
             if self.first_difference(&state.render()).is_none() {
                 if state.finished {
@@ -243,6 +257,9 @@ impl<'a> Writer<'a> {
             let permit = self.bot.pacer.acquire(channel).await;
             // Take the newest state only now that it is our turn.
             drain(&mut request, &mut state);
+            if state.finished {
+                user_slot.take();
+            }
             let desired = state.render();
             let Some(index) = self.first_difference(&desired) else {
                 continue;

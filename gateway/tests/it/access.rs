@@ -42,11 +42,7 @@ async fn second_concurrent_request_is_refused() {
     let first = bot
         .discord
         .user_message(CHANNEL, 1001, "Slow question", true);
-    bot.discord
-        .wait_for("the first request", crate::WAIT, |_| {
-            (supervisor.submits().len() == 1).then_some(())
-        })
-        .await;
+    supervisor.wait_submits(1).await;
     let second = bot
         .discord
         .user_message(CHANNEL, 1001, "Impatient question", true);

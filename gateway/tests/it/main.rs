@@ -7,6 +7,7 @@
 
 mod access;
 mod conversation;
+mod end_to_end;
 mod fake_discord;
 mod harness;
 mod resilience;

@@ -132,6 +132,18 @@ impl StandIn {
         self.submits.lock().unwrap().clone()
     }
 
+    /// Waits until `n` requests arrived (polling: the stand-in has no events).
+    pub async fn wait_submits(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + crate::WAIT;
+        while self.submits.lock().unwrap().len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the supervisor stand-in did not get {n} requests"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Stops listening and drops every connection (as a crashed supervisor would).
     pub async fn stop(mut self) {
         self.tasks.shutdown().await;
