@@ -183,7 +183,7 @@ check_amd64_package() {
 
 check_install() {
     needs amd64-package
-    local deb v1 deb2 amd_dir=$target_dir/x86_64-unknown-linux-gnu/smoke
+    local deb v1 deb2
     v1=$(sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)
     deb=$target_dir/debian/rocksteady_${v1}-1_amd64.deb
     [[ -f $deb ]] || { log "missing $deb"; return 1; }

@@ -113,6 +113,7 @@ check "second tune keeps the originals saved by the first" test "$(<"$BOARD_TUNE
 check "second tune reports 'already performance'" grep -q 'already performance' "$work/out"
 
 echo "== status"
+# shellcheck disable=SC2016 # $0 is expanded by the inner bash, on purpose
 check "status exits 0 and says tuned" bash -c '"$0" --status | grep -q "board is tuned"' "$tune"
 check "status changes nothing" test "$(snapshot)" == "$tree_first"
 
