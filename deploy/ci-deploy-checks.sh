@@ -3,6 +3,7 @@
 #
 # Checks, in order (each timed; a failed one does not stop the independent
 # ones after it, and the run exits non-zero if any failed):
+#   lint           shellcheck over the deployment and maintainer scripts
 #   board-tune     deploy/tests/board-tune-test.sh on a fake sysfs tree
 #   arm64-build    deploy/cross-build.sh --smoke (release without LTO)
 #   units          systemd-analyze verify on the three units (any warning
@@ -19,8 +20,8 @@
 #                  state kept), purges (gone; the user stays)
 #
 # Needs root (apt-get, the install check) and the network for Debian's
-# archive, crates.io and PyPI (the model). Installs its own packages: one
-# `apt-get update`, then qemu-user, systemd (systemd-analyze), the cross
+# archive, crates.io and PyPI (the model). Installs its own packages (at most
+# one `apt-get update`): qemu-user, systemd (systemd-analyze), the cross
 # compilers and what llama.cpp's build needs. The install check puts the
 # package on this machine for a few seconds and purges it again.
 #
@@ -35,7 +36,7 @@ model=$repo_root/models/SmolLM2-135M-Instruct.Q4_1.gguf
 work=$(mktemp -d)
 
 readonly APT_PACKAGES=(qemu-user systemd gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
-    cmake clang libclang-dev binutils python3 python3-pip adduser init-system-helpers debconf)
+    cmake clang libclang-dev binutils python3 python3-pip adduser init-system-helpers debconf shellcheck)
 
 passed=0
 failed=0
@@ -76,8 +77,10 @@ for pkg in "${APT_PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
     log "==> apt-get install ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Package lists fetched earlier in the same CI run (deploy/setup.sh) are
+    # used as they are; `apt-get update` runs once, only if they do not do.
+    apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+    apt_install || { apt-get update -qq && apt_install; }
 fi
 # A package left over from an interrupted run would hide install problems.
 cleanup_package() {
@@ -89,6 +92,13 @@ cleanup_package
 trap 'cleanup_package; rm -rf "$work"' EXIT
 
 # --- checks ----------------------------------------------------------------
+check_shellcheck() {
+    shellcheck deploy/cross-build.sh deploy/package.sh deploy/board-tune.sh \
+        deploy/ci-deploy-checks.sh deploy/tests/board-tune-test.sh \
+        deploy/debian/postinst deploy/debian/postrm
+    log "shellcheck: clean"
+}
+
 check_board_tune() {
     deploy/tests/board-tune-test.sh
 }
@@ -243,6 +253,7 @@ check_install() {
     ((f == 0))
 }
 
+run_check lint check_shellcheck
 run_check board-tune check_board_tune
 run_check arm64-build check_arm64_build
 run_check units check_units
