@@ -508,6 +508,12 @@ mod tests {
     }
 
     #[test]
+    fn example_file_documents_the_defaults() {
+        let example = Config::from_toml(include_str!("../config.example.toml")).unwrap();
+        assert_eq!(example, Config::default());
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = Config::from_toml("[gateway]\nedit_intervall_ms = 5\n").unwrap_err();
         let text = err.to_string();

@@ -115,6 +115,12 @@ pub struct Request {
     events: mpsc::UnboundedReceiver<LinkEvent>,
     inner: Arc<Inner>,
     ended: bool,
+    /// The request as submitted, kept until the supervisor says anything
+    /// about it: a connection lost before that (a supervisor restart racing
+    /// the submit) is retried once on a fresh connection.
+    resend: Option<(Vec<ChatMessage>, GenParams)>,
+    /// `try_next` saw such a loss; `next` resubmits.
+    resubmit_due: bool,
 }
 
 impl std::fmt::Debug for Request {
@@ -156,47 +162,59 @@ impl SupervisorLink {
         messages: Vec<ChatMessage>,
         params: GenParams,
     ) -> Result<Request, LinkError> {
-        if self.inner.shutdown.is_cancelled() {
-            return Err(LinkError::ShuttingDown);
-        }
-        let request_id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let submit = ClientToSupervisor::Submit(Submit {
-            request_id,
-            messages,
-            params,
-        });
-        let mut conn = self.inner.conn.lock().await;
-        if conn.is_none() {
-            *conn = Some(connect(&self.inner).await?);
-        }
-        let Some(connected) = conn.as_mut() else {
-            return Err(LinkError::ShuttingDown);
-        };
-        let generation = connected.generation;
-        self.inner.pending_map().insert(
-            request_id,
-            Pending {
-                generation,
-                events: tx,
-            },
-        );
-        if let Err(source) = connected.writer.send(&submit).await {
-            self.inner.pending_map().remove(&request_id);
-            *conn = None;
-            self.inner.disconnected.notify_one();
-            return Err(LinkError::Protocol {
-                path: self.inner.path.clone(),
-                source,
-            });
-        }
+        let (id, events) = send_submit(&self.inner, messages.clone(), params).await?;
         Ok(Request {
-            id: request_id,
-            events: rx,
+            id,
+            events,
             inner: Arc::clone(&self.inner),
             ended: false,
+            resend: Some((messages, params)),
+            resubmit_due: false,
         })
     }
+}
+
+/// Registers a new request and sends its `Submit`, connecting first if needed.
+async fn send_submit(
+    inner: &Arc<Inner>,
+    messages: Vec<ChatMessage>,
+    params: GenParams,
+) -> Result<(u64, mpsc::UnboundedReceiver<LinkEvent>), LinkError> {
+    if inner.shutdown.is_cancelled() {
+        return Err(LinkError::ShuttingDown);
+    }
+    let request_id = inner.next_request.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let submit = ClientToSupervisor::Submit(Submit {
+        request_id,
+        messages,
+        params,
+    });
+    let mut conn = inner.conn.lock().await;
+    if conn.is_none() {
+        *conn = Some(connect(inner).await?);
+    }
+    let Some(connected) = conn.as_mut() else {
+        return Err(LinkError::ShuttingDown);
+    };
+    let generation = connected.generation;
+    inner.pending_map().insert(
+        request_id,
+        Pending {
+            generation,
+            events: tx,
+        },
+    );
+    if let Err(source) = connected.writer.send(&submit).await {
+        inner.pending_map().remove(&request_id);
+        *conn = None;
+        inner.disconnected.notify_one();
+        return Err(LinkError::Protocol {
+            path: inner.path.clone(),
+            source,
+        });
+    }
+    Ok((request_id, rx))
 }
 
 impl Request {
@@ -208,17 +226,30 @@ impl Request {
     /// The next event; `Lost` also when the link is gone for good. After the
     /// request ended this waits forever: callers stop at the end.
     pub async fn next(&mut self) -> LinkEvent {
-        if self.ended {
-            return std::future::pending().await;
+        loop {
+            if self.ended {
+                return std::future::pending().await;
+            }
+            if std::mem::take(&mut self.resubmit_due) {
+                if let Some(event) = self.resubmit().await {
+                    return event;
+                }
+            }
+            let event = self.events.recv().await.unwrap_or(LinkEvent::Lost);
+            if event == LinkEvent::Lost && self.resend.is_some() {
+                if let Some(event) = self.resubmit().await {
+                    return event;
+                }
+                continue;
+            }
+            self.note(&event);
+            return event;
         }
-        let event = self.events.recv().await.unwrap_or(LinkEvent::Lost);
-        self.note(&event);
-        event
     }
 
     /// The next event if one is waiting (never anything after the end).
     pub fn try_next(&mut self) -> Option<LinkEvent> {
-        if self.ended {
+        if self.ended || self.resubmit_due {
             return None;
         }
         let event = match self.events.try_recv() {
@@ -226,11 +257,39 @@ impl Request {
             Err(mpsc::error::TryRecvError::Empty) => return None,
             Err(mpsc::error::TryRecvError::Disconnected) => LinkEvent::Lost,
         };
+        if event == LinkEvent::Lost && self.resend.is_some() {
+            self.resubmit_due = true;
+            return None;
+        }
         self.note(&event);
         Some(event)
     }
 
+    /// Submits the kept request again (once); `Some(Lost)` when that fails.
+    async fn resubmit(&mut self) -> Option<LinkEvent> {
+        let (messages, params) = self.resend.take()?;
+        tracing::info!(
+            request = self.id,
+            "supervisor connection lost before the request was taken; submitting it again"
+        );
+        match send_submit(&self.inner, messages, params).await {
+            Ok((id, events)) => {
+                self.id = id;
+                self.events = events;
+                None
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "resubmitting failed");
+                self.ended = true;
+                Some(LinkEvent::Lost)
+            }
+        }
+    }
+
     fn note(&mut self, event: &LinkEvent) {
+        if matches!(event, LinkEvent::Event(_)) {
+            self.resend = None;
+        }
         if matches!(
             event,
             LinkEvent::Lost

@@ -61,3 +61,30 @@ async fn second_concurrent_request_is_refused() {
     assert_eq!(supervisor.submits().len(), 2);
     bot.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_follow_allow_dms() {
+    let bot = harness::start(|_| {}).await;
+    let supervisor = StandIn::start(
+        &bot.client_socket(),
+        Arc::new(|s| stream_answer(&echo_answer(s), 30, Duration::ZERO)),
+    );
+    // In a DM every message is a question; no mention needed.
+    let q = bot.discord.direct_message(700, 1001, "Hello in private");
+    finished_answer(&bot.discord, 700, q, &footer()).await;
+    assert_eq!(
+        supervisor.submits()[0].messages.last().unwrap().content,
+        "Hello in private"
+    );
+    bot.stop().await.unwrap();
+
+    let bot = harness::start(|c| c.allow_dms = false).await;
+    let supervisor = StandIn::start(
+        &bot.client_socket(),
+        Arc::new(|s| stream_answer(&echo_answer(s), 30, Duration::ZERO)),
+    );
+    let q = bot.discord.direct_message(700, 1001, "Hello again");
+    finished_answer(&bot.discord, 700, q, "I don't answer direct messages.").await;
+    assert!(supervisor.submits().is_empty());
+    bot.stop().await.unwrap();
+}

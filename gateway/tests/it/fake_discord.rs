@@ -216,6 +216,14 @@ impl FakeDiscord {
         id
     }
 
+    /// Dispatches a direct message from `user`; returns its id.
+    pub fn direct_message(&self, channel: u64, user: u64, content: &str) -> u64 {
+        let id = self.new_id();
+        let d = user_message_json(id, channel, user, content, false);
+        self.dispatch("MESSAGE_CREATE", &d);
+        id
+    }
+
     /// Dispatches a reply by `user` to message `parent` (included in full, as
     /// Discord does); returns its id.
     pub fn user_reply(&self, channel: u64, user: u64, content: &str, parent: u64) -> u64 {

@@ -93,6 +93,28 @@ async fn supervisor_down_then_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_lost_before_it_was_taken_is_sent_again() {
+    let bot = harness::start(|_| {}).await;
+    let supervisor = StandIn::start_dropping(
+        &bot.client_socket(),
+        Arc::new(|s| stream_answer(&echo_answer(s), 30, Duration::from_millis(5))),
+        true,
+    );
+    let q = bot
+        .discord
+        .user_message(CHANNEL, 1001, "Lucky timing?", true);
+    let messages = finished_answer(&bot.discord, CHANNEL, q, &footer()).await;
+    let submits = supervisor.submits();
+    assert_eq!(submits.len(), 2, "sent again after the connection dropped");
+    assert_eq!(submits[0].messages, submits[1].messages);
+    assert_eq!(
+        messages[0].1,
+        format!("{}\n{}", echo_answer(&submits[1]), footer())
+    );
+    bot.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_dying_mid_answer_is_reported() {
     let bot = harness::start(|_| {}).await;
     let supervisor = StandIn::start(

@@ -103,6 +103,14 @@ pub struct StandIn {
 impl StandIn {
     /// Listens on `path` and answers every request with `script`.
     pub fn start(path: &Path, script: Script) -> Self {
+        Self::start_dropping(path, script, false)
+    }
+
+    /// Like [`start`](Self::start); with `drop_first`, the connection that
+    /// brings the first request is closed without a word (a supervisor
+    /// restarting just as the request was sent).
+    pub fn start_dropping(path: &Path, script: Script, drop_first: bool) -> Self {
+        let drop_first = Arc::new(std::sync::atomic::AtomicBool::new(drop_first));
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path).unwrap();
         let submits = Arc::new(Mutex::new(Vec::new()));
@@ -117,6 +125,7 @@ impl StandIn {
                     Arc::clone(&script),
                     Arc::clone(&s),
                     Arc::clone(&c),
+                    Arc::clone(&drop_first),
                 ));
             }
         });
@@ -156,6 +165,7 @@ async fn serve_client(
     script: Script,
     submits: Arc<Mutex<Vec<Submit>>>,
     cancels: Arc<Mutex<Vec<u64>>>,
+    drop_first: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);
@@ -174,6 +184,9 @@ async fn serve_client(
                 let steps = script(&submit);
                 let id = submit.request_id;
                 submits.lock().unwrap().push(submit);
+                if drop_first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
                 let writer = Arc::clone(&writer);
                 answers.spawn(async move {
                     for step in steps {

@@ -219,3 +219,53 @@ async fn bot_messages_are_ignored() {
         .is_empty());
     bot.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_position_and_failover_are_shown() {
+    use proto::chat::Backend;
+    use proto::client::{Failover, Queued, SupervisorToClient};
+
+    use crate::stand_in::Step;
+
+    let bot = harness::start(|_| {}).await;
+    let _supervisor = StandIn::start(
+        &bot.client_socket(),
+        Arc::new(|s| {
+            let mut steps = vec![
+                Step::Send(SupervisorToClient::Queued(Queued {
+                    request_id: 0,
+                    position: 2,
+                    reason: "board cooling down".into(),
+                })),
+                Step::Wait(Duration::from_millis(800)),
+            ];
+            let mut answer = stream_answer(&echo_answer(s), 10, Duration::from_millis(10));
+            let done = answer.pop().unwrap();
+            answer.push(Step::Send(SupervisorToClient::Failover(Failover {
+                request_id: 0,
+                from: Backend::Npu,
+                to: Backend::Cpu,
+                reason: "hang".into(),
+            })));
+            answer.push(done);
+            steps.extend(answer);
+            steps
+        }),
+    );
+    let question = bot.discord.user_message(CHANNEL, 1001, "Busy?", true);
+    let messages = finished_answer(&bot.discord, CHANNEL, question, &footer()).await;
+    let creates = bot.discord.creates(CHANNEL);
+    assert_eq!(
+        creates[0].body["content"],
+        serde_json::json!("⏳ Queued: position 2 (board cooling down)")
+    );
+    assert!(
+        messages[0].1.ends_with(&format!(
+            "\n-# ↪ switched from npu to cpu (hang)\n{}",
+            footer()
+        )),
+        "{}",
+        messages[0].1
+    );
+    bot.stop().await.unwrap();
+}
