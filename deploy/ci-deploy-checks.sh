@@ -44,14 +44,19 @@ results=()
 declare -A ok=()
 
 log() { printf '%s\n' "$*"; }
-# run_check NAME FUNCTION: runs one check in a subshell (its own `set -e`),
-# records pass or fail and its duration.
+# run_check NAME FUNCTION: runs one check in a subshell that stops at its
+# first failing command, records pass or fail and its duration. The subshell
+# must not be the condition of an `if` or an operand of || and &&: bash
+# ignores `set -e` in everything run there, functions included.
 run_check() {
-    local name=$1 fn=$2 start rc
+    local name=$1 fn=$2 start rc took
     printf '\n######## %s\n' "$name"
     start=$SECONDS
-    if (set -euo pipefail; "$fn"); then rc=0; else rc=$?; fi
-    local took=$((SECONDS - start))
+    set +e
+    (set -euo pipefail; "$fn")
+    rc=$?
+    set -e
+    took=$((SECONDS - start))
     if ((rc == 0)); then
         passed=$((passed + 1)); ok[$name]=1
         results+=("ok    $name (${took} s)")
