@@ -79,6 +79,12 @@ pub struct Config {
     /// Where board and process telemetry is read from.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The local HTTP endpoint (/health, /metrics).
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// `supctl bench`: limits and profiles.
+    #[serde(default)]
+    pub bench: crate::bench::BenchConfig,
     /// The gateway's section: read by the gateway, ignored here.
     #[serde(default)]
     pub gateway: Option<toml::Table>,
@@ -103,6 +109,15 @@ pub struct SupervisorSection {
     /// Run each worker in its own cgroup v2 group with `memory.max` from
     /// its hard ceiling, where the cgroup tree is delegated to us.
     pub worker_cgroups: bool,
+    /// Users allowed on the client socket besides root, the supervisor's
+    /// own user and members of its group.
+    pub client_allowed_uids: Vec<u32>,
+    /// Groups allowed on the client socket (primary or supplementary).
+    pub client_allowed_gids: Vec<u32>,
+    /// Users allowed on the admin socket besides root and the supervisor's own user.
+    pub admin_allowed_uids: Vec<u32>,
+    /// Groups allowed on the admin socket.
+    pub admin_allowed_gids: Vec<u32>,
 }
 
 impl Default for SupervisorSection {
@@ -115,6 +130,10 @@ impl Default for SupervisorSection {
             queue_timeout_s: 120.0,
             client_socket_mode: "0660".into(),
             worker_cgroups: true,
+            client_allowed_uids: Vec::new(),
+            client_allowed_gids: Vec::new(),
+            admin_allowed_uids: Vec::new(),
+            admin_allowed_gids: Vec::new(),
         }
     }
 }
@@ -368,6 +387,57 @@ impl Default for ThermalConfig {
     }
 }
 
+/// `[http]`: the operator's `curl localhost:PORT/health`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to serve on; empty = no HTTP endpoint. Keep it local.
+    pub listen: String,
+    /// When idle this long, run a probe generation of a few tokens (s; 0 = never).
+    pub probe_interval_s: f64,
+    /// /health needs tokens (or a worker becoming ready) within this many seconds.
+    pub healthy_within_s: f64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            probe_interval_s: 300.0,
+            healthy_within_s: 600.0,
+        }
+    }
+}
+
+impl HttpConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let h = self;
+        if !h.listen.is_empty() && h.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                format!(
+                    "{:?} is not an address such as \"127.0.0.1:9464\"",
+                    h.listen
+                ),
+            ));
+        }
+        if !(h.probe_interval_s.is_finite() && h.probe_interval_s >= 0.0) {
+            return Err(invalid(
+                "http.probe_interval_s",
+                "must be 0 (off) or a positive number of seconds",
+            ));
+        }
+        positive("http.healthy_within_s", h.healthy_within_s)?;
+        if h.probe_interval_s > 0.0 && h.healthy_within_s <= h.probe_interval_s {
+            return Err(invalid(
+                "http.healthy_within_s",
+                "must be longer than http.probe_interval_s",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[telemetry]`: roots of the files read, settable so tests can fake them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -432,6 +502,12 @@ impl Config {
         };
         fix(&mut self.supervisor.runtime_dir);
         fix(&mut self.supervisor.state_dir);
+        if let Some(dir) = &mut self.bench.output_dir {
+            fix(dir);
+        }
+        for model in self.bench.profiles.values_mut().flat_map(|p| &mut p.models) {
+            fix(model);
+        }
         for slot in self.slot_configs_mut() {
             fix(&mut slot.model);
             if let Some(w) = &mut slot.worker {
@@ -509,6 +585,7 @@ impl Config {
                 "must be between -1000 and 1000",
             ));
         }
+        self.http.validate()?;
         let t = &self.thermal;
         for (key, v) in [
             ("throttle_c", t.throttle_c),
@@ -537,6 +614,7 @@ impl Config {
         if t.throttle_max_tokens == 0 {
             return Err(invalid("thermal.throttle_max_tokens", "must be at least 1"));
         }
+        self.bench.validate()?;
         Ok(())
     }
 }

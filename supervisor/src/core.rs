@@ -28,6 +28,7 @@ use crate::config::{secs, Config, SlotConfig};
 use crate::lifecycle::{
     self, check_transition, Action, Exit, Observation, Reason, RestartHistory, RestartPolicy,
 };
+use crate::observe::{self, LoopCounters, Observed, Snapshot};
 use crate::process;
 use crate::routing::{self, SlotView};
 use crate::telemetry::{memory, thermal};
@@ -165,6 +166,7 @@ impl Slot {
 }
 
 struct Job {
+    observed: Arc<Observed>,
     conn: u64,
     client_id: u64,
     messages: Vec<ChatMessage>,
@@ -177,10 +179,15 @@ struct Job {
     failover: Option<(Backend, Reason)>,
     last_position: u32,
     cancelled: bool,
+    /// A health probe of the supervisor's own, not a client's request.
+    probe: bool,
 }
 
 impl Job {
     fn send(&self, event: SupervisorToClient) {
+        if !self.probe {
+            self.observed.requests.count(&event, true);
+        }
         // A closed channel means the client left; ClientGone cleans up.
         let _ = self.events.send(event);
     }
@@ -216,6 +223,11 @@ pub struct Core {
     ready_notified: bool,
     on_ready: Option<Box<dyn FnOnce() + Send>>,
     cgroups: Option<WorkerCgroups>,
+    observed: Arc<Observed>,
+    counters: LoopCounters,
+    last_tokens_at: Option<Instant>,
+    sd_status: String,
+    last_watchdog: Instant,
 }
 
 impl Core {
@@ -303,7 +315,20 @@ impl Core {
             ready_notified: false,
             on_ready,
             cgroups: None,
+            observed: Arc::new(Observed::default()),
+            counters: LoopCounters::default(),
+            last_tokens_at: None,
+            sd_status: String::new(),
+            last_watchdog: now,
         }
+    }
+
+    /// Shares the published snapshot and counters with the HTTP endpoint and
+    /// the connection tasks.
+    #[must_use]
+    pub fn with_observed(mut self, observed: Arc<Observed>) -> Self {
+        self.observed = observed;
+        self
     }
 
     /// Runs until `shutdown` fires and every worker is gone.
@@ -608,6 +633,8 @@ impl Core {
                 let s = &mut self.slots[i];
                 s.model.clone_from(&ready.model.name);
                 s.last_heartbeat = now;
+                // A worker that just loaded counts as fresh evidence of health.
+                self.last_tokens_at = Some(now);
                 tracing::info!(slot = s.name, model = %ready.model.name, load_ms = ready.load_ms, "worker ready");
                 let d = lifecycle::decide(
                     s.state,
@@ -636,6 +663,7 @@ impl Core {
                     return;
                 }
                 s.last_token_at = Some(now);
+                self.last_tokens_at = Some(now);
                 if let Some(job) = self.jobs.get_mut(&t.request_id) {
                     job.text.push_str(&t.text);
                     job.tokens += 1;
@@ -647,33 +675,7 @@ impl Core {
                     }
                 }
             }
-            WorkerToSupervisor::Done(done) => {
-                if self.slots[i].job != Some(done.request_id) {
-                    return;
-                }
-                self.finish_generation(i);
-                if let Some(job) = self.jobs.remove(&done.request_id) {
-                    let s = &mut self.slots[i];
-                    s.requests_served += 1;
-                    if done.stats.generated_tokens > 1 {
-                        s.last_decode_tps = Some(done.stats.decode_tps);
-                    }
-                    if job.cancelled {
-                        job.fail(ErrorKind::Cancelled, "cancelled");
-                    } else {
-                        job.send(SupervisorToClient::Done(Done {
-                            request_id: job.client_id,
-                            text: job.text.clone(),
-                            backend: s.cfg.backend,
-                            model: s.model.clone(),
-                            stats: GenStats {
-                                generated_tokens: job.tokens,
-                                ..done.stats
-                            },
-                        }));
-                    }
-                }
-            }
+            WorkerToSupervisor::Done(done) => self.on_done(i, &done),
             WorkerToSupervisor::Error(err) => {
                 if self.slots[i].job != Some(err.request_id) {
                     return;
@@ -699,6 +701,44 @@ impl Core {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    fn on_done(&mut self, i: usize, done: &proto::worker::WorkerDone) {
+        if self.slots[i].job != Some(done.request_id) {
+            return;
+        }
+        self.finish_generation(i);
+        if let Some(job) = self.jobs.remove(&done.request_id) {
+            let s = &mut self.slots[i];
+            if !job.probe {
+                s.requests_served += 1;
+            }
+            if done.stats.generated_tokens > 1 {
+                s.last_decode_tps = Some(done.stats.decode_tps);
+                let g = self
+                    .counters
+                    .generation
+                    .entry(s.cfg.backend.as_str())
+                    .or_default();
+                g.0 += done.stats.ttft_ms;
+                g.1 += done.stats.decode_tps;
+                g.2 += 1;
+            }
+            if job.cancelled {
+                job.fail(ErrorKind::Cancelled, "cancelled");
+            } else {
+                job.send(SupervisorToClient::Done(Done {
+                    request_id: job.client_id,
+                    text: job.text.clone(),
+                    backend: s.cfg.backend,
+                    model: s.model.clone(),
+                    stats: GenStats {
+                        generated_tokens: job.tokens,
+                        ..done.stats
+                    },
+                }));
             }
         }
     }
@@ -777,6 +817,11 @@ impl Core {
                     let s = &mut self.slots[i];
                     s.restarts += 1;
                     s.last_restart_reason = Some(reason);
+                    *self
+                        .counters
+                        .restarts
+                        .entry((s.name.to_owned(), reason.as_str()))
+                        .or_default() += 1;
                 }
                 Action::WakeAt(at) => self.slots[i].wake_at = Some(at),
                 Action::Spawn => self.spawn(i),
@@ -802,6 +847,7 @@ impl Core {
         tracing::warn!(request = id, from = %backend, reason = reason.as_str(), streamed_chars = job.text.len(), "rescuing request");
         job.slot = None;
         job.failover = Some((backend, reason));
+        self.counters.failovers += 1;
         job.waiting_since = Instant::now();
         self.queue.push_front(id);
     }
@@ -814,12 +860,15 @@ impl Core {
         submit: Submit,
         events: UnboundedSender<SupervisorToClient>,
     ) {
+        let observed = Arc::clone(&self.observed);
         let refuse = |kind, message: String| {
-            let _ = events.send(SupervisorToClient::Error(ErrorEvent {
+            let event = SupervisorToClient::Error(ErrorEvent {
                 request_id: submit.request_id,
                 kind,
                 message,
-            }));
+            });
+            observed.requests.count(&event, false);
+            let _ = events.send(event);
         };
         if self.shutting_down {
             return refuse(
@@ -870,6 +919,8 @@ impl Core {
         self.jobs.insert(
             id,
             Job {
+                observed: Arc::clone(&self.observed),
+                probe: false,
                 conn,
                 client_id: submit.request_id,
                 messages: submit.messages,
@@ -1177,7 +1228,94 @@ impl Core {
             self.sample_telemetry();
         }
         self.expire_waiting(now);
+        self.maybe_probe(now);
         self.dispatch();
+        self.publish(now);
+    }
+
+    /// Health probe: when the active worker has produced nothing for
+    /// `probe_interval_s` and nothing waits, ask it for a few tokens, so
+    /// /health reflects whether inference works, not just whether a process
+    /// answers pings.
+    fn maybe_probe(&mut self, now: Instant) {
+        let interval = self.cfg.http.probe_interval_s;
+        if interval <= 0.0 || self.shutting_down || !self.queue.is_empty() {
+            return;
+        }
+        let Some(i) = self.active else { return };
+        let due = self
+            .last_tokens_at
+            .is_none_or(|t| now.duration_since(t) >= secs(interval));
+        if !due || self.slots[i].state != SlotState::Ready || self.jobs.values().any(|j| j.probe) {
+            return;
+        }
+        let id = self.next_job;
+        self.next_job += 1;
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        self.jobs.insert(
+            id,
+            Job {
+                observed: Arc::clone(&self.observed),
+                probe: true,
+                conn: 0,
+                client_id: 0,
+                messages: vec![ChatMessage::new(proto::chat::Role::User, "Reply with OK.")],
+                params: GenParams {
+                    max_tokens: 4,
+                    ..GenParams::default()
+                },
+                events,
+                text: String::new(),
+                tokens: 0,
+                waiting_since: now,
+                slot: None,
+                failover: None,
+                last_position: 0,
+                cancelled: false,
+            },
+        );
+        self.queue.push_back(id);
+    }
+
+    /// Publishes the snapshot for /health and /metrics, and tells systemd.
+    fn publish(&mut self, now: Instant) {
+        let status = self.status();
+        let since = self
+            .last_tokens_at
+            .map(|t| now.duration_since(t).as_secs_f64());
+        let health = observe::health(&status, since, self.cfg.http.healthy_within_s);
+        let summary = match status.active_backend {
+            Some(b) => {
+                let tps = self
+                    .active
+                    .and_then(|i| self.slots[i].last_decode_tps)
+                    .map_or_else(|| "-".to_owned(), |t| format!("{t:.1}"));
+                format!(
+                    "serving on {b}; last {tps} tok/s; {} waiting",
+                    status.queue_depth
+                )
+            }
+            None => "no worker ready".to_owned(),
+        };
+        if summary != self.sd_status {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&summary)]);
+            self.sd_status = summary;
+        }
+        // The watchdog is fed from this loop's tick: if the loop stalls,
+        // systemd restarts the service.
+        if now.duration_since(self.last_watchdog) >= Duration::from_secs(1) {
+            self.last_watchdog = now;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        *self
+            .observed
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Snapshot {
+            status,
+            counters: self.counters.clone(),
+            health,
+        });
     }
 
     fn sample_telemetry(&mut self) {

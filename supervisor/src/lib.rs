@@ -5,12 +5,15 @@
 //! [`run`] is the whole daemon; the binary only parses arguments and sets up
 //! logging around it.
 
+pub mod bench;
 pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod http;
 pub mod lifecycle;
+pub mod observe;
 pub mod process;
 pub mod routing;
 pub mod server;
@@ -83,6 +86,20 @@ pub async fn run(
     let client_listener = bind(sup.client_socket(), client_mode)?;
     let admin_listener = bind(sup.admin_socket(), 0o600)?;
 
+    let http_listener = if config.http.listen.is_empty() {
+        None
+    } else {
+        let addr = config.http.listen.clone();
+        Some(
+            tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    path: addr.into(),
+                    source,
+                })?,
+        )
+    };
+    let observed = Arc::new(observe::Observed::default());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let tasks = CancellationToken::new();
     let mut sockets = Vec::new();
@@ -101,19 +118,32 @@ pub async fn run(
             tasks.clone(),
         )));
     }
+    let access = Arc::new(server::Access::from_config(&config));
     joins.push(tokio::spawn(server::serve_clients(
         client_listener,
         tx.clone(),
+        Arc::clone(&observed),
+        Arc::clone(&access),
         tasks.clone(),
     )));
     joins.push(tokio::spawn(server::serve_admin(
         admin_listener,
         tx.clone(),
+        Arc::clone(&observed),
+        access,
         tasks.clone(),
     )));
+    if let Some(listener) = http_listener {
+        tracing::info!(address = %config.http.listen, "serving /health and /metrics");
+        joins.push(tokio::spawn(http::serve(
+            listener,
+            Arc::clone(&observed),
+            tasks.clone(),
+        )));
+    }
     tracing::info!(client = %sup.client_socket().display(), admin = %sup.admin_socket().display(), "listening");
 
-    let core = Core::new(config.clone(), tx, sockets.clone(), on_ready);
+    let core = Core::new(config.clone(), tx, sockets.clone(), on_ready).with_observed(observed);
     core.run(rx, shutdown).await;
 
     tasks.cancel();

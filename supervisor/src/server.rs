@@ -19,7 +19,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::core::{Event, Expected};
+use crate::observe::Observed;
 
 const SOFTWARE: &str = concat!("rocksteady-supervisor ", env!("CARGO_PKG_VERSION"));
 
@@ -49,10 +51,119 @@ pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// Who may use the client and admin sockets, judged from the peer's
+/// credentials (SO_PEERCRED) on top of the sockets' file permissions.
+#[derive(Debug, Clone)]
+pub struct Access {
+    own_uid: u32,
+    own_gid: u32,
+    proc_root: std::path::PathBuf,
+    client_uids: Vec<u32>,
+    client_gids: Vec<u32>,
+    admin_uids: Vec<u32>,
+    admin_gids: Vec<u32>,
+}
+
+impl Access {
+    /// The rules of `config`, for this process's user and group.
+    pub fn from_config(config: &Config) -> Self {
+        let s = &config.supervisor;
+        Self {
+            own_uid: nix::unistd::getuid().as_raw(),
+            own_gid: nix::unistd::getgid().as_raw(),
+            proc_root: config.telemetry.proc_root.clone(),
+            client_uids: s.client_allowed_uids.clone(),
+            client_gids: s.client_allowed_gids.clone(),
+            admin_uids: s.admin_allowed_uids.clone(),
+            admin_gids: s.admin_allowed_gids.clone(),
+        }
+    }
+
+    /// Primary and supplementary groups of a peer process.
+    fn groups(&self, pid: Option<i32>, gid: u32) -> Vec<u32> {
+        let mut groups = vec![gid];
+        if let Some(pid) = pid {
+            let status =
+                std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("status"))
+                    .unwrap_or_default();
+            if let Some(line) = status.lines().find_map(|l| l.strip_prefix("Groups:")) {
+                groups.extend(
+                    line.split_whitespace()
+                        .filter_map(|g| g.parse::<u32>().ok()),
+                );
+            }
+        }
+        groups
+    }
+
+    /// Whether a peer may speak on the client (`admin` false) or admin socket.
+    pub fn allows(&self, cred: &tokio::net::unix::UCred, admin: bool) -> bool {
+        let uid = cred.uid();
+        if uid == 0 || uid == self.own_uid {
+            return true;
+        }
+        let (uids, gids) = if admin {
+            (&self.admin_uids, &self.admin_gids)
+        } else {
+            (&self.client_uids, &self.client_gids)
+        };
+        if uids.contains(&uid) {
+            return true;
+        }
+        // Members of the supervisor's own group (the socket's group) may chat.
+        self.groups(cred.pid(), cred.gid())
+            .iter()
+            .any(|g| gids.contains(g) || (!admin && *g == self.own_gid))
+    }
+}
+
+/// Checks the peer of a fresh connection; logs and counts a refusal.
+fn admitted(stream: &UnixStream, access: &Access, admin: bool, observed: &Observed) -> bool {
+    let which = if admin { "admin" } else { "client" };
+    match stream.peer_cred() {
+        Ok(cred) if access.allows(&cred, admin) => true,
+        Ok(cred) => {
+            observed
+                .connections
+                .refused_peers
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                uid = cred.uid(),
+                gid = cred.gid(),
+                pid = ?cred.pid(),
+                "refused a peer on the {which} socket: user not allowed (see supervisor.{which}_allowed_uids and _gids)"
+            );
+            false
+        }
+        Err(e) => {
+            observed
+                .connections
+                .refused_peers
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "refused a peer on the {which} socket: cannot read its credentials: {e}"
+            );
+            false
+        }
+    }
+}
+
+/// Logs (once per connection) and counts a connection that failed on bad input.
+fn connection_failed(which: &str, err: &proto::ProtoError, observed: &Observed) {
+    if err.is_disconnect() {
+        tracing::debug!("{which} connection closed: {err}");
+    } else {
+        observed.connections.count(err);
+        tracing::warn!("{which} connection refused: {err}");
+    }
+}
+
 /// Accepts chat clients until `shutdown`.
 pub async fn serve_clients(
     listener: UnixListener,
     core: UnboundedSender<Event>,
+    observed: Arc<Observed>,
+    access: Arc<Access>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -66,12 +177,16 @@ pub async fn serve_clients(
                 }
             },
         };
+        if !admitted(&stream, &access, false, &observed) {
+            continue;
+        }
         let core = core.clone();
         let shutdown = shutdown.clone();
+        let observed = Arc::clone(&observed);
         tokio::spawn(async move {
             let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = client_connection(conn, stream, &core, shutdown).await {
-                tracing::info!(conn, "client connection ended: {e}");
+                connection_failed("client", &e, &observed);
             }
             let _ = core.send(Event::ClientGone { conn });
         });
@@ -131,6 +246,8 @@ async fn client_connection(
 pub async fn serve_admin(
     listener: UnixListener,
     core: UnboundedSender<Event>,
+    observed: Arc<Observed>,
+    access: Arc<Access>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -144,10 +261,14 @@ pub async fn serve_admin(
                 }
             },
         };
+        if !admitted(&stream, &access, true, &observed) {
+            continue;
+        }
         let core = core.clone();
+        let observed = Arc::clone(&observed);
         tokio::spawn(async move {
             if let Err(e) = admin_connection(stream, &core).await {
-                tracing::info!("admin connection ended: {e}");
+                connection_failed("admin", &e, &observed);
             }
         });
     }

@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use proto::admin::{AdminToSupervisor, SupervisorToAdmin};
 use proto::chat::{Backend, GenParams};
-use supervisor::cli::{self, ask::AskOutcome};
+use supervisor::bench::BenchOptions;
+use supervisor::cli::{self, ask::AskOutcome, bench::BenchExit};
 use supervisor::config::{Config, SupervisorSection, DEFAULT_PATH};
 
 #[derive(Parser)]
@@ -73,6 +74,52 @@ enum Cmd {
         /// Do not wait for the current request.
         #[arg(long)]
         now: bool,
+    },
+    /// Benchmark the backends and models of a profile through the
+    /// supervisor; Markdown report on stdout, JSON result and SVG chart in
+    /// files. Exit status 2: a known answer missed, a regression or drift.
+    Bench {
+        /// Profile to run (default: bench.default_profile, the built-in "edge").
+        #[arg(long)]
+        profile: Option<String>,
+        /// Result file (default: <state_dir>/bench/bench-<profile>-<time>.json).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Chart file (default: the result file with .svg).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Earlier result to compare with (default: the newest of the
+        /// profile beside the result file).
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        /// Compare this result file with --compare instead of running.
+        #[arg(long, requires = "compare")]
+        from: Option<PathBuf>,
+        /// Regression threshold in percent (default: bench.regression_pct).
+        #[arg(long)]
+        threshold: Option<f64>,
+        /// Set the performance CPU governor for the run (root), restored after.
+        #[arg(long)]
+        tune: bool,
+        /// Drop page caches before each cold load (root).
+        #[arg(long)]
+        drop_caches: bool,
+        /// Run each backend and model on a private supervisor started here
+        /// (compares the profile's extra models; stop the service first for the NPU).
+        #[arg(long)]
+        spawn: bool,
+        /// Measure the workers as loaded, without a cold restart.
+        #[arg(long)]
+        warm: bool,
+        /// Skip the relay-overhead measurement.
+        #[arg(long)]
+        no_relay: bool,
+        /// Measured requests per prompt (overrides the profile).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        repetitions: Option<u32>,
+        /// Backend to measure (repeatable; overrides the profile).
+        #[arg(long = "backend")]
+        backends: Vec<Backend>,
     },
 }
 
@@ -173,6 +220,63 @@ fn run() -> anyhow::Result<ExitCode> {
                 let message = cli::restart::restart(&admin_socket, &slot, now).await?;
                 println!("{message}");
                 Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Bench {
+                profile,
+                output,
+                svg,
+                compare,
+                from,
+                threshold,
+                tune,
+                drop_caches,
+                spawn,
+                warm,
+                no_relay,
+                repetitions,
+                backends,
+            } => {
+                if let Some(t) = threshold {
+                    anyhow::ensure!(
+                        t.is_finite() && t > 0.0,
+                        "--threshold must be a positive percentage"
+                    );
+                }
+                let mut config = Config::load(&cli.config)
+                    .with_context(|| format!("supctl bench reads {}", cli.config.display()))?;
+                if let Some(dir) = &cli.runtime_dir {
+                    config.supervisor.runtime_dir.clone_from(dir);
+                }
+                let mut out = std::io::stdout();
+                let exit = match (from, compare) {
+                    (Some(current), Some(previous)) => cli::bench::compare_only(
+                        &previous,
+                        &current,
+                        threshold.unwrap_or(config.bench.regression_pct),
+                        &mut out,
+                    )?,
+                    (_, compare) => {
+                        let opts = BenchOptions {
+                            profile,
+                            output,
+                            svg,
+                            compare,
+                            threshold_pct: threshold,
+                            tune,
+                            drop_caches,
+                            spawn,
+                            warm,
+                            no_relay,
+                            repetitions,
+                            backends,
+                        };
+                        cli::bench::bench(&config, &opts, &mut out).await?
+                    }
+                };
+                Ok(match exit {
+                    BenchExit::Clean => ExitCode::SUCCESS,
+                    BenchExit::Flagged => ExitCode::from(2),
+                })
             }
         }
     })

@@ -2,6 +2,7 @@
 //! output to the given writer, so tests can run them in-process.
 
 pub mod ask;
+pub mod bench;
 pub mod check_model;
 pub mod failover;
 pub mod restart;

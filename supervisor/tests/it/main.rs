@@ -3,6 +3,7 @@
 
 mod broken_models;
 mod cli;
+mod operate;
 mod relay;
 mod supervision;
 mod support;

@@ -43,7 +43,7 @@ pub fn model() -> PathBuf {
 /// A `[slots.<name>]` section for a CPU worker on `model` with test-friendly settings.
 pub fn cpu_slot(name: &str, model: &Path, extra: &str) -> String {
     format!(
-        "[slots.{name}]\nbackend = \"cpu\"\nmodel = \"{}\"\nworker = \"{}\"\n{extra}\n[slots.{name}.profile]\ncontext_size = 1024\nbatch_size = 256\nthreads = 2\nmax_new_tokens = 512\n",
+        "[slots.{name}]\nbackend = \"cpu\"\nmodel = \"{}\"\nworker = \"{}\"\n{extra}\n[slots.{name}.profile]\ncontext_size = 1024\nbatch_size = 256\nthreads = 1\nmax_new_tokens = 512\n",
         model.display(),
         bin("worker-cpu").display()
     )
@@ -62,9 +62,20 @@ impl Sup {
     /// Starts a supervisor with `body` (slots and any other sections) plus a
     /// `[supervisor]` section pointing at a temporary directory.
     pub async fn start(body: &str) -> Self {
+        Self::start_with("", body).await
+    }
+
+    /// Like `start`, with extra lines for the `[supervisor]` section.
+    pub async fn start_with(supervisor_extra: &str, body: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // No HTTP endpoint unless the test asks: tests run side by side.
+        let http = if body.contains("[http]") {
+            ""
+        } else {
+            "[http]\nlisten = \"\"\n"
+        };
         let text = format!(
-            "[supervisor]\nruntime_dir = \"{0}/run\"\nstate_dir = \"{0}/state\"\n{body}",
+            "[supervisor]\nruntime_dir = \"{0}/run\"\nstate_dir = \"{0}/state\"\n{supervisor_extra}\n{http}{body}",
             dir.path().display()
         );
         let config = Config::from_toml(&text, dir.path()).unwrap();
