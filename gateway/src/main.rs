@@ -28,7 +28,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // twilight-http logs request paths at info, and interaction
+                // paths carry the interaction token: keep it at warn.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,twilight_http=warn")),
         )
         .init();
     match real_main(&args) {
@@ -45,7 +47,7 @@ fn main() -> ExitCode {
                         )
                     )
             });
-            eprintln!("rocksteady-gateway: {err:#}");
+            eprintln!("rocksteady-gateway: {}", describe(&err));
             if fatal_config {
                 ExitCode::from(EXIT_CONFIG)
             } else {
@@ -53,6 +55,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The error chain in one line, leaving out causes the message before
+/// already quotes (library errors name their source in their own text).
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn real_main(args: &Args) -> anyhow::Result<()> {

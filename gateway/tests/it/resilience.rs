@@ -159,3 +159,29 @@ async fn disallowed_intents_end_the_process_with_a_clear_error() {
     let text = err.to_string();
     assert!(text.contains("4014") && text.contains("intents"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_mid_answer_tells_the_user() {
+    let bot = harness::start(|_| {}).await;
+    let _supervisor = StandIn::start(
+        &bot.client_socket(),
+        Arc::new(|s| stream_answer(&echo_answer(s), 2, Duration::from_millis(100))),
+    );
+    let q = bot
+        .discord
+        .user_message(CHANNEL, 1001, "Take your time", true);
+    bot.discord
+        .wait_for("the answer to start", WAIT, |d| {
+            (!d.answer_messages(CHANNEL, q).is_empty()).then_some(())
+        })
+        .await;
+    let discord = bot.discord.clone();
+    bot.stop().await.unwrap();
+    let messages = discord.answer_messages(CHANNEL, q);
+    let last = &messages.last().unwrap().1;
+    assert!(
+        last.ends_with("The bot is restarting; please ask again in a moment."),
+        "{last}"
+    );
+    assert!(!last.contains("tok/s"), "not presented as complete");
+}
