@@ -62,13 +62,32 @@ pub enum LinkError {
     ShuttingDown,
 }
 
-/// What a request's owner receives.
-#[derive(Debug, Clone, PartialEq)]
+/// What a request's owner receives. `Debug` leaves out the answer text.
+#[derive(Clone, PartialEq)]
 pub enum LinkEvent {
     /// An event from the supervisor about this request.
     Event(SupervisorToClient),
     /// The connection to the supervisor dropped before the request ended.
     Lost,
+}
+
+impl std::fmt::Debug for LinkEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Lost => f.write_str("Lost"),
+            Self::Event(event) => {
+                let kind = match event {
+                    SupervisorToClient::Queued(_) => "Queued",
+                    SupervisorToClient::Started(_) => "Started",
+                    SupervisorToClient::Token(_) => "Token",
+                    SupervisorToClient::Failover(_) => "Failover",
+                    SupervisorToClient::Done(_) => "Done",
+                    SupervisorToClient::Error(_) => "Error",
+                };
+                write!(f, "Event({kind}, request {})", event.request_id())
+            }
+        }
+    }
 }
 
 type Writer = FrameWriter<WriteHalf<LocalStream>>;
