@@ -18,6 +18,20 @@ pub enum AdminToSupervisor {
     Failover(FailoverCommand),
     /// Restart one worker.
     Restart(RestartCommand),
+    /// Change a slot's memory ceilings at run time (until the next start;
+    /// `supctl validate` uses it to simulate pressure).
+    SetMemoryCeiling(MemoryCeiling),
+}
+
+/// Body of [`AdminToSupervisor::SetMemoryCeiling`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryCeiling {
+    /// Slot name or backend.
+    pub slot: String,
+    /// New soft ceiling on RssAnon in MiB (0 = off).
+    pub soft_mib: u64,
+    /// New hard ceiling on RssAnon in MiB (0 = off).
+    pub hard_mib: u64,
 }
 
 /// Body of [`AdminToSupervisor::Failover`].

@@ -198,6 +198,13 @@ pub struct SlotConfig {
     /// RssAnon above which the worker is stopped (MiB; 0 = off).
     #[serde(default)]
     pub memory_hard_mib: u64,
+    /// Profile to switch to under memory pressure (smaller context, a
+    /// quantised KV cache...); none = no switching.
+    #[serde(default)]
+    pub fallback_profile: Option<ProfileConfig>,
+    /// Model for the fallback profile (default: the slot's model).
+    #[serde(default)]
+    pub fallback_model: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -325,6 +332,10 @@ pub struct PolicyConfig {
     pub mem_available_floor_mib: u64,
     /// oom_score_adj given to workers, so the kernel picks them before the supervisor.
     pub worker_oom_score_adj: i32,
+    /// Memory pressure lasting this long switches a slot to its fallback profile (s).
+    pub profile_switch_after_s: f64,
+    /// Pressure gone this long switches it back (s).
+    pub profile_hold_s: f64,
 }
 
 impl Default for PolicyConfig {
@@ -347,6 +358,8 @@ impl Default for PolicyConfig {
             memory_interval_s: 1.0,
             mem_available_floor_mib: 0,
             worker_oom_score_adj: 500,
+            profile_switch_after_s: 5.0,
+            profile_hold_s: 60.0,
         }
     }
 }
@@ -513,6 +526,9 @@ impl Config {
             if let Some(w) = &mut slot.worker {
                 fix(w);
             }
+            if let Some(m) = &mut slot.fallback_model {
+                fix(m);
+            }
         }
     }
 
@@ -564,6 +580,8 @@ impl Config {
             ("failed_cooldown_s", p.failed_cooldown_s),
             ("failback_hold_s", p.failback_hold_s),
             ("memory_interval_s", p.memory_interval_s),
+            ("profile_switch_after_s", p.profile_switch_after_s),
+            ("profile_hold_s", p.profile_hold_s),
         ] {
             positive(&format!("policy.{key}"), v)?;
         }
@@ -709,6 +727,15 @@ impl SlotConfig {
             return Err(invalid(format!("{key}.model"), "must name a model file"));
         }
         self.profile.validate(&format!("{key}.profile"))?;
+        if let Some(fallback) = &self.fallback_profile {
+            fallback.validate(&format!("{key}.fallback_profile"))?;
+            if fallback.name == self.profile.name {
+                return Err(invalid(
+                    format!("{key}.fallback_profile.name"),
+                    "must differ from the normal profile's name (status shows which is active)",
+                ));
+            }
+        }
         if self.memory_hard_mib != 0 && self.memory_soft_mib > self.memory_hard_mib {
             return Err(invalid(
                 format!("{key}.memory_soft_mib"),
@@ -741,7 +768,20 @@ impl SlotConfig {
         Ok(())
     }
 
-    /// The `Load` message for this slot.
+    /// The `Load` message for this slot: its normal profile, or its
+    /// fallback profile (when it has one) with `fallback` set.
+    pub fn load_message_for(&self, fallback: bool) -> Load {
+        let mut load = self.load_message();
+        if let (true, Some(profile)) = (fallback, &self.fallback_profile) {
+            load.profile = profile.to_proto();
+            if let Some(model) = &self.fallback_model {
+                load.model_path = model.to_string_lossy().into_owned();
+            }
+        }
+        load
+    }
+
+    /// The `Load` message for this slot's normal profile.
     pub fn load_message(&self) -> Load {
         let backend = match self.backend {
             Backend::Cpu => BackendOptions::Cpu(CpuOptions {

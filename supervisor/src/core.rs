@@ -152,9 +152,20 @@ struct Slot {
     /// when the connection ends (its last messages, such as `LoadFailed`,
     /// explain the exit) or after a short wait.
     pending_exit: Option<(Option<i32>, Option<i32>, Instant)>,
+    on_fallback_profile: bool,
+    profile_reason: String,
+    pressure_since: Option<Instant>,
+    calm_since: Option<Instant>,
 }
 
 impl Slot {
+    fn profile_name(&self) -> String {
+        match (&self.cfg.fallback_profile, self.on_fallback_profile) {
+            (Some(f), true) => f.name.clone(),
+            _ => self.cfg.profile.name.clone(),
+        }
+    }
+
     fn view(&self) -> SlotView {
         SlotView {
             backend: self.cfg.backend,
@@ -292,6 +303,10 @@ impl Core {
                 cgroup: None,
                 disconnected_at: None,
                 pending_exit: None,
+                on_fallback_profile: false,
+                profile_reason: String::new(),
+                pressure_since: None,
+                calm_since: None,
             })
             .collect();
         Self {
@@ -618,7 +633,9 @@ impl Core {
         if s.incarnation != incarnation || s.state != SlotState::Starting {
             return;
         }
-        let _ = tx.send(SupervisorToWorker::Load(s.cfg.load_message()));
+        let _ = tx.send(SupervisorToWorker::Load(
+            s.cfg.load_message_for(s.on_fallback_profile),
+        ));
         s.tx = Some(tx);
         let now = Instant::now();
         s.last_heartbeat = now;
@@ -1227,10 +1244,57 @@ impl Core {
             self.last_memory_sample = now;
             self.sample_telemetry();
         }
+        self.switch_profiles(now);
         self.expire_waiting(now);
         self.maybe_probe(now);
         self.dispatch();
         self.publish(now);
+    }
+
+    /// Moves an idle worker to its fallback profile when memory pressure has
+    /// lasted `profile_switch_after_s`, and back when it has been gone for
+    /// `profile_hold_s`: a graceful reload between requests.
+    fn switch_profiles(&mut self, now: Instant) {
+        let after = secs(self.cfg.policy.profile_switch_after_s);
+        let hold = secs(self.cfg.policy.profile_hold_s);
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if s.cfg.fallback_profile.is_none()
+                || s.state != SlotState::Ready
+                || s.job.is_some()
+                || self.shutting_down
+            {
+                continue;
+            }
+            let to_fallback = !s.on_fallback_profile
+                && s.pressure_since
+                    .is_some_and(|t| now.duration_since(t) >= after);
+            let back = s.on_fallback_profile
+                && s.calm_since.is_some_and(|t| now.duration_since(t) >= hold);
+            if !(to_fallback || back) {
+                continue;
+            }
+            let s = &mut self.slots[i];
+            s.on_fallback_profile = to_fallback;
+            s.profile_reason = if to_fallback {
+                "memory pressure".into()
+            } else {
+                String::new()
+            };
+            let name = s.profile_name();
+            tracing::warn!(slot = s.name, profile = %name, "switching serving profile");
+            let load = s.cfg.load_message_for(to_fallback);
+            if let Some(tx) = &s.tx {
+                let _ = tx.send(SupervisorToWorker::Load(load));
+            }
+            s.pressure_since = None;
+            s.calm_since = None;
+            self.set_state(
+                i,
+                SlotState::Loading,
+                Some(format!("switching to profile {name}")),
+            );
+        }
     }
 
     /// Health probe: when the active worker has produced nothing for
@@ -1337,6 +1401,14 @@ impl Core {
                 tracing::warn!(slot = s.name, anon_mib, system_low, "memory pressure");
             }
             s.memory_pressure = pressure;
+            let now = Instant::now();
+            if pressure {
+                s.pressure_since.get_or_insert(now);
+                s.calm_since = None;
+            } else {
+                s.calm_since.get_or_insert(now);
+                s.pressure_since = None;
+            }
             if s.cfg.memory_hard_mib > 0
                 && anon_mib >= s.cfg.memory_hard_mib
                 && s.stopped_for.is_none()
@@ -1454,6 +1526,24 @@ impl Core {
                     ))
                 }
             },
+            AdminToSupervisor::SetMemoryCeiling(c) => {
+                let Some(i) = self.find_slot(&c.slot) else {
+                    return err(format!(
+                        "no slot named {:?} (use primary, fallback, npu or cpu)",
+                        c.slot
+                    ));
+                };
+                if c.hard_mib != 0 && c.soft_mib > c.hard_mib {
+                    return err("the soft ceiling must not be above the hard one".into());
+                }
+                let s = &mut self.slots[i];
+                s.cfg.memory_soft_mib = c.soft_mib;
+                s.cfg.memory_hard_mib = c.hard_mib;
+                ok(format!(
+                    "{}: soft ceiling {} MiB, hard ceiling {} MiB (0 = off)",
+                    s.name, c.soft_mib, c.hard_mib
+                ))
+            }
             AdminToSupervisor::Restart(r) => {
                 let Some(i) = self
                     .slots
@@ -1490,6 +1580,12 @@ impl Core {
         }
     }
 
+    fn find_slot(&self, name: &str) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.name == name || s.cfg.backend.as_str() == name)
+    }
+
     fn status(&self) -> StatusReport {
         let now = Instant::now();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -1508,8 +1604,8 @@ impl Core {
                     reason: s.reason.clone(),
                     pid: s.pid,
                     model: s.model.clone(),
-                    profile: s.cfg.profile.name.clone(),
-                    profile_reason: String::new(),
+                    profile: s.profile_name(),
+                    profile_reason: s.profile_reason.clone(),
                     rss_anon_kb: s.mem.map(|m| m.rss_anon_kb),
                     rss_file_kb: s.mem.map(|m| m.rss_file_kb),
                     vm_hwm_kb: s.mem.map(|m| m.vm_hwm_kb),

@@ -602,3 +602,62 @@ async fn failover_and_hang_detection_latency_figures() {
     assert_eq!((failover_ms.len(), hang_ms.len()), (3, 3));
     sup.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_pressure_switches_to_the_fallback_profile_and_back() {
+    use proto::admin::MemoryCeiling;
+    let slot = cpu_slot(
+        "primary",
+        &model(),
+        "[slots.primary.fallback_profile]\nname = \"small\"\ncontext_size = 256\nbatch_size = 64\nthreads = 1\nkv_cache_type = \"q8_0\"\nmax_new_tokens = 64\n",
+    );
+    let policy = format!("{POLICY}profile_switch_after_s = 0.5\nprofile_hold_s = 1.0\n");
+    let sup = Sup::start(&format!("{policy}{slot}")).await;
+    let normal = sup
+        .wait_state("primary", SlotState::Ready, Duration::from_secs(60))
+        .await;
+    assert_eq!(normal.profile, "default");
+    let ceiling = |soft_mib| {
+        AdminToSupervisor::SetMemoryCeiling(MemoryCeiling {
+            slot: "primary".into(),
+            soft_mib,
+            hard_mib: 0,
+        })
+    };
+    // Simulated pressure: a soft ceiling below what the worker uses.
+    let SupervisorToAdmin::Ok(_) = sup.admin(ceiling(1)).await else {
+        panic!()
+    };
+    let small = sup
+        .wait_slot("primary", Duration::from_secs(30), |s| {
+            s.profile == "small" && s.state == SlotState::Ready
+        })
+        .await;
+    assert_eq!(small.profile_reason, "memory pressure");
+    assert!(small.memory_pressure);
+    assert_eq!(
+        small.restarts, 0,
+        "a profile switch is a reload, not a restart"
+    );
+    assert_eq!(small.pid, normal.pid);
+    // Requests keep completing on the fallback profile.
+    let mut client = sup.client().await;
+    client
+        .submit(user("What is 2+2?"), greedy(16))
+        .await
+        .unwrap();
+    let events = collect(&mut client, Duration::from_secs(60)).await;
+    assert!(
+        matches!(events.last().unwrap().1, SupervisorToClient::Done(_)),
+        "{events:?}"
+    );
+    // Pressure gone: back after the hold-down.
+    sup.admin(ceiling(0)).await;
+    let back = sup
+        .wait_slot("primary", Duration::from_secs(30), |s| {
+            s.profile == "default" && s.state == SlotState::Ready
+        })
+        .await;
+    assert!(back.profile_reason.is_empty());
+    sup.stop().await;
+}
