@@ -1,6 +1,6 @@
 //! The worker side of the worker conversation (see `proto::worker`): connect,
 //! hello, Load -> Ready | LoadFailed, Generate -> Token* -> Done | Error,
-//! Cancel, Ping -> Heartbeat, Shutdown or EOF -> exit.
+//! Cancel, Ping -> Heartbeat, Shutdown, SIGTERM or EOF -> exit.
 //!
 //! One task owns the socket and never waits on the runtime: loads and runs
 //! happen on threads of their own and report through channels, so a Ping is
@@ -80,20 +80,40 @@ pub async fn run(options: Options) -> Exit {
         }
     }
     let board = crate::telemetry::read_soc(&options.sysfs_root);
-    serve(reader, writer, board).await
+    serve(reader, writer, board, terminated()).await
+}
+
+/// Resolves on SIGTERM. The supervisor stops a worker with a Shutdown
+/// message and SIGTERM at once (SIGKILL after its grace period); left at its
+/// default, SIGTERM would end the process before the Shutdown is read, with
+/// the NPU run neither aborted nor the model destroyed.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut sigterm) => {
+            sigterm.recv().await;
+        }
+        Err(err) => {
+            tracing::warn!(%err, "cannot handle SIGTERM; it will end the worker at once");
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The conversation after the handshake (separate so tests and other
-/// transports can drive it).
+/// transports can drive it). `terminate` resolving is a shutdown request,
+/// as a Shutdown message is.
 pub async fn serve<R, W>(
     mut reader: FrameReader<R>,
     writer: FrameWriter<W>,
     board: Option<Platform>,
+    terminate: impl std::future::Future<Output = ()>,
 ) -> Exit
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut terminate = std::pin::pin!(terminate);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let mut loading: Option<oneshot::Receiver<LoadOutcome>> = None;
     let mut worker = Worker {
@@ -116,6 +136,10 @@ where
             }
         };
         let step = tokio::select! {
+            () = &mut terminate => {
+                tracing::info!("SIGTERM: shutting down");
+                Step::Shutdown
+            }
             Some(event) = events_rx.recv() => worker.on_event(event).await,
             outcome = loaded => {
                 loading = None;
