@@ -21,15 +21,20 @@
  *   FAKE_RKLLM_LEAK_CAP_MB   leak: stop growing at this many MiB (default 4096)
  *   FAKE_RKLLM_CONTEXT_LIMIT the model's max_context_limit (default 4096)
  *   FAKE_RKLLM_INIT_DELAY_MS how long rkllm_init takes (default 0)
- *   FAKE_RKLLM_RECORD        file to append key=value lines to: every init
- *                            parameter, chat template, run input, abort, destroy
+ *   FAKE_RKLLM_RECORD        file to append key=value lines to: the pid (first
+ *                            thing at every rkllm_init), every init parameter,
+ *                            chat template, run input, abort, destroy
+ *   FAKE_RKLLM_LOCK          file locked (flock) by rkllm_init until the process
+ *                            ends, standing in for the NPU that only one process
+ *                            may use: a second live process records npu_busy=<pid>
  *   RKLLM_LOG_LEVEL          >= 1: log version, model facts (as the real runtime does)
  *
  * Continuation: when the full prompt (system + prefix + input + postfix) ends
  * with the start of the script, only the rest of the script is streamed, as a
  * model continuing a prefilled assistant turn would.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -38,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -352,6 +358,22 @@ static void record_params(const RKLLMParam *p) {
     record_fmt("use_cross_attn", "%d", p->extend_param.use_cross_attn);
 }
 
+/* Takes the FAKE_RKLLM_LOCK lock for the rest of the process's life: the
+ * kernel drops it only when the process is gone (exit, abort or SIGKILL), so
+ * a process that finds it held overlaps with one still alive. */
+static void claim_npu(void) {
+    static int lock_fd = -1;
+    record_fmt("pid", "%ld", (long)getpid());
+    const char *path = getenv("FAKE_RKLLM_LOCK");
+    if (!path || !*path || lock_fd >= 0) return;
+    lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd < 0) {
+        record_fmt("npu_lock_error", "%s", path);
+        return;
+    }
+    if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) record_fmt("npu_busy", "%ld", (long)getpid());
+}
+
 static int init_common(LLMHandle *handle, RKLLMParam *param, LLMResultCallback cb, void *userdata) {
     if (!handle || !param || !cb) {
         fprintf(stderr, "E rkllm: invalid arguments to rkllm_init\n");
@@ -419,11 +441,13 @@ static int init_common(LLMHandle *handle, RKLLMParam *param, LLMResultCallback c
 
 #if RKLLM_ABI == 12
 int rkllm_init(LLMHandle *handle, RKLLMParam *param, LLMResultCallback callback) {
+    claim_npu();
     record_fmt("callback_kind", "function");
     return init_common(handle, param, callback, NULL);
 }
 #else
 int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLMCallback *callback) {
+    claim_npu();
     if (!callback) {
         fprintf(stderr, "E rkllm: callback struct is null\n");
         return -1;

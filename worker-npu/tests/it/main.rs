@@ -1,7 +1,8 @@
 //! Integration tests of the NPU worker: struct layouts, the real binary
 //! driven over a socket with the fake RKLLM runtime
 //! (tests/fake-rkllm/fake_rkllm.c, built by build.rs for both layouts),
-//! load failures, the artifact check and the telemetry readers.
+//! load failures, the artifact check, the telemetry readers, and the worker
+//! under the real supervisor with the CPU worker as its fallback.
 
 mod artifact;
 mod conversation;
@@ -9,3 +10,4 @@ mod failures;
 mod layout;
 mod support;
 mod telemetry;
+mod through_supervisor;
