@@ -1,12 +1,14 @@
 //! `worker-cpu`: started by the supervisor with `--socket PATH`; also
 //! `worker-cpu generate ...` to run one generation without a supervisor.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use proto::chat::GenParams;
+use proto::chat::{GenParams, GenStats};
 use proto::worker::{BackendOptions, CpuOptions, KvCacheType, Load, Profile};
 use worker_cpu::fault::Faults;
 use worker_cpu::serve::{serve, Outcome};
@@ -41,6 +43,11 @@ enum Cmd {
         /// Threads (0 = all cores).
         #[arg(long, default_value_t = 0)]
         threads: u32,
+        /// Print the figures as one JSON object on stderr instead of the
+        /// summary line, with the arrival time of every piece (`token_ms`,
+        /// ms after the first): the in-process side of `supctl bench`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -58,7 +65,7 @@ fn main() -> anyhow::Result<()> {
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
     let cli = Cli::parse();
     match (cli.command, cli.socket) {
-        (Some(Cmd::Generate { model, prompt, max_tokens, context_size, threads }), _) => {
+        (Some(Cmd::Generate { model, prompt, max_tokens, context_size, threads, json }), _) => {
             let load = Load {
                 model_path: model.to_string_lossy().into_owned(),
                 profile: Profile {
@@ -74,12 +81,21 @@ fn main() -> anyhow::Result<()> {
             };
             let params = GenParams { max_tokens, ..GenParams::default() };
             let mut out = std::io::stdout();
+            let mut first: Option<Instant> = None;
+            let mut token_ms = Vec::new();
             let result = standalone::generate(load, &prompt, params, &mut |piece| {
+                let now = Instant::now();
+                let first = *first.get_or_insert(now);
+                token_ms.push(now.duration_since(first).as_secs_f64() * 1000.0);
                 let _ = out.write_all(piece.as_bytes());
                 let _ = out.flush();
             });
             println!();
             match result {
+                Ok((_, load_ms, s)) if json => {
+                    eprintln!("{}", figures_json(load_ms, &s, &token_ms));
+                    Ok(())
+                }
                 Ok((_, load_ms, s)) => {
                     eprintln!(
                         "load {load_ms:.0} ms, prompt {} tokens, generated {} tokens, ttft {:.0} ms, decode {:.1} tok/s",
@@ -116,4 +132,31 @@ fn main() -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("nothing to do: pass --socket PATH (as the supervisor does) or a subcommand; see --help"),
     }
+}
+
+/// The figures of a standalone generation as one JSON object (numbers only,
+/// so it is written without a JSON library).
+fn figures_json(load_ms: f64, s: &GenStats, token_ms: &[f64]) -> String {
+    let num = |v: f64| {
+        if v.is_finite() {
+            format!("{v}")
+        } else {
+            "null".to_owned()
+        }
+    };
+    let mut out = format!(
+        "{{\"load_ms\":{},\"prompt_tokens\":{},\"generated_tokens\":{},\"ttft_ms\":{},\"prefill_ms\":{},\"decode_ms\":{},\"decode_tps\":{},\"token_ms\":[",
+        num(load_ms),
+        s.prompt_tokens,
+        s.generated_tokens,
+        num(s.ttft_ms),
+        num(s.prefill_ms),
+        num(s.decode_ms),
+        num(s.decode_tps)
+    );
+    for (i, t) in token_ms.iter().enumerate() {
+        let _ = write!(out, "{}{}", if i == 0 { "" } else { "," }, num(*t));
+    }
+    out.push_str("]}");
+    out
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::quality::Quality;
-use super::result::BenchResult;
+use super::result::{BenchResult, TargetResult};
 
 /// Which way is better for a figure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,111 @@ fn mib(kb: Option<u64>) -> Option<f64> {
     kb.map(|kb| kb as f64 / 1024.0)
 }
 
+impl Comparison {
+    /// Records one figure; a regression when it is worse by more than the threshold.
+    fn figure(
+        &mut self,
+        target: &str,
+        name: &str,
+        before: Option<f64>,
+        after: Option<f64>,
+        better: Better,
+    ) {
+        let (Some(before), Some(after)) = (before, after) else {
+            return;
+        };
+        if !(before.is_finite() && after.is_finite()) || before <= 0.0 {
+            return;
+        }
+        let worse = worse_pct(before, after, better);
+        let regression = worse > self.threshold_pct;
+        if regression {
+            self.regressions.push(format!(
+                "{target}: {name} {before:.2} -> {after:.2} ({worse:.1}% worse)"
+            ));
+        }
+        self.deltas.push(Delta {
+            target: target.to_owned(),
+            figure: name.to_owned(),
+            before,
+            after,
+            change_pct: change_pct(before, after),
+            regression,
+        });
+    }
+
+    /// Headline figures, load time and memory of one target.
+    fn target_figures(&mut self, label: &str, old: &TargetResult, new: &TargetResult) {
+        let (a, b) = (&new.summary, &old.summary);
+        if a.headline_prompt == b.headline_prompt {
+            for (name, before, after, better) in [
+                ("decode tok/s", b.decode_tps, a.decode_tps, Better::Higher),
+                ("TTFT ms", b.ttft_ms, a.ttft_ms, Better::Lower),
+                ("end-to-end s", b.e2e_s, a.e2e_s, Better::Lower),
+            ] {
+                self.figure(label, name, Some(before), Some(after), better);
+            }
+        } else {
+            self.unmatched.push(format!(
+                "{label}: headline prompt changed ({} -> {})",
+                b.headline_prompt, a.headline_prompt
+            ));
+        }
+        if new.cold && old.cold {
+            self.figure(label, "load ms", old.load_ms, new.load_ms, Better::Lower);
+        }
+        self.figure(
+            label,
+            "peak RssAnon MiB",
+            mib(b.peak_rss_anon_kb),
+            mib(a.peak_rss_anon_kb),
+            Better::Lower,
+        );
+    }
+
+    /// Outputs and known answers of one target's prompts.
+    fn prompt_outputs(&mut self, label: &str, old: &TargetResult, new: &TargetResult) {
+        for prompt in &new.prompts {
+            let Some(before) = old.prompts.iter().find(|q| q.name == prompt.name) else {
+                self.unmatched.push(format!(
+                    "{label} / {}: not in the earlier result",
+                    prompt.name
+                ));
+                continue;
+            };
+            if before.prompt_hash != prompt.prompt_hash
+                || before.max_new_tokens != prompt.max_new_tokens
+            {
+                self.unmatched.push(format!(
+                    "{label} / {}: the prompt changed, outputs not compared",
+                    prompt.name
+                ));
+                continue;
+            }
+            if before.output_hash != prompt.output_hash {
+                self.drift.push(format!(
+                    "{label} / {}: output changed (hash {} -> {}); now: {:?}",
+                    prompt.name,
+                    short(&before.output_hash),
+                    short(&prompt.output_hash),
+                    excerpt(&prompt.output, 80),
+                ));
+            }
+            if before.quality == Quality::Pass && prompt.quality == Quality::Fail {
+                self.regressions.push(format!(
+                    "{label} / {}: the known answer {:?} is no longer given",
+                    prompt.name,
+                    prompt.expect.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+    }
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
 /// Compares `current` with `previous`, flagging figures more than
 /// `threshold_pct` worse and outputs whose hash changed.
 pub fn compare(
@@ -93,98 +198,25 @@ pub fn compare(
         drift: Vec::new(),
         unmatched: Vec::new(),
     };
-    let figure = |c: &mut Comparison,
-                      target: &str,
-                      name: &str,
-                      before: Option<f64>,
-                      after: Option<f64>,
-                      better: Better| {
-        let (Some(before), Some(after)) = (before, after) else {
-            return;
-        };
-        if !(before.is_finite() && after.is_finite()) || before <= 0.0 {
-            return;
-        }
-        let worse = worse_pct(before, after, better);
-        let regression = worse > threshold_pct;
-        if regression {
-            c.regressions.push(format!(
-                "{target}: {name} {before:.2} -> {after:.2} ({worse:.1}% worse)"
-            ));
-        }
-        c.deltas.push(Delta {
-            target: target.to_owned(),
-            figure: name.to_owned(),
-            before,
-            after,
-            change_pct: change_pct(before, after),
-            regression,
-        });
-    };
     for t in &current.targets {
         let label = format!("{} {}", t.backend, t.model);
         let Some(p) = previous.target(&t.backend, &t.model) else {
-            c.unmatched.push(format!("{label}: not in the earlier result"));
+            c.unmatched
+                .push(format!("{label}: not in the earlier result"));
             continue;
         };
-        let (a, b) = (&t.summary, &p.summary);
-        if a.headline_prompt == b.headline_prompt {
-            figure(&mut c, &label, "decode tok/s", Some(b.decode_tps), Some(a.decode_tps), Better::Higher);
-            figure(&mut c, &label, "TTFT ms", Some(b.ttft_ms), Some(a.ttft_ms), Better::Lower);
-            figure(&mut c, &label, "end-to-end s", Some(b.e2e_s), Some(a.e2e_s), Better::Lower);
-        } else {
-            c.unmatched.push(format!(
-                "{label}: headline prompt changed ({} -> {})",
-                b.headline_prompt, a.headline_prompt
-            ));
-        }
-        if t.cold && p.cold {
-            figure(&mut c, &label, "load ms", p.load_ms, t.load_ms, Better::Lower);
-        }
-        figure(
-            &mut c,
-            &label,
-            "peak RssAnon MiB",
-            mib(b.peak_rss_anon_kb),
-            mib(a.peak_rss_anon_kb),
-            Better::Lower,
-        );
-        for prompt in &t.prompts {
-            let Some(old) = p.prompts.iter().find(|q| q.name == prompt.name) else {
-                c.unmatched
-                    .push(format!("{label} / {}: not in the earlier result", prompt.name));
-                continue;
-            };
-            if old.prompt_hash != prompt.prompt_hash || old.max_new_tokens != prompt.max_new_tokens
-            {
-                c.unmatched.push(format!(
-                    "{label} / {}: the prompt changed, outputs not compared",
-                    prompt.name
-                ));
-                continue;
-            }
-            if old.output_hash != prompt.output_hash {
-                c.drift.push(format!(
-                    "{label} / {}: output changed (hash {} -> {}); now: {:?}",
-                    prompt.name,
-                    &old.output_hash[..old.output_hash.len().min(12)],
-                    &prompt.output_hash[..prompt.output_hash.len().min(12)],
-                    excerpt(&prompt.output, 80),
-                ));
-            }
-            if old.quality == Quality::Pass && prompt.quality == Quality::Fail {
-                c.regressions.push(format!(
-                    "{label} / {}: the known answer {:?} is no longer given",
-                    prompt.name,
-                    prompt.expect.as_deref().unwrap_or_default()
-                ));
-            }
-        }
+        c.target_figures(&label, p, t);
+        c.prompt_outputs(&label, p, t);
     }
     for r in &current.relay {
-        let label = format!("relay {}", r.model);
         if let Some(p) = previous.relay.iter().find(|p| p.model == r.model) {
-            figure(&mut c, &label, "stack/in-process ratio", Some(p.ratio), Some(r.ratio), Better::Higher);
+            c.figure(
+                &format!("relay {}", r.model),
+                "stack/in-process ratio",
+                Some(p.ratio),
+                Some(r.ratio),
+                Better::Higher,
+            );
         }
     }
     for p in &previous.targets {
@@ -247,7 +279,10 @@ pub fn render(c: &Comparison) -> String {
     if c.drift.is_empty() {
         let _ = writeln!(out, "No quality drift: every compared output is unchanged.");
     } else {
-        let _ = writeln!(out, "**Quality drift** (output changed for the same prompt):");
+        let _ = writeln!(
+            out,
+            "**Quality drift** (output changed for the same prompt):"
+        );
         for d in &c.drift {
             let _ = writeln!(out, "- {d}");
         }

@@ -43,6 +43,7 @@ use crate::client::ClientError;
 
 /// What `supctl bench` was asked to do.
 #[derive(Debug, Clone, Default)]
+#[allow(clippy::struct_excessive_bools)] // one per command-line switch
 pub struct BenchOptions {
     /// Profile to run (default: the config's `bench.default_profile`).
     pub profile: Option<String>,
@@ -101,7 +102,10 @@ pub enum BenchError {
         source: serde_json::Error,
     },
     /// A result file of another layout version.
-    #[error("{path} has result layout {found}, this supctl reads layout {}", result::SCHEMA)]
+    #[error(
+        "{path} has result layout {found}, this supctl reads layout {}",
+        result::SCHEMA
+    )]
     Schema {
         /// The file.
         path: PathBuf,

@@ -328,7 +328,11 @@ impl GovernorGuard {
                 continue;
             };
             if old == "performance" {
-                items.push(CheckItem::new(name, CheckStatus::Pass, "already performance"));
+                items.push(CheckItem::new(
+                    name,
+                    CheckStatus::Pass,
+                    "already performance",
+                ));
                 continue;
             }
             let file = dir.join(&policy).join("scaling_governor");
@@ -406,7 +410,7 @@ pub async fn wait_until_cool(sysfs_root: &Path, cool_to_c: f64, limit: Duration)
                 timed_out: !cool,
             };
         }
-        tokio::time::sleep(Duration::from_secs(1).min(limit - waited)).await;
+        tokio::time::sleep(Duration::from_secs(1).min(limit.saturating_sub(waited))).await;
     }
 }
 
@@ -430,7 +434,10 @@ mod tests {
         std::fs::write(dir.path().join("rknpu/load"), "NPU load: 23%\n").unwrap();
         assert_eq!(read_npu_load(dir.path()), Some(vec![(0, 23)]));
         std::fs::write(dir.path().join("rknpu/version"), "RKNPU driver: v0.9.8\n").unwrap();
-        assert_eq!(read_npu_driver_version(dir.path()).as_deref(), Some("v0.9.8"));
+        assert_eq!(
+            read_npu_driver_version(dir.path()).as_deref(),
+            Some("v0.9.8")
+        );
         let items = npu_items(dir.path());
         assert_eq!(items[1].status, CheckStatus::Warn, "{items:?}");
         assert!(read_npu_load(Path::new("/nonexistent")).is_none());
@@ -440,7 +447,9 @@ mod tests {
     fn tuning_sets_performance_and_restores() {
         let dir = tempfile::tempdir().unwrap();
         for (n, gov) in [(0, "schedutil"), (4, "performance")] {
-            let p = dir.path().join(format!("devices/system/cpu/cpufreq/policy{n}"));
+            let p = dir
+                .path()
+                .join(format!("devices/system/cpu/cpufreq/policy{n}"));
             std::fs::create_dir_all(&p).unwrap();
             std::fs::write(p.join("scaling_governor"), format!("{gov}\n")).unwrap();
         }
@@ -448,7 +457,9 @@ mod tests {
         {
             let (_guard, items) = GovernorGuard::tune(dir.path());
             assert_eq!(items.len(), 2);
-            assert!(read().iter().all(|(_, g)| g.as_deref() == Some("performance")));
+            assert!(read()
+                .iter()
+                .all(|(_, g)| g.as_deref() == Some("performance")));
         }
         assert_eq!(
             read(),

@@ -145,8 +145,9 @@ pub fn edge() -> BenchProfile {
             },
             PromptSpec {
                 name: "story".into(),
-                text: "Write a short story about a lighthouse keeper who finds a message in a bottle."
-                    .into(),
+                text:
+                    "Write a short story about a lighthouse keeper who finds a message in a bottle."
+                        .into(),
                 max_new_tokens: Some(320),
                 expect: None,
                 fill_context: None,
@@ -227,7 +228,10 @@ impl BenchConfig {
             ("cool_to_c", self.cool_to_c),
         ] {
             if !v.is_finite() {
-                return Err(invalid(format!("bench.{key}"), "must be a number of degrees"));
+                return Err(invalid(
+                    format!("bench.{key}"),
+                    "must be a number of degrees",
+                ));
             }
         }
         if self.cool_to_c > self.max_start_c {
@@ -247,7 +251,10 @@ impl BenchConfig {
 impl BenchProfile {
     /// The backends as parsed values (validated).
     pub fn backend_list(&self) -> Vec<Backend> {
-        self.backends.iter().filter_map(|b| b.parse().ok()).collect()
+        self.backends
+            .iter()
+            .filter_map(|b| b.parse().ok())
+            .collect()
     }
 
     /// Index of the headline prompt.
@@ -408,7 +415,10 @@ mod tests {
         let prompt = "[[bench.profiles.q.prompts]]\nname = \"a\"\ntext = \"hi\"\n";
         let cases = [
             ("[bench]\nspeed = 1\n", "speed"),
-            ("[bench]\ndefault_profile = \"x\"\n", "bench.default_profile"),
+            (
+                "[bench]\ndefault_profile = \"x\"\n",
+                "bench.default_profile",
+            ),
             (
                 "[bench]\ncool_to_c = 90\nmax_start_c = 80\n",
                 "bench.cool_to_c",
@@ -438,10 +448,7 @@ mod tests {
                 &format!("[bench.profiles.q]\nheadline = \"b\"\n{prompt}"),
                 "bench.profiles.q.headline",
             ),
-            (
-                &format!("{prompt}colour = 1\n"),
-                "colour",
-            ),
+            (&format!("{prompt}colour = 1\n"), "colour"),
         ];
         for (text, key) in cases {
             let e = load(text).unwrap_err();

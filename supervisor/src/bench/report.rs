@@ -42,10 +42,7 @@ pub fn summary_table(targets: &[TargetResult]) -> String {
         out,
         "| backend | model | load s | TTFT ms | decode tok/s | end-to-end s | peak RssAnon MiB | VmHWM MiB | CV | quality | speedup |"
     );
-    let _ = writeln!(
-        out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"
-    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     for t in targets {
         let s = &t.summary;
         let _ = writeln!(

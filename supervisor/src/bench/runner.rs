@@ -6,7 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use proto::admin::{AdminToSupervisor, Routing, SlotState, SlotStatus, StatusReport, SupervisorToAdmin};
+use proto::admin::{
+    AdminToSupervisor, Routing, SlotState, SlotStatus, StatusReport, SupervisorToAdmin,
+};
 use proto::chat::{Backend, ChatMessage, GenParams, Role};
 use tokio_util::sync::CancellationToken;
 
@@ -16,8 +18,8 @@ use super::preflight::{self, CheckItem, CheckStatus, GovernorGuard, PreflightInp
 use super::profile::{model_backend, BenchProfile, PromptSpec};
 use super::quality::{self, Quality};
 use super::result::{
-    self, BenchResult, HostInfo, PromptResult, RelayResult, RunFigures, Settings, Skipped,
-    Summary, TargetResult,
+    self, BenchResult, HostInfo, PromptResult, RelayResult, RunFigures, Settings, Skipped, Summary,
+    TargetResult,
 };
 use super::{relay, report, stats, svg, BenchError, BenchOptions, Progress};
 use crate::cli::{self, AdminFailure};
@@ -178,7 +180,11 @@ pub async fn run(
         profile.repetitions = r.max(1);
     }
     if !opts.backends.is_empty() {
-        profile.backends = opts.backends.iter().map(|b| b.as_str().to_owned()).collect();
+        profile.backends = opts
+            .backends
+            .iter()
+            .map(|b| b.as_str().to_owned())
+            .collect();
     }
     if opts.warm {
         profile.cold_load = false;
@@ -445,7 +451,9 @@ fn supervisor_item(st: &StatusReport) -> CheckItem {
     let (status, value) = if busy > 0 {
         (
             CheckStatus::Warn,
-            format!("{value}; {busy} request(s) in flight or queued share the workers with the run"),
+            format!(
+                "{value}; {busy} request(s) in flight or queued share the workers with the run"
+            ),
         )
     } else {
         (CheckStatus::Pass, value)
@@ -460,8 +468,7 @@ fn supervisor_item(st: &StatusReport) -> CheckItem {
 fn host_info(proc_root: &Path) -> HostInfo {
     let read = |p: &str| {
         std::fs::read_to_string(proc_root.join(p))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".into())
+            .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned())
     };
     HostInfo {
         hostname: read("sys/kernel/hostname"),
@@ -608,6 +615,8 @@ async fn start_private(config: &Config, plan: &Plan) -> Result<(PrivateSup, Sock
     cfg.supervisor.state_dir = dir.path().join("state");
     cfg.slots.primary = plan.cfg.clone();
     cfg.slots.fallback = None;
+    // The live service may hold the HTTP port; the private one needs none.
+    cfg.http.listen = String::new();
     let sockets = Sockets {
         client: cfg.supervisor.client_socket(),
         admin: cfg.supervisor.admin_socket(),
@@ -721,7 +730,10 @@ async fn wait_ready(
 /// Makes the live slot ready: restarted for a cold load, or as it is.
 async fn live_load(ctx: &mut Ctx<'_>, plan: &Plan, admin: &Path) -> Result<LoadInfo, BenchError> {
     let s = slot_status(admin, &plan.slot).await?;
-    let idle = matches!(s.state, SlotState::Idle | SlotState::Failed | SlotState::BackingOff);
+    let idle = matches!(
+        s.state,
+        SlotState::Idle | SlotState::Failed | SlotState::BackingOff
+    );
     if !ctx.profile.cold_load && !idle {
         if !matches!(s.state, SlotState::Ready | SlotState::Busy) {
             wait_ready(ctx, admin, &plan.slot, Instant::now(), None, false).await?;
@@ -770,14 +782,15 @@ async fn fill_prompt(
     let max_new = spec.max_tokens(ctx.profile);
     ctx.progress.say(format!("sizing the {} prompt", spec.name));
     let one = measure::request(client, user(&long_prompt(1, &spec.text)), greedy(1), limit).await?;
-    let five = measure::request(client, user(&long_prompt(5, &spec.text)), greedy(1), limit).await?;
-    let (p1, p5) = (
+    let three =
+        measure::request(client, user(&long_prompt(3, &spec.text)), greedy(1), limit).await?;
+    let (p1, p3) = (
         f64::from(one.stats.prompt_tokens),
-        f64::from(five.stats.prompt_tokens),
+        f64::from(three.stats.prompt_tokens),
     );
     #[allow(clippy::cast_precision_loss)] // short texts
-    let (per_para, base) = if p5 > p1 && p1 > 0.0 {
-        let per = (p5 - p1) / 4.0;
+    let (per_para, base) = if p3 > p1 && p1 > 0.0 {
+        let per = (p3 - p1) / 2.0;
         (per, p1 - per)
     } else {
         // The worker does not count prompt tokens (some NPU runtimes):
@@ -785,7 +798,10 @@ async fn fill_prompt(
         let chars = long_prompt(1, &spec.text).chars().count() as f64;
         note(
             ctx,
-            format!("{}: prompt tokens not reported; sized by characters", spec.name),
+            format!(
+                "{}: prompt tokens not reported; sized by characters",
+                spec.name
+            ),
         );
         (chars / 3.5, 16.0)
     };
@@ -794,10 +810,11 @@ async fn fill_prompt(
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // clamped below
     let mut n = ((target - base) / per_para).floor().max(1.0) as usize;
     let max_chars = ctx.config.supervisor.max_prompt_chars;
+    let wanted = n;
     while n > 1 && long_prompt(n, &spec.text).chars().count() > max_chars {
         n -= 1;
     }
-    if f64::from(u32::try_from(n).unwrap_or(u32::MAX)) * per_para + base < target * 0.8 {
+    if n < wanted {
         note(
             ctx,
             format!(
@@ -821,12 +838,9 @@ async fn measured_request(
 ) -> Result<(Request, RunFigures), BenchError> {
     let bench = &ctx.config.bench;
     let t = &ctx.config.telemetry;
-    let cool = preflight::wait_until_cool(
-        &t.sysfs_root,
-        bench.cool_to_c,
-        secs(bench.cool_timeout_s),
-    )
-    .await;
+    let cool =
+        preflight::wait_until_cool(&t.sysfs_root, bench.cool_to_c, secs(bench.cool_timeout_s))
+            .await;
     if cool.timed_out {
         note(
             ctx,
@@ -893,7 +907,7 @@ fn prompt_result(
     spec: &PromptSpec,
     text: &str,
     max_new_tokens: u32,
-    runs: Vec<(Request, RunFigures)>,
+    runs: &[(Request, RunFigures)],
 ) -> PromptResult {
     let figures: Vec<RunFigures> = runs.iter().map(|(_, f)| f.clone()).collect();
     let pick = |f: fn(&RunFigures) -> f64| figures.iter().map(f).collect::<Vec<f64>>();
@@ -902,7 +916,10 @@ fn prompt_result(
         .filter(|v| *v > 0.0)
         .collect();
     let gaps: Vec<f64> = runs.iter().flat_map(|(r, _)| r.gaps_ms()).collect();
-    let output = runs.first().map(|(r, _)| r.text.clone()).unwrap_or_default();
+    let output = runs
+        .first()
+        .map(|(r, _)| r.text.clone())
+        .unwrap_or_default();
     let tokens: Vec<f64> = figures
         .iter()
         .map(|f| f64::from(f.generated_tokens))
@@ -955,8 +972,13 @@ fn summary(profile: &BenchProfile, prompts: &[PromptResult]) -> Summary {
         peak_rss_anon_kb: peaks.rss_anon_kb,
         vm_hwm_kb: peaks.vm_hwm_kb,
         hottest_c: peaks.hottest_c,
-        quality_passed: u32::try_from(checked.clone().filter(|p| p.quality == Quality::Pass).count())
-            .unwrap_or(0),
+        quality_passed: u32::try_from(
+            checked
+                .clone()
+                .filter(|p| p.quality == Quality::Pass)
+                .count(),
+        )
+        .unwrap_or(0),
         quality_checked: u32::try_from(checked.count()).unwrap_or(0),
         speedup: 1.0,
     }
@@ -1030,7 +1052,7 @@ async fn measure_target(
             runs.push(run);
             ctx.progress.step(format!("{label}: {}", spec.name));
         }
-        prompts.push(prompt_result(spec, &text, max_tokens, runs));
+        prompts.push(prompt_result(spec, &text, max_tokens, &runs));
         texts.push(text);
     }
     let summary = summary(ctx.profile, &prompts);
@@ -1106,7 +1128,10 @@ async fn relay_overhead(
         .filter_map(|r| measure::decode_rate(&r.token_ms))
         .collect();
     let st_tps: Vec<f64> = stack.iter().filter_map(Request::decode_tps).collect();
-    let in_gaps: Vec<f64> = inproc.iter().flat_map(|r| measure::gaps(&r.token_ms)).collect();
+    let in_gaps: Vec<f64> = inproc
+        .iter()
+        .flat_map(|r| measure::gaps(&r.token_ms))
+        .collect();
     let st_gaps: Vec<f64> = stack.iter().flat_map(Request::gaps_ms).collect();
     let in_process_tps = stats::median(&in_tps).unwrap_or(0.0);
     let stack_tps = stats::median(&st_tps).unwrap_or(0.0);

@@ -64,7 +64,10 @@ pub fn chart(result: &BenchResult) -> String {
     );
     let title = format!("Decode tokens/s, profile {}", result.profile);
     let _ = writeln!(s, "<title>{}</title>", escape(&title));
-    let _ = writeln!(s, r##"<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>"##);
+    let _ = writeln!(
+        s,
+        r##"<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>"##
+    );
     let _ = writeln!(
         s,
         r#"<text x="16" y="26" font-size="16" font-weight="bold">{}</text>"#,
@@ -75,9 +78,7 @@ pub fn chart(result: &BenchResult) -> String {
         r##"<text x="16" y="44" font-size="11" fill="#555555">{}</text>"##,
         escape(&format!(
             "{} · {} · median of {} repetition(s); ×N = speedup over the slowest row",
-            result.host.hostname,
-            result.supervisor_version,
-            result.settings.repetitions
+            result.host.hostname, result.supervisor_version, result.settings.repetitions
         ))
     );
     if rows.is_empty() {
@@ -94,7 +95,11 @@ pub fn chart(result: &BenchResult) -> String {
         } else {
             1.0
         };
-        let colour = if *backend == "npu" { "#f28e2b" } else { "#4e79a7" };
+        let colour = if *backend == "npu" {
+            "#f28e2b"
+        } else {
+            "#4e79a7"
+        };
         let _ = writeln!(
             s,
             r#"<text x="16" y="{}" class="row">{}</text>"#,

@@ -1,7 +1,7 @@
 //! `supctl`: the operator's command line for a running supervisor.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -78,49 +78,53 @@ enum Cmd {
     /// Benchmark the backends and models of a profile through the
     /// supervisor; Markdown report on stdout, JSON result and SVG chart in
     /// files. Exit status 2: a known answer missed, a regression or drift.
-    Bench {
-        /// Profile to run (default: bench.default_profile, the built-in "edge").
-        #[arg(long)]
-        profile: Option<String>,
-        /// Result file (default: <state_dir>/bench/bench-<profile>-<time>.json).
-        #[arg(long)]
-        output: Option<PathBuf>,
-        /// Chart file (default: the result file with .svg).
-        #[arg(long)]
-        svg: Option<PathBuf>,
-        /// Earlier result to compare with (default: the newest of the
-        /// profile beside the result file).
-        #[arg(long)]
-        compare: Option<PathBuf>,
-        /// Compare this result file with --compare instead of running.
-        #[arg(long, requires = "compare")]
-        from: Option<PathBuf>,
-        /// Regression threshold in percent (default: bench.regression_pct).
-        #[arg(long)]
-        threshold: Option<f64>,
-        /// Set the performance CPU governor for the run (root), restored after.
-        #[arg(long)]
-        tune: bool,
-        /// Drop page caches before each cold load (root).
-        #[arg(long)]
-        drop_caches: bool,
-        /// Run each backend and model on a private supervisor started here
-        /// (compares the profile's extra models; stop the service first for the NPU).
-        #[arg(long)]
-        spawn: bool,
-        /// Measure the workers as loaded, without a cold restart.
-        #[arg(long)]
-        warm: bool,
-        /// Skip the relay-overhead measurement.
-        #[arg(long)]
-        no_relay: bool,
-        /// Measured requests per prompt (overrides the profile).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-        repetitions: Option<u32>,
-        /// Backend to measure (repeatable; overrides the profile).
-        #[arg(long = "backend")]
-        backends: Vec<Backend>,
-    },
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+#[allow(clippy::struct_excessive_bools)] // one per switch
+struct BenchArgs {
+    /// Profile to run (default: bench.default_profile, the built-in "edge").
+    #[arg(long)]
+    profile: Option<String>,
+    /// Result file (default: <state_dir>/bench/bench-<profile>-<time>.json).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Chart file (default: the result file with .svg).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Earlier result to compare with (default: the newest of the
+    /// profile beside the result file).
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// Compare this result file with --compare instead of running.
+    #[arg(long, requires = "compare")]
+    from: Option<PathBuf>,
+    /// Regression threshold in percent (default: bench.regression_pct).
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Set the performance CPU governor for the run (root), restored after.
+    #[arg(long)]
+    tune: bool,
+    /// Drop page caches before each cold load (root).
+    #[arg(long)]
+    drop_caches: bool,
+    /// Run each backend and model on a private supervisor started here
+    /// (compares the profile's extra models; stop the service first for the NPU).
+    #[arg(long)]
+    spawn: bool,
+    /// Measure the workers as loaded, without a cold restart.
+    #[arg(long)]
+    warm: bool,
+    /// Skip the relay-overhead measurement.
+    #[arg(long)]
+    no_relay: bool,
+    /// Measured requests per prompt (overrides the profile).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    repetitions: Option<u32>,
+    /// Backend to measure (repeatable; overrides the profile).
+    #[arg(long = "backend")]
+    backends: Vec<Backend>,
 }
 
 fn sockets(cli: &Cli) -> (PathBuf, PathBuf) {
@@ -221,13 +225,57 @@ fn run() -> anyhow::Result<ExitCode> {
                 println!("{message}");
                 Ok(ExitCode::SUCCESS)
             }
-            Cmd::Bench {
+            Cmd::Bench(args) => bench(&cli.config, cli.runtime_dir.as_deref(), args).await,
+        }
+    })
+}
+
+async fn bench(
+    config_path: &Path,
+    runtime_dir: Option<&Path>,
+    args: BenchArgs,
+) -> anyhow::Result<ExitCode> {
+    let BenchArgs {
+        profile,
+        output,
+        svg,
+        compare,
+        from,
+        threshold,
+        tune,
+        drop_caches,
+        spawn,
+        warm,
+        no_relay,
+        repetitions,
+        backends,
+    } = args;
+    if let Some(t) = threshold {
+        anyhow::ensure!(
+            t.is_finite() && t > 0.0,
+            "--threshold must be a positive percentage"
+        );
+    }
+    let mut config = Config::load(config_path)
+        .with_context(|| format!("supctl bench reads {}", config_path.display()))?;
+    if let Some(dir) = runtime_dir {
+        config.supervisor.runtime_dir = dir.to_owned();
+    }
+    let mut out = std::io::stdout();
+    let exit = match (from, compare) {
+        (Some(current), Some(previous)) => cli::bench::compare_only(
+            &previous,
+            &current,
+            threshold.unwrap_or(config.bench.regression_pct),
+            &mut out,
+        )?,
+        (_, compare) => {
+            let opts = BenchOptions {
                 profile,
                 output,
                 svg,
                 compare,
-                from,
-                threshold,
+                threshold_pct: threshold,
                 tune,
                 drop_caches,
                 spawn,
@@ -235,49 +283,12 @@ fn run() -> anyhow::Result<ExitCode> {
                 no_relay,
                 repetitions,
                 backends,
-            } => {
-                if let Some(t) = threshold {
-                    anyhow::ensure!(
-                        t.is_finite() && t > 0.0,
-                        "--threshold must be a positive percentage"
-                    );
-                }
-                let mut config = Config::load(&cli.config)
-                    .with_context(|| format!("supctl bench reads {}", cli.config.display()))?;
-                if let Some(dir) = &cli.runtime_dir {
-                    config.supervisor.runtime_dir.clone_from(dir);
-                }
-                let mut out = std::io::stdout();
-                let exit = match (from, compare) {
-                    (Some(current), Some(previous)) => cli::bench::compare_only(
-                        &previous,
-                        &current,
-                        threshold.unwrap_or(config.bench.regression_pct),
-                        &mut out,
-                    )?,
-                    (_, compare) => {
-                        let opts = BenchOptions {
-                            profile,
-                            output,
-                            svg,
-                            compare,
-                            threshold_pct: threshold,
-                            tune,
-                            drop_caches,
-                            spawn,
-                            warm,
-                            no_relay,
-                            repetitions,
-                            backends,
-                        };
-                        cli::bench::bench(&config, &opts, &mut out).await?
-                    }
-                };
-                Ok(match exit {
-                    BenchExit::Clean => ExitCode::SUCCESS,
-                    BenchExit::Flagged => ExitCode::from(2),
-                })
-            }
+            };
+            cli::bench::bench(&config, &opts, &mut out).await?
         }
+    };
+    Ok(match exit {
+        BenchExit::Clean => ExitCode::SUCCESS,
+        BenchExit::Flagged => ExitCode::from(2),
     })
 }

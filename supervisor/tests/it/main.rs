@@ -1,6 +1,7 @@
 //! Integration tests: the real supervisor, real worker processes and the
 //! real default model.
 
+mod bench;
 mod broken_models;
 mod cli;
 mod operate;
