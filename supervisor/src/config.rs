@@ -106,6 +106,8 @@ pub struct SupervisorSection {
     pub queue_timeout_s: f64,
     /// Permission bits of the client socket (octal string).
     pub client_socket_mode: String,
+    /// Permission bits of the admin socket (octal string).
+    pub admin_socket_mode: String,
     /// Run each worker in its own cgroup v2 group with `memory.max` from
     /// its hard ceiling, where the cgroup tree is delegated to us.
     pub worker_cgroups: bool,
@@ -129,6 +131,7 @@ impl Default for SupervisorSection {
             max_prompt_chars: 16_000,
             queue_timeout_s: 120.0,
             client_socket_mode: "0660".into(),
+            admin_socket_mode: "0600".into(),
             worker_cgroups: true,
             client_allowed_uids: Vec::new(),
             client_allowed_gids: Vec::new(),
@@ -560,6 +563,15 @@ impl Config {
                 format!(
                     "{:?} is not an octal permission such as \"0660\"",
                     s.client_socket_mode
+                ),
+            )
+        })?;
+        parse_mode(&s.admin_socket_mode).ok_or_else(|| {
+            invalid(
+                "supervisor.admin_socket_mode",
+                format!(
+                    "{:?} is not an octal permission such as \"0600\"",
+                    s.admin_socket_mode
                 ),
             )
         })?;

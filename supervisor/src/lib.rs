@@ -84,7 +84,10 @@ pub async fn run(
     };
     let client_mode = parse_mode(&sup.client_socket_mode).unwrap_or(0o660);
     let client_listener = bind(sup.client_socket(), client_mode)?;
-    let admin_listener = bind(sup.admin_socket(), 0o600)?;
+    let admin_listener = bind(
+        sup.admin_socket(),
+        parse_mode(&sup.admin_socket_mode).unwrap_or(0o600),
+    )?;
 
     let http_listener = if config.http.listen.is_empty() {
         None

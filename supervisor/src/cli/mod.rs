@@ -7,6 +7,7 @@ pub mod check_model;
 pub mod failover;
 pub mod restart;
 pub mod status;
+pub mod validate;
 
 use std::path::Path;
 
