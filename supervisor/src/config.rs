@@ -339,6 +339,9 @@ pub struct PolicyConfig {
     pub profile_switch_after_s: f64,
     /// Pressure gone this long switches it back (s).
     pub profile_hold_s: f64,
+    /// A request that lost this many workers mid-answer fails instead of
+    /// moving again.
+    pub max_failovers: u32,
 }
 
 impl Default for PolicyConfig {
@@ -363,6 +366,7 @@ impl Default for PolicyConfig {
             worker_oom_score_adj: 500,
             profile_switch_after_s: 5.0,
             profile_hold_s: 60.0,
+            max_failovers: 3,
         }
     }
 }

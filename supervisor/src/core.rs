@@ -192,6 +192,8 @@ struct Job {
     cancelled: bool,
     /// A health probe of the supervisor's own, not a client's request.
     probe: bool,
+    /// Workers this request has lost so far.
+    failovers: u32,
 }
 
 impl Job {
@@ -862,6 +864,21 @@ impl Core {
             return;
         }
         tracing::warn!(request = id, from = %backend, reason = reason.as_str(), streamed_chars = job.text.len(), "rescuing request");
+        job.failovers += 1;
+        if job.failovers > self.cfg.policy.max_failovers {
+            // A request that kills every worker it reaches (or a board so
+            // loaded that nothing keeps up) must not bounce forever.
+            if let Some(job) = self.jobs.remove(&id) {
+                job.fail(
+                    ErrorKind::WorkerFailed,
+                    format!(
+                        "the answer was interrupted {} times (last: {reason}); giving up",
+                        job.failovers
+                    ),
+                );
+            }
+            return;
+        }
         job.slot = None;
         job.failover = Some((backend, reason));
         self.counters.failovers += 1;
@@ -950,6 +967,7 @@ impl Core {
                 failover: None,
                 last_position: 0,
                 cancelled: false,
+                failovers: 0,
             },
         );
         self.queue.push_back(id);
@@ -1336,6 +1354,7 @@ impl Core {
                 failover: None,
                 last_position: 0,
                 cancelled: false,
+                failovers: 0,
             },
         );
         self.queue.push_back(id);

@@ -75,6 +75,13 @@ enum Cmd {
         #[arg(long)]
         now: bool,
     },
+    /// Run the validation matrix on the live system: memory at peak
+    /// context, decode stability, fallback profile under simulated pressure.
+    Validate {
+        /// Highest acceptable coefficient of variation of decode tokens/s.
+        #[arg(long, default_value_t = 0.15)]
+        cv_limit: f64,
+    },
     /// Benchmark the backends and models of a profile through the
     /// supervisor; Markdown report on stdout, JSON result and SVG chart in
     /// files. Exit status 2: a known answer missed, a regression or drift.
@@ -224,6 +231,21 @@ fn run() -> anyhow::Result<ExitCode> {
                 let message = cli::restart::restart(&admin_socket, &slot, now).await?;
                 println!("{message}");
                 Ok(ExitCode::SUCCESS)
+            }
+            Cmd::Validate { cv_limit } => {
+                let mut config = Config::load(&cli.config).with_context(|| {
+                    format!("validate needs the config file ({})", cli.config.display())
+                })?;
+                if let Some(dir) = &cli.runtime_dir {
+                    config.supervisor.runtime_dir.clone_from(dir);
+                }
+                let rows = cli::validate::validate(&config, cv_limit).await?;
+                print!("{}", cli::validate::render(&rows));
+                Ok(if rows.iter().all(|r| r.pass) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
             }
             Cmd::Bench(args) => bench(&cli.config, cli.runtime_dir.as_deref(), args).await,
         }

@@ -108,3 +108,50 @@ async fn supctl_ask_streams_and_status_shows_the_worker() {
     assert_eq!(json["slots"][0]["requests_served"], 1);
     sup.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supctl_validate_runs_the_matrix() {
+    let slot = cpu_slot(
+        "primary",
+        &model(),
+        "memory_hard_mib = 2048\n[slots.primary.fallback_profile]\nname = \"small\"\ncontext_size = 512\nbatch_size = 128\nthreads = 1\nkv_cache_type = \"q8_0\"\nmax_new_tokens = 64\n",
+    );
+    let body = format!("[policy]\nprofile_switch_after_s = 0.5\nprofile_hold_s = 1.0\nmemory_interval_s = 0.2\n{slot}");
+    let sup = Sup::start(&body).await;
+    sup.wait_state("primary", SlotState::Ready, Duration::from_secs(60))
+        .await;
+    let config = sup.dir.path().join("config.toml");
+    std::fs::write(&config, &sup.text).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin("supctl"))
+            .arg("--config")
+            .arg(&config)
+            .args(["validate", "--cv-limit", "0.5"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert_eq!(rows.len(), 3, "{stdout}{stderr}");
+    assert!(
+        rows[0].starts_with("PASS")
+            && rows[0].contains("memory at peak context")
+            && rows[0].contains("ceiling 2048 MiB"),
+        "{stdout}"
+    );
+    assert!(
+        rows[1].contains("decode latency stable") && rows[1].contains("CV"),
+        "{stdout}"
+    );
+    assert!(
+        rows[2].starts_with("PASS") && rows[2].contains("switched to profile \"small\""),
+        "{stdout}"
+    );
+    // The ceilings are back as configured.
+    let slot = sup.slot("primary").await;
+    assert!(!slot.memory_pressure || slot.profile == "small");
+    sup.stop().await;
+}

@@ -53,6 +53,8 @@ pub fn cpu_slot(name: &str, model: &Path, extra: &str) -> String {
 pub struct Sup {
     #[allow(dead_code)] // keeps the directory alive
     pub dir: tempfile::TempDir,
+    /// The config file's text (tests write it out for the binaries).
+    pub text: String,
     pub config: Config,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -88,6 +90,7 @@ impl Sup {
             }
         });
         let sup = Self {
+            text: text.clone(),
             dir,
             config,
             shutdown,
