@@ -34,8 +34,15 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let config =
-        Config::load(&cli.config).with_context(|| format!("loading {}", cli.config.display()))?;
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            // EX_CONFIG: systemd's RestartPreventExitStatus=78 does not
+            // restart a service whose config cannot work.
+            eprintln!("rocksteady-supervisor: {e}");
+            std::process::exit(78);
+        }
+    };
     if cli.check_config {
         println!("{}: ok", cli.config.display());
         return Ok(());
