@@ -72,6 +72,8 @@ pub struct BenchProfile {
     pub cold_load: bool,
     /// Measure the relay overhead on CPU targets.
     pub relay: bool,
+    /// Pairs of runs (in-process, stack) for the relay overhead.
+    pub relay_repetitions: u32,
     /// Prompt whose figures stand for the row in the summary table
     /// (default: the one with the most tokens to generate).
     pub headline: Option<String>,
@@ -91,6 +93,7 @@ impl Default for BenchProfile {
             load_timeout_s: 300.0,
             cold_load: true,
             relay: true,
+            relay_repetitions: 5,
             headline: None,
             prompts: Vec::new(),
         }
@@ -299,6 +302,12 @@ impl BenchProfile {
         }
         if self.repetitions == 0 {
             return Err(invalid(format!("{key}.repetitions"), "must be at least 1"));
+        }
+        if self.relay_repetitions == 0 {
+            return Err(invalid(
+                format!("{key}.relay_repetitions"),
+                "must be at least 1",
+            ));
         }
         if self.max_new_tokens == 0 {
             return Err(invalid(

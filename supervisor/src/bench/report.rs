@@ -112,19 +112,24 @@ pub fn relay(relays: &[RelayResult]) -> String {
     );
     let _ = writeln!(
         out,
-        "| model | prompt | tokens | in-process tok/s | stack tok/s | ratio | in-process ms/token | stack ms/token | added ms/token | same output |"
+        "| model | prompt | tokens | pairs | in-process tok/s | stack tok/s | ratio | best ratio | in-process ms/token | stack ms/token | added ms/token | same output |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
     for r in relays {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.3} | {:.2} | {:.2} | {:+.2} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.3} | {:.3} | {:.2} | {:.2} | {:+.2} | {} |",
             cell(&r.model),
             cell(&r.prompt),
             r.max_new_tokens,
+            r.repetitions,
             r.in_process_tps,
             r.stack_tps,
             r.ratio,
+            r.best_ratio,
             r.in_process_token_ms,
             r.stack_token_ms,
             r.added_token_ms,
@@ -135,11 +140,25 @@ pub fn relay(relays: &[RelayResult]) -> String {
     for r in relays {
         let _ = writeln!(
             out,
-            "Relay ratio on {} (stack tok/s / in-process tok/s): **{:.3}** (target ≥ {RELAY_RATIO_TARGET}: {}); the stack adds {:+.2} ms per token.",
+            "Relay ratio on {} (stack tok/s / in-process tok/s, median of {} back-to-back pairs): **{:.3}** (target ≥ {RELAY_RATIO_TARGET}: {}); best pair {:.3}; the stack adds {:+.2} ms per token.",
             r.model,
+            r.repetitions,
             r.ratio,
             if r.ratio >= RELAY_RATIO_TARGET { "met" } else { "NOT met" },
+            r.best_ratio,
             r.added_token_ms
+        );
+        let runs = |v: &[f64]| {
+            v.iter()
+                .map(|t| format!("{t:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "- runs, tok/s: in-process {}; stack {}",
+            runs(&r.in_process_runs_tps),
+            runs(&r.stack_runs_tps)
         );
         for d in &r.differences {
             let _ = writeln!(out, "- setting differs: {d}");

@@ -222,16 +222,24 @@ pub struct RelayResult {
     pub repetitions: u32,
     /// Median decode rate of `worker-cpu generate` (tokens/s).
     pub in_process_tps: f64,
-    /// Median decode rate through supervisor and socket (tokens/s).
+    /// Median decode rate through supervisor and sockets (tokens/s).
     pub stack_tps: f64,
-    /// `stack_tps / in_process_tps`.
+    /// Median over the pairs of stack tokens/s over in-process tokens/s
+    /// (each pair ran back to back, so slow drifts of the machine cancel).
     pub ratio: f64,
-    /// Mean gap between tokens in-process (ms).
+    /// Best stack run over best in-process run: the least disturbed pair
+    /// on a machine shared with other work.
+    pub best_ratio: f64,
+    /// Median over the in-process runs of the mean gap between tokens (ms).
     pub in_process_token_ms: f64,
-    /// Mean gap between tokens through the stack (ms).
+    /// The same through the stack (ms).
     pub stack_token_ms: f64,
-    /// What the stack adds per token (ms).
+    /// What the stack adds per token: `stack_token_ms - in_process_token_ms`.
     pub added_token_ms: f64,
+    /// Decode rate of each in-process run (tokens/s).
+    pub in_process_runs_tps: Vec<f64>,
+    /// Decode rate of each stack run (tokens/s).
+    pub stack_runs_tps: Vec<f64>,
     /// Both produced the same text.
     pub same_output: bool,
     /// Settings that differ between the two (they should not affect decoding).

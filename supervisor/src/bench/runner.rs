@@ -292,7 +292,7 @@ pub async fn run(
     let per_target = 1
         + u64::from(profile.warmup)
         + u64::from(profile.repetitions) * profile.prompts.len() as u64;
-    let relay_steps = u64::from(profile.repetitions) * 2;
+    let relay_steps = u64::from(profile.relay_repetitions) * 2;
     progress.set_len(
         plans
             .iter()
@@ -1110,48 +1110,61 @@ async fn relay_overhead(
     let cool = || preflight::wait_until_cool(&sysfs, bench.cool_to_c, secs(bench.cool_timeout_s));
     let mut inproc = Vec::new();
     let mut stack: Vec<Request> = Vec::new();
-    for rep in 0..ctx.profile.repetitions {
+    let reps = ctx.profile.relay_repetitions;
+    for rep in 0..reps {
         for in_process_turn in [rep % 2 == 0, rep % 2 == 1] {
             cool().await;
             if in_process_turn {
-                ctx.progress.say(format!("relay: in-process {}", rep + 1));
+                ctx.progress
+                    .say(format!("relay: in-process {}/{reps}", rep + 1));
                 inproc.push(relay::in_process(&plan.cfg, text, max_tokens, limit).await?);
             } else {
-                ctx.progress.say(format!("relay: stack {}", rep + 1));
+                ctx.progress.say(format!("relay: stack {}/{reps}", rep + 1));
                 stack.push(measure::request(client, user(text), greedy(max_tokens), limit).await?);
             }
             ctx.progress.step("relay".into());
         }
     }
-    let in_tps: Vec<f64> = inproc
+    let in_runs: Vec<f64> = inproc
         .iter()
-        .filter_map(|r| measure::decode_rate(&r.token_ms))
+        .map(|r| measure::decode_rate(&r.token_ms).unwrap_or(0.0))
         .collect();
-    let st_tps: Vec<f64> = stack.iter().filter_map(Request::decode_tps).collect();
-    let in_gaps: Vec<f64> = inproc
+    let st_runs: Vec<f64> = stack
         .iter()
-        .flat_map(|r| measure::gaps(&r.token_ms))
+        .map(|r| r.decode_tps().unwrap_or(0.0))
         .collect();
-    let st_gaps: Vec<f64> = stack.iter().flat_map(Request::gaps_ms).collect();
-    let in_process_tps = stats::median(&in_tps).unwrap_or(0.0);
-    let stack_tps = stats::median(&st_tps).unwrap_or(0.0);
-    let in_process_token_ms = stats::mean(&in_gaps).unwrap_or(0.0);
-    let stack_token_ms = stats::mean(&st_gaps).unwrap_or(0.0);
+    let positive = |v: &[f64]| v.iter().copied().filter(|x| *x > 0.0).collect::<Vec<_>>();
+    let pair_ratios: Vec<f64> = in_runs
+        .iter()
+        .zip(&st_runs)
+        .filter(|(i, s)| **i > 0.0 && **s > 0.0)
+        .map(|(i, s)| s / i)
+        .collect();
+    let best = |v: &[f64]| v.iter().copied().fold(0.0_f64, f64::max);
+    let gap_ms = |v: &[f64]| {
+        let per_run: Vec<f64> = positive(v).iter().map(|tps| 1000.0 / tps).collect();
+        stats::median(&per_run).unwrap_or(0.0)
+    };
+    let in_process_token_ms = gap_ms(&in_runs);
+    let stack_token_ms = gap_ms(&st_runs);
     Ok(RelayResult {
         model: model.to_owned(),
         prompt: spec.name.clone(),
         max_new_tokens: max_tokens,
-        repetitions: ctx.profile.repetitions,
-        in_process_tps,
-        stack_tps,
-        ratio: if in_process_tps > 0.0 {
-            stack_tps / in_process_tps
+        repetitions: reps,
+        in_process_tps: stats::median(&positive(&in_runs)).unwrap_or(0.0),
+        stack_tps: stats::median(&positive(&st_runs)).unwrap_or(0.0),
+        ratio: stats::median(&pair_ratios).unwrap_or(0.0),
+        best_ratio: if best(&in_runs) > 0.0 {
+            best(&st_runs) / best(&in_runs)
         } else {
             0.0
         },
         in_process_token_ms,
         stack_token_ms,
         added_token_ms: stack_token_ms - in_process_token_ms,
+        in_process_runs_tps: in_runs,
+        stack_runs_tps: st_runs,
         same_output: match (inproc.first(), stack.first()) {
             (Some(a), Some(b)) => a.text == b.text,
             _ => false,

@@ -77,7 +77,7 @@ pub fn chart(result: &BenchResult) -> String {
         s,
         r##"<text x="16" y="44" font-size="11" fill="#555555">{}</text>"##,
         escape(&format!(
-            "{} · {} · median of {} repetition(s); ×N = speedup over the slowest row",
+            "{} · supervisor {} · median of {} repetition(s) · ×N = speedup over the slowest row",
             result.host.hostname, result.supervisor_version, result.settings.repetitions
         ))
     );
@@ -90,34 +90,7 @@ pub fn chart(result: &BenchResult) -> String {
     }
     for (i, (label, tps, speedup, backend)) in rows.iter().enumerate() {
         let y = TOP + u32::try_from(i).unwrap_or(0) * ROW_H;
-        let w = if max > 0.0 && tps.is_finite() {
-            (tps / max * BAR_MAX_W).max(1.0)
-        } else {
-            1.0
-        };
-        let colour = if *backend == "npu" {
-            "#f28e2b"
-        } else {
-            "#4e79a7"
-        };
-        let _ = writeln!(
-            s,
-            r#"<text x="16" y="{}" class="row">{}</text>"#,
-            y + 17,
-            escape(label)
-        );
-        let _ = writeln!(
-            s,
-            r#"<rect x="{LABEL_W}" y="{}" width="{w:.1}" height="22" fill="{colour}"/>"#,
-            y + 2
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{}">{}</text>"#,
-            f64::from(LABEL_W) + w + 6.0,
-            y + 17,
-            escape(&format!("{tps:.1} tok/s ×{speedup:.2}"))
-        );
+        bar(&mut s, y, label, *tps, *speedup, backend, max);
     }
     let axis_y = TOP + n * ROW_H + 4;
     let _ = writeln!(
@@ -126,6 +99,54 @@ pub fn chart(result: &BenchResult) -> String {
     );
     let _ = writeln!(s, "</svg>");
     s
+}
+
+/// One row: its label, the bar, the multiplier on the bar and the rate after it.
+fn bar(s: &mut String, y: u32, label: &str, tps: f64, speedup: f64, backend: &str, max: f64) {
+    let w = if max > 0.0 && tps.is_finite() {
+        (tps / max * BAR_MAX_W).max(1.0)
+    } else {
+        1.0
+    };
+    let colour = if backend == "npu" {
+        "#f28e2b"
+    } else {
+        "#4e79a7"
+    };
+    let _ = writeln!(
+        s,
+        r#"<text x="16" y="{}" class="row">{}</text>"#,
+        y + 17,
+        escape(label)
+    );
+    let _ = writeln!(
+        s,
+        r#"<rect x="{LABEL_W}" y="{}" width="{w:.1}" height="22" fill="{colour}"/>"#,
+        y + 2
+    );
+    let multiplier = format!("×{speedup:.2}");
+    let rate = format!("{tps:.1} tok/s");
+    let end = f64::from(LABEL_W) + w;
+    // The multiplier sits on the bar when the bar is wide enough to hold it.
+    let outside = if w >= 56.0 {
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{}" text-anchor="end" fill="#ffffff" font-weight="bold">{}</text>"##,
+            end - 5.0,
+            y + 17,
+            escape(&multiplier)
+        );
+        rate
+    } else {
+        format!("{rate} {multiplier}")
+    };
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{}">{}</text>"#,
+        end + 6.0,
+        y + 17,
+        escape(&outside)
+    );
 }
 
 #[cfg(test)]

@@ -13,7 +13,11 @@ use supervisor::cli::{self, ask::AskOutcome, bench::BenchExit};
 use supervisor::config::{Config, SupervisorSection, DEFAULT_PATH};
 
 #[derive(Parser)]
-#[command(name = "supctl", version, about = "Administer the rocksteady supervisor")]
+#[command(
+    name = "supctl",
+    version,
+    about = "Administer the rocksteady supervisor"
+)]
 struct Cli {
     /// Config file (used to find the sockets).
     #[arg(long, global = true, env = "ROCKSTEADY_CONFIG", default_value = DEFAULT_PATH)]

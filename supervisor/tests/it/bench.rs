@@ -16,7 +16,7 @@ use crate::support::{bin, cpu_slot, model, Sup};
 /// A `[bench]` section with one small profile named "tiny".
 fn tiny_profile(extra_prompts: &str, repetitions: u32, relay: bool) -> String {
     format!(
-        "[bench]\ndefault_profile = \"tiny\"\n[bench.profiles.tiny]\nbackends = [\"cpu\"]\nrepetitions = {repetitions}\nwarmup = 0\nrelay = {relay}\nrequest_timeout_s = 120\n\
+        "[bench]\ndefault_profile = \"tiny\"\n[bench.profiles.tiny]\nbackends = [\"cpu\"]\nrepetitions = {repetitions}\nwarmup = 0\nrelay = {relay}\nrelay_repetitions = 2\nrequest_timeout_s = 120\n\
          [[bench.profiles.tiny.prompts]]\nname = \"arithmetic\"\ntext = \"What is 2+2?\"\nmax_new_tokens = 12\nexpect = \"4\"\n{extra_prompts}"
     )
 }
@@ -184,7 +184,19 @@ fn assert_relay(relays: &[RelayResult]) {
         relay.in_process_tps > 0.0 && relay.stack_tps > 0.0,
         "{relay:?}"
     );
-    assert!((relay.ratio - relay.stack_tps / relay.in_process_tps).abs() < 1e-9);
+    assert_eq!(relay.in_process_runs_tps.len(), 2);
+    assert_eq!(relay.stack_runs_tps.len(), 2);
+    let pairs: Vec<f64> = relay
+        .in_process_runs_tps
+        .iter()
+        .zip(&relay.stack_runs_tps)
+        .map(|(i, s)| s / i)
+        .collect();
+    assert!(
+        (relay.ratio - f64::midpoint(pairs[0], pairs[1])).abs() < 1e-9,
+        "{relay:?}"
+    );
+    assert!(relay.best_ratio > 0.0);
     assert!(relay.in_process_token_ms > 0.0 && relay.stack_token_ms > 0.0);
 }
 
@@ -212,8 +224,7 @@ async fn compare_flags_drift_and_regression_against_a_doctored_result() {
     );
     let sup = Sup::start(&body).await;
     let config = config_file(&sup, &body);
-    let dir = sup.dir.path().join("results");
-    let first = dir.join("first.json");
+    let first = sup.dir.path().join("results/first.json");
     let opts = BenchOptions {
         output: Some(first.clone()),
         warm: true,
@@ -226,7 +237,7 @@ async fn compare_flags_drift_and_regression_against_a_doctored_result() {
     assert!(outcome.comparison.is_none(), "nothing to compare with yet");
     assert_eq!(outcome.json_path, first);
 
-    // An earlier run that was twice as fast and answered differently.
+    // An earlier run that was far faster and answered differently.
     let mut doctored: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&first).unwrap()).unwrap();
     let target = &mut doctored["targets"][0];
@@ -234,14 +245,15 @@ async fn compare_flags_drift_and_regression_against_a_doctored_result() {
     target["summary"]["decode_tps"] = 1e6.into();
     target["prompts"][0]["output_hash"] = quality::hash("The answer is 5.").into();
     doctored["started_unix_ms"] = 0.into();
-    let previous = dir.join("previous.json");
+    let later = sup.dir.path().join("later");
+    std::fs::create_dir_all(&later).unwrap();
+    let previous = later.join("previous.json");
     std::fs::write(&previous, doctored.to_string()).unwrap();
 
-    // A second run compares with it.
-    let second = dir.join("second.json");
+    // A second run beside it compares with it without being told.
+    let second = later.join("second.json");
     let opts = BenchOptions {
         output: Some(second.clone()),
-        compare: Some(previous.clone()),
         warm: true,
         ..BenchOptions::default()
     };
@@ -250,6 +262,7 @@ async fn compare_flags_drift_and_regression_against_a_doctored_result() {
         .await
         .unwrap();
     let c = outcome.comparison.as_ref().unwrap();
+    assert_eq!(c.previous, previous.display().to_string());
     assert!(outcome.flagged());
     assert!(
         c.drift
