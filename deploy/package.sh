@@ -62,8 +62,11 @@ case "${arch_arg:-arm64}" in
     all) arches=(arm64 amd64) ;;
     *) die "--arch must be arm64, amd64 or all, not '$arch_arg'" ;;
 esac
+# A dev build is packaged only as it is (CI's install check reuses the test
+# build); building one for a package makes no sense.
 case "$profile" in
-    dev|debug) die "cargo-deb does not package dev builds; use --smoke for a quick package" ;;
+    debug) die "the dev profile is called dev" ;;
+    dev) ((build == 0)) || die "dev builds are packaged only with --no-build; use --smoke for a quick package" ;;
 esac
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -118,6 +121,8 @@ for arch in "${arches[@]}"; do
         amd64) triple=x86_64-unknown-linux-gnu; machine="Advanced Micro Devices X86-64" ;;
     esac
     profile_dir=$profile
+    # cargo names the dev profile's output directory "debug".
+    [[ $profile == dev ]] && profile_dir=debug
     out_dir=$target_dir/$triple/$profile_dir
 
     if ((build)); then
