@@ -163,6 +163,7 @@ pub fn relay(relays: &[RelayResult]) -> String {
         for d in &r.differences {
             let _ = writeln!(out, "- setting differs: {d}");
         }
+        let _ = writeln!(out);
     }
     out
 }
@@ -216,12 +217,16 @@ pub fn results(r: &BenchResult) -> String {
     }
     if !r.relay.is_empty() {
         out.push_str(&relay(&r.relay));
-        let _ = writeln!(out);
     }
     if !r.skipped.is_empty() {
         let _ = writeln!(out, "### Not measured\n");
         for s in &r.skipped {
-            let _ = writeln!(out, "- {} {}: {}", s.backend, s.model, s.reason);
+            let what = if s.model.is_empty() {
+                s.backend.clone()
+            } else {
+                format!("{} {}", s.backend, s.model)
+            };
+            let _ = writeln!(out, "- {what}: {}", s.reason);
         }
         let _ = writeln!(out);
     }

@@ -277,7 +277,7 @@ pub async fn run(
     if plans.is_empty() {
         let reasons = skipped
             .iter()
-            .map(|s| format!("{} {}: {}", s.backend, s.model, s.reason))
+            .map(|s| format!("{} {}", s.backend, s.model).trim().to_owned() + ": " + &s.reason)
             .collect::<Vec<_>>()
             .join("; ");
         return Err(BenchError::NothingToMeasure {

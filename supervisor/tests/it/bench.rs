@@ -284,6 +284,76 @@ async fn compare_flags_drift_and_regression_against_a_doctored_result() {
     sup.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_compares_models_on_private_supervisors() {
+    let dir = tempfile::tempdir().unwrap();
+    // The same weights under another name: a second model to compare.
+    let copy = dir.path().join("copy.gguf");
+    std::os::unix::fs::symlink(model(), &copy).unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[supervisor]\nruntime_dir = \"{0}/run\"\nstate_dir = \"{0}/state\"\n[http]\nlisten = \"\"\n{1}{2}",
+            dir.path().display(),
+            cpu_slot("primary", &model(), ""),
+            tiny_profile("", 1, false).replace(
+                "backends = [\"cpu\"]",
+                "backends = [\"cpu\"]\nmodels = [\"copy.gguf\"]"
+            ),
+        ),
+    )
+    .unwrap();
+    let json = dir.path().join("spawn.json");
+    let out = {
+        let (cfg, json) = (cfg.clone(), json.clone());
+        tokio::task::spawn_blocking(move || {
+            supctl(
+                &cfg,
+                &["bench", "--spawn", "--output", json.to_str().unwrap()],
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = BenchResult::load(&json).unwrap();
+    assert_eq!(r.mode, "private");
+    let paths: Vec<&str> = r.targets.iter().map(|t| t.model_path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [model().display().to_string(), copy.display().to_string()],
+        "{:?}",
+        r.skipped
+    );
+    // Same weights, greedy: the same answer, and each was loaded on its own.
+    let hashes: Vec<&str> = r
+        .targets
+        .iter()
+        .map(|t| t.prompts[0].output_hash.as_str())
+        .collect();
+    assert_eq!(hashes[0], hashes[1]);
+    assert!(r
+        .targets
+        .iter()
+        .all(|t| t.cold && t.load_ms.is_some_and(|ms| ms > 0.0)));
+    assert!(r.targets.iter().all(|t| t.summary.quality_passed == 1));
+    // The private supervisors stopped their workers before supctl ended.
+    let leftover: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("worker-cpu") && c.contains("rocksteady-bench-"))
+        .collect();
+    assert!(leftover.is_empty(), "{leftover:?}");
+}
+
 fn write(root: &Path, rel: &str, text: &str) {
     let path = root.join(rel);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
