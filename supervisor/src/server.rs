@@ -158,6 +158,28 @@ fn connection_failed(which: &str, err: &proto::ProtoError, observed: &Observed) 
     }
 }
 
+/// The next connection on `listener`, or `None` once `shutdown` fires. A
+/// failed accept (e.g. out of file descriptors) is logged and retried: it
+/// must not end the listener.
+async fn next_peer(
+    listener: &UnixListener,
+    shutdown: &CancellationToken,
+    which: &str,
+) -> Option<UnixStream> {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) => {
+                    tracing::warn!("{which} socket accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Accepts chat clients until `shutdown`.
 pub async fn serve_clients(
     listener: UnixListener,
@@ -166,17 +188,7 @@ pub async fn serve_clients(
     access: Arc<Access>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("client socket accept failed: {e}");
-                    continue;
-                }
-            },
-        };
+    while let Some(stream) = next_peer(&listener, &shutdown, "client").await {
         if !admitted(&stream, &access, false, &observed) {
             continue;
         }
@@ -250,17 +262,7 @@ pub async fn serve_admin(
     access: Arc<Access>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("admin socket accept failed: {e}");
-                    continue;
-                }
-            },
-        };
+    while let Some(stream) = next_peer(&listener, &shutdown, "admin").await {
         if !admitted(&stream, &access, true, &observed) {
             continue;
         }
@@ -305,17 +307,7 @@ pub async fn serve_worker_slot(
     core: UnboundedSender<Event>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(slot, "worker socket accept failed: {e}");
-                    continue;
-                }
-            },
-        };
+    while let Some(stream) = next_peer(&listener, &shutdown, "worker").await {
         let core = core.clone();
         let expected = Arc::clone(&expected);
         tokio::spawn(async move {
