@@ -371,6 +371,49 @@ impl Default for PolicyConfig {
     }
 }
 
+impl PolicyConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let p = self;
+        for (key, v) in [
+            ("heartbeat_interval_s", p.heartbeat_interval_s),
+            ("heartbeat_timeout_s", p.heartbeat_timeout_s),
+            ("stall_timeout_s", p.stall_timeout_s),
+            ("first_token_timeout_s", p.first_token_timeout_s),
+            ("load_timeout_s", p.load_timeout_s),
+            ("stop_grace_s", p.stop_grace_s),
+            ("backoff_initial_s", p.backoff_initial_s),
+            ("backoff_max_s", p.backoff_max_s),
+            ("restart_period_s", p.restart_period_s),
+            ("failed_cooldown_s", p.failed_cooldown_s),
+            ("failback_hold_s", p.failback_hold_s),
+            ("memory_interval_s", p.memory_interval_s),
+            ("profile_switch_after_s", p.profile_switch_after_s),
+            ("profile_hold_s", p.profile_hold_s),
+        ] {
+            positive(&format!("policy.{key}"), v)?;
+        }
+        if p.heartbeat_timeout_s <= p.heartbeat_interval_s {
+            return Err(invalid(
+                "policy.heartbeat_timeout_s",
+                "must be longer than policy.heartbeat_interval_s",
+            ));
+        }
+        if p.backoff_max_s < p.backoff_initial_s {
+            return Err(invalid(
+                "policy.backoff_max_s",
+                "must not be below policy.backoff_initial_s",
+            ));
+        }
+        if !(-1000..=1000).contains(&p.worker_oom_score_adj) {
+            return Err(invalid(
+                "policy.worker_oom_score_adj",
+                "must be between -1000 and 1000",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Converts a validated number of seconds.
 pub fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
@@ -582,43 +625,16 @@ impl Config {
         for (name, slot) in self.slot_list() {
             slot.validate(&format!("slots.{name}"))?;
         }
-        let p = &self.policy;
-        for (key, v) in [
-            ("heartbeat_interval_s", p.heartbeat_interval_s),
-            ("heartbeat_timeout_s", p.heartbeat_timeout_s),
-            ("stall_timeout_s", p.stall_timeout_s),
-            ("first_token_timeout_s", p.first_token_timeout_s),
-            ("load_timeout_s", p.load_timeout_s),
-            ("stop_grace_s", p.stop_grace_s),
-            ("backoff_initial_s", p.backoff_initial_s),
-            ("backoff_max_s", p.backoff_max_s),
-            ("restart_period_s", p.restart_period_s),
-            ("failed_cooldown_s", p.failed_cooldown_s),
-            ("failback_hold_s", p.failback_hold_s),
-            ("memory_interval_s", p.memory_interval_s),
-            ("profile_switch_after_s", p.profile_switch_after_s),
-            ("profile_hold_s", p.profile_hold_s),
-        ] {
-            positive(&format!("policy.{key}"), v)?;
+        if let Some(fallback) = &self.slots.fallback {
+            // Two processes on the RK3588 NPU at once can hang the board.
+            if fallback.backend == Backend::Npu && self.slots.primary.backend == Backend::Npu {
+                return Err(invalid(
+                    "slots.fallback.backend",
+                    "only one slot may use the NPU (two NPU clients at once can hang the board)",
+                ));
+            }
         }
-        if p.heartbeat_timeout_s <= p.heartbeat_interval_s {
-            return Err(invalid(
-                "policy.heartbeat_timeout_s",
-                "must be longer than policy.heartbeat_interval_s",
-            ));
-        }
-        if p.backoff_max_s < p.backoff_initial_s {
-            return Err(invalid(
-                "policy.backoff_max_s",
-                "must not be below policy.backoff_initial_s",
-            ));
-        }
-        if !(-1000..=1000).contains(&p.worker_oom_score_adj) {
-            return Err(invalid(
-                "policy.worker_oom_score_adj",
-                "must be between -1000 and 1000",
-            ));
-        }
+        self.policy.validate()?;
         self.http.validate()?;
         let t = &self.thermal;
         for (key, v) in [
@@ -922,6 +938,11 @@ mod tests {
             "[supervisor]\nclient_socket_mode = \"rw\"\n{MINIMAL}"
         ));
         assert!(e.contains("supervisor.client_socket_mode"), "{e}");
+        let e = err("[slots.primary]\nbackend = \"npu\"\nmodel = \"a\"\n[slots.fallback]\nbackend = \"npu\"\nmodel = \"b\"\n");
+        assert!(
+            e.contains("slots.fallback.backend") && e.contains("only one slot may use the NPU"),
+            "{e}"
+        );
         let e = err("[slots.fallback]\nbackend = \"cpu\"\nmodel = \"m\"\n");
         assert!(e.contains("primary"), "{e}");
     }
