@@ -15,13 +15,15 @@ step "set-up"
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
-
 step "build"
 # Integration tests start the workers and the supervisor as processes, so
-# every binary must exist before any test runs.
-cargo build --workspace --bins
+# every binary must exist before any test runs. All targets, as clippy and the
+# tests see them: the same feature set, so llama.cpp is built once, not again
+# for a narrower set.
+cargo build --workspace --all-targets
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test"
 cargo test --workspace --no-fail-fast
