@@ -205,6 +205,12 @@ pub fn compare(
                 .push(format!("{label}: not in the earlier result"));
             continue;
         };
+        if p.slot_settings != t.slot_settings {
+            c.unmatched.push(format!(
+                "{label}: slot settings changed ({} -> {}); figures compared anyway",
+                p.slot_settings, t.slot_settings
+            ));
+        }
         c.target_figures(&label, p, t);
         c.prompt_outputs(&label, p, t);
     }

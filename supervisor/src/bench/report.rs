@@ -140,13 +140,14 @@ pub fn relay(relays: &[RelayResult]) -> String {
     for r in relays {
         let _ = writeln!(
             out,
-            "Relay ratio on {} (stack tok/s / in-process tok/s, median of {} back-to-back pairs): **{:.3}** (target ≥ {RELAY_RATIO_TARGET}: {}); best pair {:.3}; the stack adds {:+.2} ms per token.",
+            "Relay ratio on {} (stack tok/s / in-process tok/s, median of {} back-to-back pairs): **{:.3}** (target ≥ {RELAY_RATIO_TARGET}: {}); best pair {:.3}; the stack adds {:+.2} ms per token. Within each stack request, the rate the client saw over the rate the worker measured: {:.3}.",
             r.model,
             r.repetitions,
             r.ratio,
             if r.ratio >= RELAY_RATIO_TARGET { "met" } else { "NOT met" },
             r.best_ratio,
-            r.added_token_ms
+            r.added_token_ms,
+            r.relay_only_ratio
         );
         let runs = |v: &[f64]| {
             v.iter()
@@ -198,7 +199,14 @@ pub fn results(r: &BenchResult) -> String {
             out,
             "\nRows show the `{headline}` prompt's medians; load is model load to ready as the supervisor saw it; CV is the coefficient of variation of decode tok/s over the repetitions; quality counts known answers given; speedup is decode tok/s over the slowest row.\n"
         );
-        let _ = writeln!(out, "### Per prompt\n");
+        for t in &r.targets {
+            let _ = writeln!(
+                out,
+                "- {} {} (slot {}, {}): {}",
+                t.backend, t.model, t.slot, t.model_path, t.slot_settings
+            );
+        }
+        let _ = writeln!(out, "\n### Per prompt\n");
         out.push_str(&prompt_table(&r.targets));
         let _ = writeln!(out, "\n### Outputs (greedy, first repetition)\n");
         for t in &r.targets {

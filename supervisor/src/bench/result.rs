@@ -104,6 +104,8 @@ pub struct TargetResult {
     pub caches_dropped: bool,
     /// Context window of the slot (tokens).
     pub context_size: u32,
+    /// The slot's serving settings, in words (threads, batch, KV cache).
+    pub slot_settings: String,
     /// Figures per prompt.
     pub prompts: Vec<PromptResult>,
     /// The row of the summary table.
@@ -236,6 +238,10 @@ pub struct RelayResult {
     pub stack_token_ms: f64,
     /// What the stack adds per token: `stack_token_ms - in_process_token_ms`.
     pub added_token_ms: f64,
+    /// Median over the stack runs of the rate the client saw over the rate
+    /// the worker measured in the same request: the relay alone, immune to
+    /// the machine's speed changing between runs.
+    pub relay_only_ratio: f64,
     /// Decode rate of each in-process run (tokens/s).
     pub in_process_runs_tps: Vec<f64>,
     /// Decode rate of each stack run (tokens/s).

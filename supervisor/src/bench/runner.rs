@@ -1086,11 +1086,33 @@ async fn measure_target(
             cold: load.cold,
             caches_dropped: load.caches_dropped,
             context_size: plan.cfg.profile.context_size,
+            slot_settings: slot_settings(&plan.cfg),
             prompts,
             summary,
         },
         relay,
     ))
+}
+
+fn slot_settings(cfg: &SlotConfig) -> String {
+    let p = &cfg.profile;
+    format!(
+        "profile {}: context {}, batch {}, threads {}, KV cache {}{}",
+        p.name,
+        p.context_size,
+        p.batch_size,
+        if p.threads == 0 {
+            "all".to_owned()
+        } else {
+            p.threads.to_string()
+        },
+        p.kv_cache_type,
+        if p.flash_attention {
+            ", flash attention"
+        } else {
+            ""
+        }
+    )
 }
 
 /// The same prompt decoded in-process and through the stack, alternating
@@ -1140,6 +1162,11 @@ async fn relay_overhead(
         .filter(|(i, s)| **i > 0.0 && **s > 0.0)
         .map(|(i, s)| s / i)
         .collect();
+    let relay_only: Vec<f64> = stack
+        .iter()
+        .filter(|r| r.stats.decode_tps > 0.0)
+        .filter_map(|r| Some(r.decode_tps()? / r.stats.decode_tps))
+        .collect();
     let best = |v: &[f64]| v.iter().copied().fold(0.0_f64, f64::max);
     let gap_ms = |v: &[f64]| {
         let per_run: Vec<f64> = positive(v).iter().map(|tps| 1000.0 / tps).collect();
@@ -1163,6 +1190,7 @@ async fn relay_overhead(
         in_process_token_ms,
         stack_token_ms,
         added_token_ms: stack_token_ms - in_process_token_ms,
+        relay_only_ratio: stats::median(&relay_only).unwrap_or(0.0),
         in_process_runs_tps: in_runs,
         stack_runs_tps: st_runs,
         same_output: match (inproc.first(), stack.first()) {

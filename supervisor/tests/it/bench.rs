@@ -196,7 +196,7 @@ fn assert_relay(relays: &[RelayResult]) {
         (relay.ratio - f64::midpoint(pairs[0], pairs[1])).abs() < 1e-9,
         "{relay:?}"
     );
-    assert!(relay.best_ratio > 0.0);
+    assert!(relay.best_ratio > 0.0 && relay.relay_only_ratio > 0.0);
     assert!(relay.in_process_token_ms > 0.0 && relay.stack_token_ms > 0.0);
 }
 
