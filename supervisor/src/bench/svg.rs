@@ -31,6 +31,8 @@ pub fn row_label(backend: &str, model: &str) -> String {
 
 const WIDTH: u32 = 760;
 const LABEL_W: u32 = 300;
+/// Characters of a row label that fit in `LABEL_W` at the chart's font size.
+const LABEL_CHARS: usize = 40;
 const BAR_MAX_W: f64 = 300.0;
 const ROW_H: u32 = 34;
 const TOP: u32 = 56;
@@ -113,11 +115,18 @@ fn bar(s: &mut String, y: u32, label: &str, tps: f64, speedup: f64, backend: &st
     } else {
         "#4e79a7"
     };
+    // Long model names are cut to fit beside the bars; the whole name stays
+    // in a tooltip.
+    let shown = if label.chars().count() > LABEL_CHARS {
+        let cut: String = label.chars().take(LABEL_CHARS - 1).collect();
+        format!("{cut}…<title>{}</title>", escape(label))
+    } else {
+        escape(label)
+    };
     let _ = writeln!(
         s,
-        r#"<text x="16" y="{}" class="row">{}</text>"#,
-        y + 17,
-        escape(label)
+        r#"<text x="16" y="{}" class="row">{shown}</text>"#,
+        y + 17
     );
     let _ = writeln!(
         s,
@@ -156,5 +165,22 @@ mod tests {
     #[test]
     fn escaping_covers_markup_and_control_characters() {
         assert_eq!(escape("a<b>&\"c'\u{1}"), "a&lt;b&gt;&amp;&quot;c&apos; ");
+    }
+
+    #[test]
+    fn long_labels_are_cut_with_the_whole_name_kept() {
+        let mut s = String::new();
+        let long = row_label("npu", &"Qwen2.5-1.5B-Instruct-rk3588-w8a8-".repeat(2));
+        bar(&mut s, 0, &long, 10.0, 1.0, "npu", 10.0);
+        assert!(
+            s.contains('…') && s.contains(&format!("<title>{long}</title>")),
+            "{s}"
+        );
+        let mut s = String::new();
+        bar(&mut s, 0, "cpu · m<1>", 10.0, 1.0, "cpu", 10.0);
+        assert!(
+            s.contains(">cpu · m&lt;1&gt;</text>") && !s.contains("<title>"),
+            "{s}"
+        );
     }
 }
