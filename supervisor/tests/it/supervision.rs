@@ -592,7 +592,7 @@ async fn failover_and_hang_detection_latency_figures() {
         v[v.len() / 2]
     };
     let line = format!(
-        "\nFIGURES supervision: failover latency (SIGKILL -> next token on warm fallback) median {:.0} ms of {:?}; hang detection (SIGSTOP -> failover, stall timeout 4 s) median {:.0} ms of {:?}\n",
+        "\nFIGURES supervision: failover latency (SIGKILL -> next token on warm fallback) median {:.0} ms of {:?}; hang detection (SIGSTOP -> failover, stall timeout 6 s) median {:.0} ms of {:?}\n",
         median(&mut failover_ms),
         failover_ms.iter().map(|v| v.round()).collect::<Vec<_>>(),
         median(&mut hang_ms),
