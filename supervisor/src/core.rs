@@ -603,12 +603,16 @@ impl Core {
         if s.stopped_for.is_some() && reason != Reason::Shutdown {
             return; // already stopping
         }
-        tracing::warn!(
-            slot = s.name,
-            pid,
-            reason = reason.as_str(),
-            "stopping worker"
-        );
+        if reason == Reason::Shutdown {
+            tracing::info!(slot = s.name, pid, "stopping worker for shutdown");
+        } else {
+            tracing::warn!(
+                slot = s.name,
+                pid,
+                reason = reason.as_str(),
+                "stopping worker"
+            );
+        }
         s.stopped_for = Some(reason);
         if let Some(tx) = &s.tx {
             let _ = tx.send(SupervisorToWorker::Shutdown);

@@ -384,7 +384,12 @@ async fn worker_connection(
             }
             Ok(None) => break,
             Err(e) => {
-                tracing::warn!(slot, pid, "worker connection failed: {e}");
+                // A worker stopped or killed resets its connection: expected.
+                if e.is_disconnect() {
+                    tracing::debug!(slot, pid, "worker connection closed: {e}");
+                } else {
+                    tracing::warn!(slot, pid, "worker connection failed: {e}");
+                }
                 break;
             }
         }
