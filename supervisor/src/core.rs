@@ -395,6 +395,15 @@ impl Core {
     }
 
     fn handle(&mut self, ev: Event) {
+        // Tokens and heartbeats change neither the queue nor any slot's
+        // readiness: relay them without re-running dispatch on the hot path.
+        let relay_only = matches!(
+            ev,
+            Event::WorkerMessage {
+                msg: WorkerToSupervisor::Token(_) | WorkerToSupervisor::Heartbeat(_),
+                ..
+            }
+        );
         match ev {
             Event::ClientSubmit {
                 conn,
@@ -468,7 +477,9 @@ impl Core {
                 let _ = reply.send(answer);
             }
         }
-        self.dispatch();
+        if !relay_only {
+            self.dispatch();
+        }
     }
 
     // ----- slots and processes -------------------------------------------------
