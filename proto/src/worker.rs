@@ -213,6 +213,10 @@ pub struct WorkerToken {
     pub request_id: u64,
     /// Text, never a partial UTF-8 sequence.
     pub text: String,
+    /// How many model tokens this text covers: a token that ends inside a
+    /// UTF-8 sequence is held back and sent with the next, so one frame can
+    /// carry several tokens (and the supervisor counts tokens, not frames).
+    pub tokens: u32,
 }
 
 /// Body of [`WorkerToSupervisor::Done`].

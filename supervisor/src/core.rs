@@ -700,7 +700,7 @@ impl Core {
                 self.last_tokens_at = Some(now);
                 if let Some(job) = self.jobs.get_mut(&t.request_id) {
                     job.text.push_str(&t.text);
-                    job.tokens += 1;
+                    job.tokens += t.tokens;
                     if !job.cancelled {
                         job.send(SupervisorToClient::Token(Token {
                             request_id: job.client_id,

@@ -306,11 +306,16 @@ impl Loaded {
         let mut generated = 0usize;
         let mut first_at: Option<Instant> = None;
         let mut last_at = t0;
-        let send = |text: String| {
+        // Tokens decoded since the last frame: a token that ends inside a
+        // UTF-8 sequence is held back and goes out with the next one.
+        let mut unsent = 0u32;
+        let mut send = |text: String, decoded: u32| {
+            unsent += decoded;
             if !text.is_empty() {
                 emit(WorkerToSupervisor::Token(WorkerToken {
                     request_id: id,
                     text,
+                    tokens: std::mem::take(&mut unsent),
                 }));
             }
         };
@@ -334,7 +339,7 @@ impl Loaded {
             first_at.get_or_insert(now);
             last_at = now;
             // Sent the moment it is decoded: no batching of the stream.
-            send(utf8.push(&vocab.token_to_piece(token, false, None)));
+            send(utf8.push(&vocab.token_to_piece(token, false, None)), 1);
             if let Some(delay) = faults.token_delay {
                 std::thread::sleep(delay);
             }
@@ -346,7 +351,7 @@ impl Loaded {
             ctx.decode(&mut batch)
                 .map_err(|e| engine_err("decode", &e))?;
         };
-        send(utf8.finish());
+        send(utf8.finish(), 0);
 
         let first = first_at.unwrap_or(last_at);
         let decode_s = last_at.duration_since(first).as_secs_f64();

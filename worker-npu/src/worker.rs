@@ -538,8 +538,13 @@ impl<W: AsyncWrite + Unpin> Worker<W> {
                 let now = Instant::now();
                 cur.first_token.get_or_insert(now);
                 cur.last_token = Some(now);
+                let covered = tokens.saturating_sub(cur.tokens);
                 cur.tokens = tokens;
-                let token = WorkerToSupervisor::Token(WorkerToken { request_id, text });
+                let token = WorkerToSupervisor::Token(WorkerToken {
+                    request_id,
+                    text,
+                    tokens: covered,
+                });
                 self.send_or_quit(token).await
             }
             EngineEvent::LimitReached { request_id } => {

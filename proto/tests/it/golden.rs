@@ -144,6 +144,7 @@ fn worker_messages() {
         &WorkerToSupervisor::Token(WorkerToken {
             request_id: 9,
             text: "é".into(),
+            tokens: 2,
         }),
     );
     check(
