@@ -10,8 +10,14 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
 
 "$here/deploy/setup.sh"
-echo "demo: building"
-cargo build --workspace --bins --quiet
+# The same target and feature set as deploy/test.sh, so the demo's build is
+# the test suite's build: llama.cpp (the slow part) is compiled once.
+if [ ! -x "$here/target/debug/rocksteady-supervisor" ]; then
+  echo "demo: first build: cargo compiles llama.cpp from source, about 12 minutes on 2 cores (later runs take seconds)"
+else
+  echo "demo: building (incremental)"
+fi
+cargo build --workspace --all-targets
 bin=$here/target/debug
 
 work=$(mktemp -d /tmp/rocksteady-demo.XXXXXX)
