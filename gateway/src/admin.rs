@@ -2,99 +2,28 @@
 //! words the report for Discord.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use interprocess::local_socket::tokio::Stream as LocalStream;
-use proto::admin::{
-    AdminToSupervisor, Routing, SlotStatus, StatusReport, SupervisorToAdmin, ThermalLevel,
-};
-use proto::{Connection, PeerRole, ProtoError};
-use thiserror::Error;
+use client::{AdminClient, ClientError};
+use proto::admin::{Routing, SlotStatus, StatusReport, ThermalLevel};
 
-use crate::link::SOFTWARE;
+use crate::SOFTWARE;
 
+/// `/status` must answer within Discord's interaction window.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Why the status could not be fetched.
-#[derive(Debug, Error)]
-pub enum StatusError {
-    /// Nothing listens on the admin socket.
-    #[error("cannot connect to the supervisor's admin socket {path}: {source}")]
-    Connect {
-        /// The socket.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Handshake or exchange failed.
-    #[error("admin conversation with the supervisor failed: {source}")]
-    Protocol {
-        /// The protocol error.
-        #[source]
-        source: ProtoError,
-    },
-    /// The supervisor answered with an error.
-    #[error("the supervisor refused: {message}")]
-    Refused {
-        /// Its reason.
-        message: String,
-    },
-    /// The supervisor answered something else than a status.
-    #[error("the supervisor answered the status request with something else")]
-    Unexpected,
-    /// No answer in time.
-    #[error("the supervisor did not answer within {seconds} s")]
-    Timeout {
-        /// The limit.
-        seconds: u64,
-    },
-}
 
 /// Fetches the supervisor's status report.
 ///
 /// # Errors
-/// [`StatusError`] when the supervisor cannot be reached or does not answer.
-pub async fn fetch_status(path: &Path) -> Result<StatusReport, StatusError> {
-    let exchange = async {
-        let stream =
-            proto::hello::connect_path(path)
-                .await
-                .map_err(|source| StatusError::Connect {
-                    path: path.to_owned(),
-                    source,
-                })?;
-        let mut conn: Connection<LocalStream, SupervisorToAdmin, AdminToSupervisor> =
-            Connection::new(stream);
-        let protocol = |source| StatusError::Protocol { source };
-        proto::hello::client_handshake(
-            &mut conn.reader,
-            &mut conn.writer,
-            PeerRole::Admin,
-            SOFTWARE,
-        )
+/// [`ClientError`] when the supervisor cannot be reached, refuses, or does
+/// not answer within [`ADMIN_TIMEOUT`].
+pub async fn fetch_status(path: &Path) -> Result<StatusReport, ClientError> {
+    AdminClient::connect_as(path, SOFTWARE)
+        .await?
+        .with_timeout(ADMIN_TIMEOUT)
+        .status()
         .await
-        .map_err(protocol)?;
-        conn.send(&AdminToSupervisor::Status)
-            .await
-            .map_err(protocol)?;
-        match conn.recv().await.map_err(protocol)? {
-            Some(SupervisorToAdmin::Status(report)) => Ok(*report),
-            Some(SupervisorToAdmin::Error(err)) => Err(StatusError::Refused {
-                message: err.message,
-            }),
-            Some(SupervisorToAdmin::Ok(_)) => Err(StatusError::Unexpected),
-            None => Err(StatusError::Protocol {
-                source: ProtoError::Closed,
-            }),
-        }
-    };
-    tokio::time::timeout(ADMIN_TIMEOUT, exchange)
-        .await
-        .map_err(|_| StatusError::Timeout {
-            seconds: ADMIN_TIMEOUT.as_secs(),
-        })?
 }
 
 fn duration(ms: u64) -> String {

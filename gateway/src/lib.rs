@@ -11,11 +11,16 @@ pub mod admin;
 pub mod bot;
 pub mod config;
 pub mod context;
-pub mod link;
 pub mod pacer;
 pub mod render;
 pub mod reply;
 pub mod split;
+
+/// The shared supervisor connection lives in the client library.
+pub use client::link;
+
+/// Software name sent in the hello.
+pub const SOFTWARE: &str = concat!("rocksteady-gateway ", env!("CARGO_PKG_VERSION"));
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +123,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     let mut shard = Shard::with_config(ShardId::ONE, shard_config.build());
 
     let link_stop = CancellationToken::new();
-    let link = SupervisorLink::start(config.client_socket.clone(), link_stop.clone());
+    let link = SupervisorLink::start(config.client_socket.clone(), SOFTWARE, link_stop.clone());
     // A child token: stopping after a fatal close must not cancel the caller's.
     let stop = shutdown.child_token();
     let bot = Arc::new(Bot::new(config, http, link, stop.clone()));

@@ -8,7 +8,8 @@
 pub mod bench;
 pub mod cgroup;
 pub mod cli;
-pub mod client;
+/// The client side of the sockets, re-exported for `supctl` and the tests.
+pub use client;
 pub mod config;
 pub mod core;
 pub mod http;

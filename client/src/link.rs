@@ -1,5 +1,6 @@
-//! The gateway's connection to the supervisor's client socket: one shared
-//! connection carrying every request, kept up with reconnects and backoff.
+//! A long-running front door's connection to the supervisor's client socket:
+//! one shared connection carrying every request, kept up with reconnects and
+//! backoff.
 //!
 //! A background task connects, and when the supervisor goes away (restart,
 //! crash) it reconnects with exponential backoff. A request submitted while
@@ -17,15 +18,16 @@ use interprocess::local_socket::tokio::Stream as LocalStream;
 use proto::chat::{ChatMessage, GenParams};
 use proto::client::{Cancel, ClientToSupervisor, Submit, SupervisorToClient};
 use proto::frame::{FrameReader, FrameWriter};
-use proto::{Connection, PeerRole, ProtoError};
+use proto::PeerRole;
 use thiserror::Error;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
-/// Software name sent in the hello.
-pub const SOFTWARE: &str = concat!("rocksteady-gateway ", env!("CARGO_PKG_VERSION"));
+use crate::connect::{connect as open, ClientError};
 
+/// A link connects within this: a front door's request should not wait
+/// long on a supervisor that is not there.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -33,32 +35,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Why a request could not be submitted.
 #[derive(Debug, Error)]
 pub enum LinkError {
-    /// Nothing listens on the socket (supervisor not running).
-    #[error("cannot connect to the supervisor at {path}: {source}")]
-    Connect {
-        /// The socket path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Connecting took too long.
-    #[error("connecting to the supervisor at {path} timed out")]
-    Timeout {
-        /// The socket path.
-        path: PathBuf,
-    },
-    /// The supervisor refused the handshake or the connection broke.
-    #[error("supervisor connection at {path} failed: {source}")]
-    Protocol {
-        /// The socket path.
-        path: PathBuf,
-        /// The protocol error.
-        #[source]
-        source: ProtoError,
-    },
-    /// The gateway is shutting down.
-    #[error("the gateway is shutting down")]
+    /// The supervisor could not be reached, or the connection broke.
+    #[error(transparent)]
+    Supervisor(#[from] ClientError),
+    /// The link is shutting down.
+    #[error("the link to the supervisor is shutting down")]
     ShuttingDown,
 }
 
@@ -105,6 +86,7 @@ struct Pending {
 
 struct Inner {
     path: PathBuf,
+    software: String,
     conn: Mutex<Option<Connected>>,
     pending: StdMutex<HashMap<u64, Pending>>,
     next_request: AtomicU64,
@@ -152,10 +134,12 @@ impl std::fmt::Debug for Request {
 
 impl SupervisorLink {
     /// Starts the link to the client socket at `path`; the background task
-    /// keeps connecting until `shutdown`.
-    pub fn start(path: PathBuf, shutdown: CancellationToken) -> Self {
+    /// keeps connecting until `shutdown`. `software` names the front door in
+    /// the supervisor's log.
+    pub fn start(path: PathBuf, software: &str, shutdown: CancellationToken) -> Self {
         let inner = Arc::new(Inner {
             path,
+            software: software.to_owned(),
             conn: Mutex::new(None),
             pending: StdMutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
@@ -228,10 +212,10 @@ async fn send_submit(
         inner.pending_map().remove(&request_id);
         *conn = None;
         inner.disconnected.notify_one();
-        return Err(LinkError::Protocol {
+        return Err(LinkError::Supervisor(ClientError::Protocol {
             path: inner.path.clone(),
             source,
-        });
+        }));
     }
     Ok((request_id, rx))
 }
@@ -365,32 +349,14 @@ impl Inner {
 /// Connects and shakes hands; spawns the reader of the new connection.
 async fn connect(inner: &Arc<Inner>) -> Result<Connected, LinkError> {
     let path = inner.path.clone();
-    let attempt = async {
-        let stream =
-            proto::hello::connect_path(&path)
-                .await
-                .map_err(|source| LinkError::Connect {
-                    path: path.clone(),
-                    source,
-                })?;
-        let mut conn: Connection<LocalStream, SupervisorToClient, ClientToSupervisor> =
-            Connection::new(stream);
-        proto::hello::client_handshake(
-            &mut conn.reader,
-            &mut conn.writer,
-            PeerRole::Client,
-            SOFTWARE,
-        )
-        .await
-        .map_err(|source| LinkError::Protocol {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(conn.into_parts())
-    };
-    let (reader, writer) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
-        .await
-        .map_err(|_| LinkError::Timeout { path: path.clone() })??;
+    let conn = open::<SupervisorToClient, ClientToSupervisor>(
+        &path,
+        PeerRole::Client,
+        &inner.software,
+        CONNECT_TIMEOUT,
+    )
+    .await?;
+    let (reader, writer) = conn.into_parts();
     let generation = inner.next_generation.fetch_add(1, Ordering::Relaxed);
     tracing::info!(socket = %path.display(), "connected to the supervisor");
     tokio::spawn(read_events(Arc::clone(inner), reader, generation));
