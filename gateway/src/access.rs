@@ -25,7 +25,9 @@ pub struct Origin {
 pub enum Refusal {
     /// DMs are not served.
     DmsDisabled,
-    /// Guild, channel, user or role not on an allowlist.
+    /// The guild or channel is not on its allowlist.
+    PlaceNotAllowed,
+    /// The user is on neither the user nor the role allowlist.
     NotAllowed,
     /// Too many requests in the window; the user may try again after this long.
     RateLimited {
@@ -40,10 +42,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// True where the bot must not write at all: a guild or channel it does
+    /// not serve, or a DM while DMs are off. Posting there (even a refusal)
+    /// would be the bot speaking where its operator did not put it; only a
+    /// slash command, answered privately, hears [`message`](Self::message).
+    pub fn silent(&self) -> bool {
+        matches!(self, Self::DmsDisabled | Self::PlaceNotAllowed)
+    }
+
     /// A short sentence for the user.
     pub fn message(&self) -> String {
         match self {
             Self::DmsDisabled => "Sorry, I don't answer direct messages.".to_owned(),
+            Self::PlaceNotAllowed => "Sorry, I don't answer in this channel.".to_owned(),
             Self::NotAllowed => "Sorry, I can't answer you here.".to_owned(),
             Self::RateLimited { retry_after } => format!(
                 "You're asking faster than I can keep up; please try again in {} s.",
@@ -80,7 +91,7 @@ pub fn check_allowed(config: &Config, origin: &Origin) -> Result<(), Refusal> {
             if !listed(&config.allowed_guilds, guild)
                 || !listed(&config.allowed_channels, origin.channel)
             {
-                return Err(Refusal::NotAllowed);
+                return Err(Refusal::PlaceNotAllowed);
             }
         }
     }
@@ -271,16 +282,22 @@ mod tests {
         );
         assert_eq!(
             check_allowed(&config, &origin(Some(5), 2, 3, &[])),
-            Err(Refusal::NotAllowed)
+            Err(Refusal::PlaceNotAllowed)
         );
         assert_eq!(
             check_allowed(&config, &origin(Some(1), 6, 3, &[])),
-            Err(Refusal::NotAllowed)
+            Err(Refusal::PlaceNotAllowed)
         );
         assert_eq!(
             check_allowed(&config, &origin(None, 6, 3, &[])),
             Err(Refusal::DmsDisabled)
         );
+        // Outside the places the bot serves it says nothing; a user who is
+        // not listed, in a place it serves, is told.
+        assert!(Refusal::PlaceNotAllowed.silent());
+        assert!(Refusal::DmsDisabled.silent());
+        assert!(!Refusal::NotAllowed.silent());
+        assert!(!Refusal::TooManyConcurrent { limit: 1 }.silent());
     }
 
     #[test]

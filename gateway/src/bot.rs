@@ -18,7 +18,7 @@ use twilight_model::id::marker::{ApplicationMarker, UserMarker};
 use twilight_model::id::Id;
 use twilight_util::builder::command::{CommandBuilder, StringBuilder};
 
-use crate::access::{check_allowed, Origin, Refusal, SeenIds, UserLimits, UserPermit};
+use crate::access::{check_allowed, Origin, SeenIds, UserLimits, UserPermit};
 use crate::admin::{fetch_status, format_status};
 use crate::config::Config;
 use crate::context::{self, clean_prompt, node_of, parent_of, Budget, Fetch, Node, NodeCache};
@@ -242,16 +242,6 @@ impl Bot {
             channel: message.channel_id,
             reply_to: message.id,
         };
-        let prompt = clean_prompt(&message.content, me.user);
-        if prompt.is_empty() {
-            let text = if trigger == Trigger::Reply && !self.config.message_content_intent {
-                "I can't read replies that don't mention me; keep the @mention on when you reply."
-            } else {
-                "Ask me something: mention me followed by your question."
-            };
-            Writer::new(self, target).say(text).await;
-            return;
-        }
         let origin = Origin {
             guild: message.guild_id.map(Id::get),
             channel: message.channel_id.get(),
@@ -262,7 +252,32 @@ impl Bot {
                 .map(|m| m.roles.iter().map(|r| r.get()).collect())
                 .unwrap_or_default(),
         };
-        let permit = match self.admit(&origin) {
+        // Access first: where the bot does not serve, it says nothing at all,
+        // not even the hint for an empty mention.
+        if let Err(refusal) = check_allowed(&self.config, &origin) {
+            if refusal.silent() {
+                tracing::debug!(
+                    channel = origin.channel,
+                    ?refusal,
+                    "message outside the allowlist ignored"
+                );
+            } else {
+                tracing::info!(user = origin.user, ?refusal, "request refused");
+                Writer::new(self, target).say(&refusal.message()).await;
+            }
+            return;
+        }
+        let prompt = clean_prompt(&message.content, me.user);
+        if prompt.is_empty() {
+            let text = if trigger == Trigger::Reply && !self.config.message_content_intent {
+                "I can't read replies that don't mention me; keep the @mention on when you reply."
+            } else {
+                "Ask me something: mention me followed by your question."
+            };
+            Writer::new(self, target).say(text).await;
+            return;
+        }
+        let permit = match self.limits.admit(origin.user) {
             Ok(permit) => permit,
             Err(refusal) => {
                 tracing::info!(user = origin.user, ?refusal, "request refused");
@@ -325,11 +340,6 @@ impl Bot {
             );
             parent = (channel, id.get());
         }
-    }
-
-    fn admit(&self, origin: &Origin) -> Result<UserPermit, Refusal> {
-        check_allowed(&self.config, origin)?;
-        self.limits.admit(origin.user)
     }
 
     /// Submits `turns` and streams the answer through `writer`.
@@ -444,12 +454,19 @@ impl Bot {
         let Some(origin) = Self::interaction_origin(interaction) else {
             return;
         };
+        // A slash command always gets a private answer (Discord shows the
+        // user an error otherwise); outside the allowlist that is the refusal.
+        if let Err(refusal) = check_allowed(&self.config, &origin) {
+            tracing::info!(user = origin.user, ?refusal, "request refused");
+            self.respond_ephemeral(interaction, &refusal.message()).await;
+            return;
+        }
         if prompt.is_empty() {
             self.respond_ephemeral(interaction, "Ask me something: /ask prompt:<your question>")
                 .await;
             return;
         }
-        let permit = match self.admit(&origin) {
+        let permit = match self.limits.admit(origin.user) {
             Ok(permit) => permit,
             Err(refusal) => {
                 tracing::info!(user = origin.user, ?refusal, "request refused");

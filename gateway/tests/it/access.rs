@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fake_discord::CHANNEL;
+use crate::fake_discord::{CHANNEL, GUILD};
 use crate::finished_answer;
 use crate::harness;
 use crate::stand_in::{echo_answer, footer, stream_answer, StandIn, Step};
@@ -83,8 +83,60 @@ async fn direct_messages_follow_allow_dms() {
         &bot.client_socket(),
         Arc::new(|s| stream_answer(&echo_answer(s), 30, Duration::ZERO)),
     );
-    let q = bot.discord.direct_message(700, 1001, "Hello again");
-    finished_answer(&bot.discord, 700, q, "I don't answer direct messages.").await;
-    assert!(supervisor.submits().is_empty());
+    // With DMs off a DM gets no answer and no refusal: the bot is silent there.
+    bot.discord.direct_message(700, 1001, "Hello again");
+    let q = bot.discord.user_message(CHANNEL, 1001, "In public", true);
+    finished_answer(&bot.discord, CHANNEL, q, &footer()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(bot.discord.channel_requests(700).is_empty());
+    assert_eq!(supervisor.submits().len(), 1);
+    bot.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_the_allowlist_the_bot_is_silent() {
+    const OTHER_CHANNEL: u64 = 601;
+    const OTHER_GUILD: u64 = 501;
+    const DM: u64 = 700;
+    let bot = harness::start(|c| {
+        c.allowed_guilds = vec![GUILD];
+        c.allowed_channels = vec![CHANNEL];
+        c.allow_dms = false;
+    })
+    .await;
+    let supervisor = StandIn::start(
+        &bot.client_socket(),
+        Arc::new(|s| stream_answer(&echo_answer(s), 30, Duration::ZERO)),
+    );
+    // Empty mentions and questions in a channel, a guild and DMs the bot
+    // does not serve.
+    bot.discord.user_message(OTHER_CHANNEL, 1001, "", true);
+    bot.discord
+        .user_message(OTHER_CHANNEL, 1001, "Anyone here?", true);
+    bot.discord
+        .guild_message(OTHER_GUILD, OTHER_CHANNEL + 1, 1001, "", true);
+    bot.discord
+        .guild_message(OTHER_GUILD, OTHER_CHANNEL + 1, 1001, "Hello?", true);
+    bot.discord.direct_message(DM, 1001, "");
+    bot.discord.direct_message(DM, 1001, "Psst");
+    // Where it is allowed, an empty mention gets the hint and a question an
+    // answer (so the messages above were handled by now, in whatever order).
+    let empty = bot.discord.user_message(CHANNEL, 1001, "", true);
+    finished_answer(&bot.discord, CHANNEL, empty, "mention me followed by your question.").await;
+    let q = bot.discord.user_message(CHANNEL, 1001, "Real question", true);
+    finished_answer(&bot.discord, CHANNEL, q, &footer()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for channel in [OTHER_CHANNEL, OTHER_CHANNEL + 1, DM] {
+        let requests = bot.discord.channel_requests(channel);
+        assert!(
+            requests.is_empty(),
+            "the bot wrote in channel {channel}: {:?}",
+            requests
+                .iter()
+                .map(|r| format!("{} {} {}", r.method, r.path, r.body))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(supervisor.submits().len(), 1);
     bot.stop().await.unwrap();
 }

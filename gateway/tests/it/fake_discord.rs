@@ -216,6 +216,31 @@ impl FakeDiscord {
         id
     }
 
+    /// Dispatches a message from `user` in `channel` of another `guild`; returns its id.
+    pub fn guild_message(
+        &self,
+        guild: u64,
+        channel: u64,
+        user: u64,
+        content: &str,
+        mention: bool,
+    ) -> u64 {
+        let id = self.new_id();
+        let mut d = user_message_json(id, channel, user, content, mention);
+        d["guild_id"] = json!(guild.to_string());
+        self.dispatch("MESSAGE_CREATE", &d);
+        id
+    }
+
+    /// Every REST request about `channel` (messages, edits, typing, reactions).
+    pub fn channel_requests(&self, channel: u64) -> Vec<Record> {
+        let prefix = format!("/channels/{channel}/");
+        self.records()
+            .into_iter()
+            .filter(|r| r.path.starts_with(&prefix))
+            .collect()
+    }
+
     /// Dispatches a direct message from `user`; returns its id.
     pub fn direct_message(&self, channel: u64, user: u64, content: &str) -> u64 {
         let id = self.new_id();
