@@ -50,6 +50,15 @@ impl Refusal {
         matches!(self, Self::DmsDisabled | Self::PlaceNotAllowed)
     }
 
+    /// The reaction put on the user's message when they were already told
+    /// once in the window (see [`NoticeBudget`]).
+    pub fn reaction(&self) -> &'static str {
+        match self {
+            Self::RateLimited { .. } | Self::TooManyConcurrent { .. } => "⏳",
+            Self::DmsDisabled | Self::PlaceNotAllowed | Self::NotAllowed => "🚫",
+        }
+    }
+
     /// A short sentence for the user.
     pub fn message(&self) -> String {
         match self {
@@ -210,6 +219,44 @@ impl UserLimits {
     }
 }
 
+/// At most one notice (a refusal, a hint) per user per window: a user who
+/// keeps posting is told once, and after that the bot only reacts to the
+/// message, so nobody can make it fill a channel with refusals.
+#[derive(Debug)]
+pub struct NoticeBudget {
+    window: Duration,
+    last: HashMap<u64, Instant>,
+}
+
+impl NoticeBudget {
+    /// One notice per user per `window`.
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            last: HashMap::new(),
+        }
+    }
+
+    /// True when `user` may be sent a notice at `now` (and counts it); false
+    /// when they had one less than a window ago.
+    pub fn allow(&mut self, user: u64, now: Instant) -> bool {
+        if self.last.len() > 10_000 {
+            // Forget users whose window has passed so the map stays as small
+            // as the set of recently noticed users.
+            let window = self.window;
+            self.last
+                .retain(|_, at| now.saturating_duration_since(*at) < window);
+        }
+        match self.last.get(&user) {
+            Some(at) if now.saturating_duration_since(*at) < self.window => false,
+            _ => {
+                self.last.insert(user, now);
+                true
+            }
+        }
+    }
+}
+
 /// Remembers recently seen ids (messages, interactions) so an event replayed
 /// after a resume is handled once. Bounded: the oldest ids are forgotten.
 #[derive(Debug)]
@@ -322,6 +369,33 @@ mod tests {
         }
         assert!(limits.admit_at(7, t0 + Duration::from_secs(10)).is_ok());
         drop(other);
+    }
+
+    #[test]
+    fn one_notice_per_user_per_window() {
+        let mut budget = NoticeBudget::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(budget.allow(7, t0));
+        // The same user posting every second is not told again in the window.
+        for s in 1..60 {
+            assert!(!budget.allow(7, t0 + Duration::from_secs(s)), "second {s}");
+        }
+        // Another user is told.
+        assert!(budget.allow(8, t0 + Duration::from_secs(1)));
+        // A window after the notice, the first user may be told again.
+        assert!(budget.allow(7, t0 + Duration::from_secs(60)));
+        assert!(!budget.allow(7, t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn notice_budget_forgets_old_users() {
+        let mut budget = NoticeBudget::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        for user in 0..10_001 {
+            assert!(budget.allow(user, t0));
+        }
+        assert!(budget.allow(99_999, t0 + Duration::from_secs(2)));
+        assert_eq!(budget.last.len(), 1);
     }
 
     #[test]

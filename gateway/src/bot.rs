@@ -2,10 +2,12 @@
 //! message or slash command to a streamed answer.
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use proto::chat::{ChatMessage, Role};
 use tokio_util::sync::CancellationToken;
 use twilight_http::error::ErrorType;
+use twilight_http::request::channel::reaction::RequestReactionType;
 use twilight_model::application::command::{Command, CommandType};
 use twilight_model::application::interaction::application_command::CommandOptionValue;
 use twilight_model::application::interaction::{Interaction, InteractionData, InteractionType};
@@ -18,7 +20,7 @@ use twilight_model::id::marker::{ApplicationMarker, UserMarker};
 use twilight_model::id::Id;
 use twilight_util::builder::command::{CommandBuilder, StringBuilder};
 
-use crate::access::{check_allowed, Origin, SeenIds, UserLimits, UserPermit};
+use crate::access::{check_allowed, NoticeBudget, Origin, SeenIds, UserLimits, UserPermit};
 use crate::admin::{fetch_status, format_status};
 use crate::config::Config;
 use crate::context::{self, clean_prompt, node_of, parent_of, Budget, Fetch, Node, NodeCache};
@@ -56,6 +58,7 @@ pub struct Bot {
     /// Cancelled when the gateway stops.
     pub shutdown: CancellationToken,
     seen: Mutex<SeenIds>,
+    notices: Mutex<NoticeBudget>,
     me: OnceLock<Me>,
     commands_registered: OnceLock<()>,
 }
@@ -159,6 +162,9 @@ impl Bot {
         Self {
             pacer: Pacer::new(config.edit_interval()),
             limits: UserLimits::new(&config),
+            notices: Mutex::new(NoticeBudget::new(Duration::from_secs(
+                config.user_rate_window_secs,
+            ))),
             cache: NodeCache::new(config.context_cache_size),
             seen: Mutex::new(SeenIds::new(SEEN_CAPACITY)),
             me: OnceLock::new(),
@@ -206,6 +212,35 @@ impl Bot {
         }
     }
 
+    /// Tells the author of `message` why it gets no answer: `text` as a
+    /// reply the first time in the window, and after that (or when the
+    /// channel is too busy with answers to post it) only `reaction` on their
+    /// message. Reactions do not use the channel's message lane.
+    async fn tell(&self, message: &Message, text: &str, reaction: &str) {
+        let first = self
+            .notices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .allow(message.author.id.get(), Instant::now());
+        if first {
+            let target = Target::Channel {
+                channel: message.channel_id,
+                reply_to: message.id,
+            };
+            if Writer::new(self, target).notice(text).await {
+                return;
+            }
+        }
+        let emoji = RequestReactionType::Unicode { name: reaction };
+        if let Err(err) = self
+            .http
+            .create_reaction(message.channel_id, message.id, &emoji)
+            .await
+        {
+            tracing::debug!(error = %describe_http(&err), "could not react to a message");
+        }
+    }
+
     fn system_turn(&self) -> Option<ChatMessage> {
         (!self.config.system_prompt.is_empty())
             .then(|| ChatMessage::new(Role::System, self.config.system_prompt.clone()))
@@ -238,10 +273,6 @@ impl Bot {
             tracing::debug!(message = message.id.get(), "replayed message ignored");
             return;
         }
-        let target = Target::Channel {
-            channel: message.channel_id,
-            reply_to: message.id,
-        };
         let origin = Origin {
             guild: message.guild_id.map(Id::get),
             channel: message.channel_id.get(),
@@ -263,7 +294,8 @@ impl Bot {
                 );
             } else {
                 tracing::info!(user = origin.user, ?refusal, "request refused");
-                Writer::new(self, target).say(&refusal.message()).await;
+                self.tell(&message, &refusal.message(), refusal.reaction())
+                    .await;
             }
             return;
         }
@@ -274,21 +306,26 @@ impl Bot {
             } else {
                 "Ask me something: mention me followed by your question."
             };
-            Writer::new(self, target).say(text).await;
+            self.tell(&message, text, "❓").await;
             return;
         }
         let permit = match self.limits.admit(origin.user) {
             Ok(permit) => permit,
             Err(refusal) => {
                 tracing::info!(user = origin.user, ?refusal, "request refused");
-                Writer::new(self, target).say(&refusal.message()).await;
+                self.tell(&message, &refusal.message(), refusal.reaction())
+                    .await;
                 return;
             }
         };
         if let Some(text) = self.too_long(&prompt) {
-            Writer::new(self, target).say(&text).await;
+            self.tell(&message, &text, "📏").await;
             return;
         }
+        let target = Target::Channel {
+            channel: message.channel_id,
+            reply_to: message.id,
+        };
         if let Some(referenced) = &message.referenced_message {
             // Our own record of a message (the exact answer text) beats one
             // rebuilt from what Discord shows.

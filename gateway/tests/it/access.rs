@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fake_discord::{CHANNEL, GUILD};
-use crate::finished_answer;
+use crate::fake_discord::{Record, CHANNEL, GUILD};
+use crate::{finished_answer, WAIT};
 use crate::harness;
 use crate::stand_in::{echo_answer, footer, stream_answer, StandIn, Step};
 
@@ -138,5 +138,76 @@ async fn outside_the_allowlist_the_bot_is_silent() {
         );
     }
     assert_eq!(supervisor.submits().len(), 1);
+    bot.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_do_not_flood_or_delay_answers() {
+    let bot = harness::start(|c| c.allowed_users = vec![1001]).await;
+    let answer = "word ".repeat(150);
+    let scripted = answer.clone();
+    let _supervisor = StandIn::start(
+        &bot.client_socket(),
+        Arc::new(move |_| stream_answer(&scripted, 5, Duration::from_millis(20))),
+    );
+    let question = bot
+        .discord
+        .user_message(CHANNEL, 1001, "Tell me a long story", true);
+    bot.discord
+        .wait_for("the answer to start", WAIT, |d| {
+            (!d.creates(CHANNEL).is_empty()).then_some(())
+        })
+        .await;
+    // While the answer streams, a user who may not ask posts every 400 ms
+    // (a little more than one edit interval).
+    let mut refused = Vec::new();
+    for i in 0..5 {
+        refused.push(
+            bot.discord
+                .user_message(CHANNEL, 2002, &format!("Let me in ({i})"), true),
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let messages = finished_answer(&bot.discord, CHANNEL, question, &footer()).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].1, format!("{answer}\n{}", footer()));
+    finished_answer(&bot.discord, CHANNEL, refused[0], "can't answer you here.").await;
+    let reactions = bot
+        .discord
+        .wait_for("the later refusals' reactions", WAIT, |d| {
+            let reactions = d.reactions(CHANNEL);
+            (reactions.len() >= 4).then_some(reactions)
+        })
+        .await;
+
+    // One notice; the later refusals in the window are reactions only.
+    let notices: Vec<u64> = bot
+        .discord
+        .creates(CHANNEL)
+        .iter()
+        .filter_map(|r| r.body["message_reference"]["message_id"].as_str()?.parse().ok())
+        .filter(|parent| refused.contains(parent))
+        .collect();
+    assert_eq!(notices, [refused[0]]);
+    let mut reacted: Vec<u64> = reactions.iter().map(|(id, _)| *id).collect();
+    reacted.sort_unstable();
+    assert_eq!(reacted, refused[1..]);
+
+    // The answer's writes came one after another: the notice, asked for
+    // while the answer was streaming, waited until the answer had nothing
+    // more to write.
+    let reply = messages[0].0;
+    let is_answer = |r: &Record| {
+        r.path.ends_with(&format!("/messages/{reply}"))
+            || r.body["message_reference"]["message_id"] == serde_json::json!(question.to_string())
+    };
+    let writes = bot.discord.writes(CHANNEL);
+    let order: String = writes
+        .iter()
+        .map(|r| if is_answer(r) { 'a' } else { 'n' })
+        .collect();
+    assert!(order.starts_with('a') && order.ends_with("an"), "{order}");
+    assert_eq!(order.matches('n').count(), 1, "{order}");
+    assert!(order.len() > 4, "the answer was streamed in several edits: {order}");
     bot.stop().await.unwrap();
 }

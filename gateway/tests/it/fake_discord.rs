@@ -333,6 +333,22 @@ impl FakeDiscord {
             .collect()
     }
 
+    /// Reactions the bot put on messages in `channel`: (message id, emoji as
+    /// it appears in the path, percent-encoded).
+    pub fn reactions(&self, channel: u64) -> Vec<(u64, String)> {
+        let prefix = format!("/channels/{channel}/messages/");
+        self.records()
+            .into_iter()
+            .filter(|r| r.method == Method::PUT && r.path.starts_with(&prefix))
+            .filter_map(|r| {
+                let rest = r.path.strip_prefix(&prefix)?;
+                let (id, rest) = rest.split_once("/reactions/")?;
+                let emoji = rest.strip_suffix("/@me")?;
+                Some((id.parse().ok()?, emoji.to_owned()))
+            })
+            .collect()
+    }
+
     /// Edits of message `id` in `channel` (including ones answered 429).
     pub fn edits(&self, channel: u64, id: u64) -> Vec<Record> {
         let path = format!("/channels/{channel}/messages/{id}");
@@ -663,6 +679,9 @@ async fn route(inner: &Inner, method: &Method, path: &str, body: &Value) -> Resp
                     &json!({"message": "Unknown Message", "code": 10008}),
                 ),
             }
+        }
+        (Method::PUT, ["channels", _channel, "messages", _id, "reactions", _emoji, "@me"]) => {
+            StatusCode::NO_CONTENT.into_response()
         }
         (Method::GET, ["channels", _channel, "messages", id]) => {
             let id: u64 = id.parse().unwrap_or(0);
