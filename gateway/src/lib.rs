@@ -12,6 +12,7 @@ pub mod bot;
 pub mod config;
 pub mod context;
 pub mod link;
+pub mod logging;
 pub mod pacer;
 pub mod render;
 pub mod reply;
