@@ -120,6 +120,20 @@ pub fn describe_http(err: &twilight_http::Error) -> String {
     }
 }
 
+/// Where a message comes from, for the access checks.
+fn origin_of(message: &Message) -> Origin {
+    Origin {
+        guild: message.guild_id.map(Id::get),
+        channel: message.channel_id.get(),
+        user: message.author.id.get(),
+        roles: message
+            .member
+            .as_ref()
+            .map(|m| m.roles.iter().map(|r| r.get()).collect())
+            .unwrap_or_default(),
+    }
+}
+
 /// Reads messages the cache lacks from Discord.
 struct HttpFetch<'a> {
     http: &'a twilight_http::Client,
@@ -263,6 +277,18 @@ impl Bot {
         })
     }
 
+    /// Whether `message` is worth a task: it asks the bot something, in a
+    /// place the bot serves. Cheap and synchronous, for the event loop; the
+    /// bot's own messages and chatter elsewhere take no slot.
+    pub fn wants(&self, message: &Message) -> bool {
+        let Some(me) = self.me() else { return false };
+        classify(message, me.user, &self.cache).is_some()
+            && !matches!(
+                check_allowed(&self.config, &origin_of(message)),
+                Err(refusal) if refusal.silent()
+            )
+    }
+
     /// Handles one MESSAGE_CREATE.
     pub async fn on_message(&self, message: Message) {
         let Some(me) = self.me() else { return };
@@ -273,16 +299,7 @@ impl Bot {
             tracing::debug!(message = message.id.get(), "replayed message ignored");
             return;
         }
-        let origin = Origin {
-            guild: message.guild_id.map(Id::get),
-            channel: message.channel_id.get(),
-            user: message.author.id.get(),
-            roles: message
-                .member
-                .as_ref()
-                .map(|m| m.roles.iter().map(|r| r.get()).collect())
-                .unwrap_or_default(),
-        };
+        let origin = origin_of(&message);
         // Access first: where the bot does not serve, it says nothing at all,
         // not even the hint for an empty mention.
         if let Err(refusal) = check_allowed(&self.config, &origin) {

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod bot;
 pub mod config;
 pub mod context;
+pub mod inflight;
 pub mod link;
 pub mod logging;
 pub mod pacer;
@@ -31,6 +32,7 @@ use twilight_model::gateway::CloseCode;
 
 use crate::bot::{Bot, Me};
 use crate::config::RestEndpoint;
+use crate::inflight::InFlight;
 pub use crate::config::{Config, ConfigError, Token};
 use crate::link::SupervisorLink;
 
@@ -122,6 +124,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     let link = SupervisorLink::start(config.client_socket.clone(), link_stop.clone());
     // A child token: stopping after a fatal close must not cancel the caller's.
     let stop = shutdown.child_token();
+    let in_flight = InFlight::new(config.max_in_flight);
     let bot = Arc::new(Bot::new(config, http, link, stop.clone()));
     let tasks = TaskTracker::new();
     let wanted = EventTypeFlags::READY
@@ -161,13 +164,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
                 }
                 tracing::info!(code = frame.code, "gateway closed; reconnecting");
             }
+            // One task per request the bot takes on, at most max_in_flight
+            // at once. The loop never waits for a slot (it also keeps the
+            // shard's heartbeat going): without one, the event is dropped.
+            // Chatter that does not ask the bot anything takes no slot.
             Event::MessageCreate(message) => {
+                if !bot.wants(&message) {
+                    continue;
+                }
+                let Some(slot) = in_flight.try_start("message") else {
+                    continue;
+                };
                 let bot = Arc::clone(&bot);
-                tasks.spawn(async move { bot.on_message(message.message).await });
+                tasks.spawn(async move {
+                    bot.on_message(message.message).await;
+                    drop(slot);
+                });
             }
             Event::InteractionCreate(interaction) => {
+                let Some(slot) = in_flight.try_start("slash command") else {
+                    continue;
+                };
                 let bot = Arc::clone(&bot);
-                tasks.spawn(async move { bot.on_interaction(interaction.0).await });
+                tasks.spawn(async move {
+                    bot.on_interaction(interaction.0).await;
+                    drop(slot);
+                });
             }
             _ => {}
         }

@@ -211,3 +211,45 @@ async fn refusals_do_not_flood_or_delay_answers() {
     assert!(order.len() > 4, "the answer was streamed in several edits: {order}");
     bot.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_bounded() {
+    let bot = harness::start(|c| c.max_in_flight = 2).await;
+    let supervisor = StandIn::start(
+        &bot.client_socket(),
+        Arc::new(|s| {
+            let mut steps = vec![Step::Wait(Duration::from_millis(1500))];
+            steps.extend(stream_answer(&echo_answer(s), 30, Duration::ZERO));
+            steps
+        }),
+    );
+    // Four users ask at once; two slots.
+    let asked: Vec<u64> = (0..4)
+        .map(|i| {
+            bot.discord
+                .user_message(CHANNEL, 1001 + i, &format!("Question {i}"), true)
+        })
+        .collect();
+    supervisor.wait_submits(2).await;
+    for q in &asked[..2] {
+        finished_answer(&bot.discord, CHANNEL, *q, &footer()).await;
+    }
+    // The other two were dropped: never submitted, never answered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut submitted: Vec<String> = supervisor
+        .submits()
+        .iter()
+        .map(|s| s.messages.last().unwrap().content.clone())
+        .collect();
+    submitted.sort();
+    assert_eq!(submitted, ["Question 0", "Question 1"]);
+    for q in &asked[2..] {
+        assert!(bot.discord.answer_messages(CHANNEL, *q).is_empty());
+    }
+    // The bot's own messages (echoed back by Discord) took no slot, and the
+    // slots are free again once the answers are complete.
+    let later = bot.discord.user_message(CHANNEL, 1009, "Later", true);
+    finished_answer(&bot.discord, CHANNEL, later, &footer()).await;
+    assert_eq!(supervisor.submits().len(), 3);
+    bot.stop().await.unwrap();
+}
