@@ -200,8 +200,7 @@ mod tests {
             });
         }
         while tasks.join_next().await.is_some() {}
-        let order = log.lock().unwrap().clone();
-        order
+        Arc::try_unwrap(log).unwrap().into_inner().unwrap()
     }
 
     #[tokio::test(start_paused = true)]
