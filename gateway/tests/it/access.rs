@@ -172,6 +172,24 @@ async fn refusals_do_not_flood_or_delay_answers() {
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].1, format!("{answer}\n{}", footer()));
     finished_answer(&bot.discord, CHANNEL, refused[0], "can't answer you here.").await;
+
+    // The answer's writes came one after another: the notice, asked for
+    // while the answer was streaming, waited until the answer had nothing
+    // more to write.
+    let reply = messages[0].0;
+    let is_answer = |r: &Record| {
+        r.path.ends_with(&format!("/messages/{reply}"))
+            || r.body["message_reference"]["message_id"] == serde_json::json!(question.to_string())
+    };
+    let writes = bot.discord.writes(CHANNEL);
+    let order: String = writes
+        .iter()
+        .map(|r| if is_answer(r) { 'a' } else { 'n' })
+        .collect();
+    assert!(order.starts_with('a') && order.ends_with("an"), "{order}");
+    assert_eq!(order.matches('n').count(), 1, "{order}");
+    assert!(order.len() > 4, "the answer was streamed in several edits: {order}");
+
     let reactions = bot
         .discord
         .wait_for("the later refusals' reactions", WAIT, |d| {
@@ -192,23 +210,6 @@ async fn refusals_do_not_flood_or_delay_answers() {
     let mut reacted: Vec<u64> = reactions.iter().map(|(id, _)| *id).collect();
     reacted.sort_unstable();
     assert_eq!(reacted, refused[1..]);
-
-    // The answer's writes came one after another: the notice, asked for
-    // while the answer was streaming, waited until the answer had nothing
-    // more to write.
-    let reply = messages[0].0;
-    let is_answer = |r: &Record| {
-        r.path.ends_with(&format!("/messages/{reply}"))
-            || r.body["message_reference"]["message_id"] == serde_json::json!(question.to_string())
-    };
-    let writes = bot.discord.writes(CHANNEL);
-    let order: String = writes
-        .iter()
-        .map(|r| if is_answer(r) { 'a' } else { 'n' })
-        .collect();
-    assert!(order.starts_with('a') && order.ends_with("an"), "{order}");
-    assert_eq!(order.matches('n').count(), 1, "{order}");
-    assert!(order.len() > 4, "the answer was streamed in several edits: {order}");
     bot.stop().await.unwrap();
 }
 
