@@ -289,17 +289,16 @@ impl Bot {
             )
     }
 
-    /// Handles one MESSAGE_CREATE.
-    pub async fn on_message(&self, message: Message) {
-        let Some(me) = self.me() else { return };
-        let Some(trigger) = classify(&message, me.user, &self.cache) else {
-            return;
-        };
-        if !self.first_time(message.id.get()) {
-            tracing::debug!(message = message.id.get(), "replayed message ignored");
-            return;
-        }
-        let origin = origin_of(&message);
+    /// Whether `message` (which asks the bot something) is answered: the
+    /// prompt and the user's permit, or `None` after saying why not (or,
+    /// outside the allowlist, saying nothing).
+    async fn admit_message(
+        &self,
+        message: &Message,
+        me: Id<UserMarker>,
+        trigger: Trigger,
+    ) -> Option<(String, UserPermit)> {
+        let origin = origin_of(message);
         // Access first: where the bot does not serve, it says nothing at all,
         // not even the hint for an empty mention.
         if let Err(refusal) = check_allowed(&self.config, &origin) {
@@ -311,34 +310,50 @@ impl Bot {
                 );
             } else {
                 tracing::info!(user = origin.user, ?refusal, "request refused");
-                self.tell(&message, &refusal.message(), refusal.reaction())
+                self.tell(message, &refusal.message(), refusal.reaction())
                     .await;
             }
-            return;
+            return None;
         }
-        let prompt = clean_prompt(&message.content, me.user);
+        let prompt = clean_prompt(&message.content, me);
         if prompt.is_empty() {
             let text = if trigger == Trigger::Reply && !self.config.message_content_intent {
                 "I can't read replies that don't mention me; keep the @mention on when you reply."
             } else {
                 "Ask me something: mention me followed by your question."
             };
-            self.tell(&message, text, "❓").await;
-            return;
+            self.tell(message, text, "❓").await;
+            return None;
         }
         let permit = match self.limits.admit(origin.user) {
             Ok(permit) => permit,
             Err(refusal) => {
                 tracing::info!(user = origin.user, ?refusal, "request refused");
-                self.tell(&message, &refusal.message(), refusal.reaction())
+                self.tell(message, &refusal.message(), refusal.reaction())
                     .await;
-                return;
+                return None;
             }
         };
         if let Some(text) = self.too_long(&prompt) {
-            self.tell(&message, &text, "📏").await;
+            self.tell(message, &text, "📏").await;
+            return None;
+        }
+        Some((prompt, permit))
+    }
+
+    /// Handles one MESSAGE_CREATE.
+    pub async fn on_message(&self, message: Message) {
+        let Some(me) = self.me() else { return };
+        let Some(trigger) = classify(&message, me.user, &self.cache) else {
+            return;
+        };
+        if !self.first_time(message.id.get()) {
+            tracing::debug!(message = message.id.get(), "replayed message ignored");
             return;
         }
+        let Some((prompt, permit)) = self.admit_message(&message, me.user, trigger).await else {
+            return;
+        };
         let target = Target::Channel {
             channel: message.channel_id,
             reply_to: message.id,
@@ -365,8 +380,8 @@ impl Bot {
         )
         .await;
         tracing::info!(
-            user = origin.user,
-            channel = origin.channel,
+            user = message.author.id.get(),
+            channel = message.channel_id.get(),
             ?trigger,
             turns = context.turns.len(),
             truncated = context.truncated,
@@ -512,7 +527,8 @@ impl Bot {
         // user an error otherwise); outside the allowlist that is the refusal.
         if let Err(refusal) = check_allowed(&self.config, &origin) {
             tracing::info!(user = origin.user, ?refusal, "request refused");
-            self.respond_ephemeral(interaction, &refusal.message()).await;
+            self.respond_ephemeral(interaction, &refusal.message())
+                .await;
             return;
         }
         if prompt.is_empty() {

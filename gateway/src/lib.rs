@@ -32,8 +32,8 @@ use twilight_model::gateway::CloseCode;
 
 use crate::bot::{Bot, Me};
 use crate::config::RestEndpoint;
-use crate::inflight::InFlight;
 pub use crate::config::{Config, ConfigError, Token};
+use crate::inflight::InFlight;
 use crate::link::SupervisorLink;
 
 /// How long in-flight answers get to write their last edit at shutdown.
@@ -89,6 +89,27 @@ fn fatal_close(code: u16, reason: &str) -> Option<GatewayError> {
     }
 }
 
+/// The REST client and the shard, pointed at Discord or the configured proxies.
+fn discord_clients(config: &Config) -> (Arc<twilight_http::Client>, Shard) {
+    let mut http = twilight_http::Client::builder().token(config.token.expose().to_owned());
+    if let RestEndpoint::Proxy {
+        authority,
+        plain_http,
+    } = config.rest_endpoint()
+    {
+        http = http.proxy(authority, plain_http);
+    }
+    let mut shard_config =
+        twilight_gateway::ConfigBuilder::new(config.token.expose().to_owned(), intents(config));
+    if let Some(url) = config.gateway_proxy() {
+        shard_config = shard_config.proxy_url(url.to_owned());
+    }
+    (
+        Arc::new(http.build()),
+        Shard::with_config(ShardId::ONE, shard_config.build()),
+    )
+}
+
 /// Runs the bot until `shutdown` is cancelled.
 ///
 /// # Errors
@@ -103,22 +124,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     // install (tests run several bots in one process) fails harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let mut http = twilight_http::Client::builder().token(config.token.expose().to_owned());
-    if let RestEndpoint::Proxy {
-        authority,
-        plain_http,
-    } = config.rest_endpoint()
-    {
-        http = http.proxy(authority, plain_http);
-    }
-    let http = Arc::new(http.build());
-
-    let mut shard_config =
-        twilight_gateway::ConfigBuilder::new(config.token.expose().to_owned(), intents(&config));
-    if let Some(url) = config.gateway_proxy() {
-        shard_config = shard_config.proxy_url(url.to_owned());
-    }
-    let mut shard = Shard::with_config(ShardId::ONE, shard_config.build());
+    let (http, mut shard) = discord_clients(&config);
 
     let link_stop = CancellationToken::new();
     let link = SupervisorLink::start(config.client_socket.clone(), link_stop.clone());

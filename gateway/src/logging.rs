@@ -183,7 +183,9 @@ mod tests {
     #[test]
     fn tokens_in_paths_are_redacted() {
         assert_eq!(
-            redact(r#"request{method=PATCH path="webhooks/901/aW50ZXJ.act-ion_tok/messages/@original"}: awaiting"#),
+            redact(
+                r#"request{method=PATCH path="webhooks/901/aW50ZXJ.act-ion_tok/messages/@original"}: awaiting"#
+            ),
             r#"request{method=PATCH path="webhooks/901/<redacted>/messages/@original"}: awaiting"#
         );
         assert_eq!(

@@ -94,7 +94,8 @@ impl Pacer {
         if lanes.len() > MAX_IDLE_LANES {
             // Drop idle lanes (nobody holds, waits on or writes through them)
             // to bound memory.
-            lanes.retain(|_, lane| Arc::strong_count(lane) > 1 || Arc::strong_count(&lane.turn) > 1);
+            lanes
+                .retain(|_, lane| Arc::strong_count(lane) > 1 || Arc::strong_count(&lane.turn) > 1);
         }
         Arc::clone(lanes.entry(channel).or_default())
     }

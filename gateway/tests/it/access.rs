@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::fake_discord::{Record, CHANNEL, GUILD};
-use crate::{finished_answer, WAIT};
 use crate::harness;
 use crate::stand_in::{echo_answer, footer, stream_answer, StandIn, Step};
+use crate::{finished_answer, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_outside_the_allowlist_is_refused() {
@@ -122,8 +122,16 @@ async fn outside_the_allowlist_the_bot_is_silent() {
     // Where it is allowed, an empty mention gets the hint and a question an
     // answer (so the messages above were handled by now, in whatever order).
     let empty = bot.discord.user_message(CHANNEL, 1001, "", true);
-    finished_answer(&bot.discord, CHANNEL, empty, "mention me followed by your question.").await;
-    let q = bot.discord.user_message(CHANNEL, 1001, "Real question", true);
+    finished_answer(
+        &bot.discord,
+        CHANNEL,
+        empty,
+        "mention me followed by your question.",
+    )
+    .await;
+    let q = bot
+        .discord
+        .user_message(CHANNEL, 1001, "Real question", true);
     finished_answer(&bot.discord, CHANNEL, q, &footer()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for channel in [OTHER_CHANNEL, OTHER_CHANNEL + 1, DM] {
@@ -188,7 +196,10 @@ async fn refusals_do_not_flood_or_delay_answers() {
         .collect();
     assert!(order.starts_with('a') && order.ends_with("an"), "{order}");
     assert_eq!(order.matches('n').count(), 1, "{order}");
-    assert!(order.len() > 4, "the answer was streamed in several edits: {order}");
+    assert!(
+        order.len() > 4,
+        "the answer was streamed in several edits: {order}"
+    );
 
     let reactions = bot
         .discord
@@ -203,7 +214,12 @@ async fn refusals_do_not_flood_or_delay_answers() {
         .discord
         .creates(CHANNEL)
         .iter()
-        .filter_map(|r| r.body["message_reference"]["message_id"].as_str()?.parse().ok())
+        .filter_map(|r| {
+            r.body["message_reference"]["message_id"]
+                .as_str()?
+                .parse()
+                .ok()
+        })
         .filter(|parent| refused.contains(parent))
         .collect();
     assert_eq!(notices, [refused[0]]);
