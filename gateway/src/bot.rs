@@ -282,11 +282,20 @@ impl Bot {
     /// bot's own messages and chatter elsewhere take no slot.
     pub fn wants(&self, message: &Message) -> bool {
         let Some(me) = self.me() else { return false };
-        classify(message, me.user, &self.cache).is_some()
-            && !matches!(
-                check_allowed(&self.config, &origin_of(message)),
-                Err(refusal) if refusal.silent()
-            )
+        if classify(message, me.user, &self.cache).is_none() {
+            return false;
+        }
+        match check_allowed(&self.config, &origin_of(message)) {
+            Err(refusal) if refusal.silent() => {
+                tracing::debug!(
+                    channel = message.channel_id.get(),
+                    ?refusal,
+                    "message outside the allowlist ignored"
+                );
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Whether `message` (which asks the bot something) is answered: the
