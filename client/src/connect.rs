@@ -85,12 +85,13 @@ where
     Out: Serialize,
 {
     let attempt = async {
-        let stream = proto::hello::connect_path(path)
-            .await
-            .map_err(|source| ClientError::NotRunning {
-                path: path.to_owned(),
-                source,
-            })?;
+        let stream =
+            proto::hello::connect_path(path)
+                .await
+                .map_err(|source| ClientError::NotRunning {
+                    path: path.to_owned(),
+                    source,
+                })?;
         let mut conn = Connection::new(stream);
         proto::hello::client_handshake(&mut conn.reader, &mut conn.writer, role, software)
             .await

@@ -25,7 +25,9 @@ pub struct Origin {
 pub enum Refusal {
     /// DMs are not served.
     DmsDisabled,
-    /// Guild, channel, user or role not on an allowlist.
+    /// The guild or channel is not on its allowlist.
+    PlaceNotAllowed,
+    /// The user is on neither the user nor the role allowlist.
     NotAllowed,
     /// Too many requests in the window; the user may try again after this long.
     RateLimited {
@@ -40,10 +42,28 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// True where the bot must not write at all: a guild or channel it does
+    /// not serve, or a DM while DMs are off. Posting there (even a refusal)
+    /// would be the bot speaking where its operator did not put it; only a
+    /// slash command, answered privately, hears [`message`](Self::message).
+    pub fn silent(&self) -> bool {
+        matches!(self, Self::DmsDisabled | Self::PlaceNotAllowed)
+    }
+
+    /// The reaction put on the user's message when they were already told
+    /// once in the window (see [`NoticeBudget`]).
+    pub fn reaction(&self) -> &'static str {
+        match self {
+            Self::RateLimited { .. } | Self::TooManyConcurrent { .. } => "⏳",
+            Self::DmsDisabled | Self::PlaceNotAllowed | Self::NotAllowed => "🚫",
+        }
+    }
+
     /// A short sentence for the user.
     pub fn message(&self) -> String {
         match self {
             Self::DmsDisabled => "Sorry, I don't answer direct messages.".to_owned(),
+            Self::PlaceNotAllowed => "Sorry, I don't answer in this channel.".to_owned(),
             Self::NotAllowed => "Sorry, I can't answer you here.".to_owned(),
             Self::RateLimited { retry_after } => format!(
                 "You're asking faster than I can keep up; please try again in {} s.",
@@ -80,7 +100,7 @@ pub fn check_allowed(config: &Config, origin: &Origin) -> Result<(), Refusal> {
             if !listed(&config.allowed_guilds, guild)
                 || !listed(&config.allowed_channels, origin.channel)
             {
-                return Err(Refusal::NotAllowed);
+                return Err(Refusal::PlaceNotAllowed);
             }
         }
     }
@@ -199,6 +219,44 @@ impl UserLimits {
     }
 }
 
+/// At most one notice (a refusal, a hint) per user per window: a user who
+/// keeps posting is told once, and after that the bot only reacts to the
+/// message, so nobody can make it fill a channel with refusals.
+#[derive(Debug)]
+pub struct NoticeBudget {
+    window: Duration,
+    last: HashMap<u64, Instant>,
+}
+
+impl NoticeBudget {
+    /// One notice per user per `window`.
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            last: HashMap::new(),
+        }
+    }
+
+    /// True when `user` may be sent a notice at `now` (and counts it); false
+    /// when they had one less than a window ago.
+    pub fn allow(&mut self, user: u64, now: Instant) -> bool {
+        if self.last.len() > 10_000 {
+            // Forget users whose window has passed so the map stays as small
+            // as the set of recently noticed users.
+            let window = self.window;
+            self.last
+                .retain(|_, at| now.saturating_duration_since(*at) < window);
+        }
+        match self.last.get(&user) {
+            Some(at) if now.saturating_duration_since(*at) < self.window => false,
+            _ => {
+                self.last.insert(user, now);
+                true
+            }
+        }
+    }
+}
+
 /// Remembers recently seen ids (messages, interactions) so an event replayed
 /// after a resume is handled once. Bounded: the oldest ids are forgotten.
 #[derive(Debug)]
@@ -271,16 +329,22 @@ mod tests {
         );
         assert_eq!(
             check_allowed(&config, &origin(Some(5), 2, 3, &[])),
-            Err(Refusal::NotAllowed)
+            Err(Refusal::PlaceNotAllowed)
         );
         assert_eq!(
             check_allowed(&config, &origin(Some(1), 6, 3, &[])),
-            Err(Refusal::NotAllowed)
+            Err(Refusal::PlaceNotAllowed)
         );
         assert_eq!(
             check_allowed(&config, &origin(None, 6, 3, &[])),
             Err(Refusal::DmsDisabled)
         );
+        // Outside the places the bot serves it says nothing; a user who is
+        // not listed, in a place it serves, is told.
+        assert!(Refusal::PlaceNotAllowed.silent());
+        assert!(Refusal::DmsDisabled.silent());
+        assert!(!Refusal::NotAllowed.silent());
+        assert!(!Refusal::TooManyConcurrent { limit: 1 }.silent());
     }
 
     #[test]
@@ -305,6 +369,33 @@ mod tests {
         }
         assert!(limits.admit_at(7, t0 + Duration::from_secs(10)).is_ok());
         drop(other);
+    }
+
+    #[test]
+    fn one_notice_per_user_per_window() {
+        let mut budget = NoticeBudget::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(budget.allow(7, t0));
+        // The same user posting every second is not told again in the window.
+        for s in 1..60 {
+            assert!(!budget.allow(7, t0 + Duration::from_secs(s)), "second {s}");
+        }
+        // Another user is told.
+        assert!(budget.allow(8, t0 + Duration::from_secs(1)));
+        // A window after the notice, the first user may be told again.
+        assert!(budget.allow(7, t0 + Duration::from_secs(60)));
+        assert!(!budget.allow(7, t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn notice_budget_forgets_old_users() {
+        let mut budget = NoticeBudget::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        for user in 0..10_001 {
+            assert!(budget.allow(user, t0));
+        }
+        assert!(budget.allow(99_999, t0 + Duration::from_secs(2)));
+        assert_eq!(budget.last.len(), 1);
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! message or slash command to a streamed answer.
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use proto::chat::{ChatMessage, Role};
 use tokio_util::sync::CancellationToken;
 use twilight_http::error::ErrorType;
+use twilight_http::request::channel::reaction::RequestReactionType;
 use twilight_model::application::command::{Command, CommandType};
 use twilight_model::application::interaction::application_command::CommandOptionValue;
 use twilight_model::application::interaction::{Interaction, InteractionData, InteractionType};
@@ -18,7 +20,7 @@ use twilight_model::id::marker::{ApplicationMarker, UserMarker};
 use twilight_model::id::Id;
 use twilight_util::builder::command::{CommandBuilder, StringBuilder};
 
-use crate::access::{check_allowed, Origin, Refusal, SeenIds, UserLimits, UserPermit};
+use crate::access::{check_allowed, NoticeBudget, Origin, SeenIds, UserLimits, UserPermit};
 use crate::admin::{fetch_status, format_status};
 use crate::config::Config;
 use crate::context::{self, clean_prompt, node_of, parent_of, Budget, Fetch, Node, NodeCache};
@@ -56,6 +58,7 @@ pub struct Bot {
     /// Cancelled when the gateway stops.
     pub shutdown: CancellationToken,
     seen: Mutex<SeenIds>,
+    notices: Mutex<NoticeBudget>,
     me: OnceLock<Me>,
     commands_registered: OnceLock<()>,
 }
@@ -117,6 +120,20 @@ pub fn describe_http(err: &twilight_http::Error) -> String {
     }
 }
 
+/// Where a message comes from, for the access checks.
+fn origin_of(message: &Message) -> Origin {
+    Origin {
+        guild: message.guild_id.map(Id::get),
+        channel: message.channel_id.get(),
+        user: message.author.id.get(),
+        roles: message
+            .member
+            .as_ref()
+            .map(|m| m.roles.iter().map(|r| r.get()).collect())
+            .unwrap_or_default(),
+    }
+}
+
 /// Reads messages the cache lacks from Discord.
 struct HttpFetch<'a> {
     http: &'a twilight_http::Client,
@@ -159,6 +176,9 @@ impl Bot {
         Self {
             pacer: Pacer::new(config.edit_interval()),
             limits: UserLimits::new(&config),
+            notices: Mutex::new(NoticeBudget::new(Duration::from_secs(
+                config.user_rate_window_secs,
+            ))),
             cache: NodeCache::new(config.context_cache_size),
             seen: Mutex::new(SeenIds::new(SEEN_CAPACITY)),
             me: OnceLock::new(),
@@ -206,6 +226,35 @@ impl Bot {
         }
     }
 
+    /// Tells the author of `message` why it gets no answer: `text` as a
+    /// reply the first time in the window, and after that (or when the
+    /// channel is too busy with answers to post it) only `reaction` on their
+    /// message. Reactions do not use the channel's message lane.
+    async fn tell(&self, message: &Message, text: &str, reaction: &str) {
+        let first = self
+            .notices
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .allow(message.author.id.get(), Instant::now());
+        if first {
+            let target = Target::Channel {
+                channel: message.channel_id,
+                reply_to: message.id,
+            };
+            if Writer::new(self, target).notice(text).await {
+                return;
+            }
+        }
+        let emoji = RequestReactionType::Unicode { name: reaction };
+        if let Err(err) = self
+            .http
+            .create_reaction(message.channel_id, message.id, &emoji)
+            .await
+        {
+            tracing::debug!(error = %describe_http(&err), "could not react to a message");
+        }
+    }
+
     fn system_turn(&self) -> Option<ChatMessage> {
         (!self.config.system_prompt.is_empty())
             .then(|| ChatMessage::new(Role::System, self.config.system_prompt.clone()))
@@ -228,6 +277,79 @@ impl Bot {
         })
     }
 
+    /// Whether `message` is worth a task: it asks the bot something, in a
+    /// place the bot serves. Cheap and synchronous, for the event loop; the
+    /// bot's own messages and chatter elsewhere take no slot.
+    pub fn wants(&self, message: &Message) -> bool {
+        let Some(me) = self.me() else { return false };
+        if classify(message, me.user, &self.cache).is_none() {
+            return false;
+        }
+        match check_allowed(&self.config, &origin_of(message)) {
+            Err(refusal) if refusal.silent() => {
+                tracing::debug!(
+                    channel = message.channel_id.get(),
+                    ?refusal,
+                    "message outside the allowlist ignored"
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether `message` (which asks the bot something) is answered: the
+    /// prompt and the user's permit, or `None` after saying why not (or,
+    /// outside the allowlist, saying nothing).
+    async fn admit_message(
+        &self,
+        message: &Message,
+        me: Id<UserMarker>,
+        trigger: Trigger,
+    ) -> Option<(String, UserPermit)> {
+        let origin = origin_of(message);
+        // Access first: where the bot does not serve, it says nothing at all,
+        // not even the hint for an empty mention.
+        if let Err(refusal) = check_allowed(&self.config, &origin) {
+            if refusal.silent() {
+                tracing::debug!(
+                    channel = origin.channel,
+                    ?refusal,
+                    "message outside the allowlist ignored"
+                );
+            } else {
+                tracing::info!(user = origin.user, ?refusal, "request refused");
+                self.tell(message, &refusal.message(), refusal.reaction())
+                    .await;
+            }
+            return None;
+        }
+        let prompt = clean_prompt(&message.content, me);
+        if prompt.is_empty() {
+            let text = if trigger == Trigger::Reply && !self.config.message_content_intent {
+                "I can't read replies that don't mention me; keep the @mention on when you reply."
+            } else {
+                "Ask me something: mention me followed by your question."
+            };
+            self.tell(message, text, "❓").await;
+            return None;
+        }
+        let permit = match self.limits.admit(origin.user) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                tracing::info!(user = origin.user, ?refusal, "request refused");
+                self.tell(message, &refusal.message(), refusal.reaction())
+                    .await;
+                return None;
+            }
+        };
+        if let Some(text) = self.too_long(&prompt) {
+            self.tell(message, &text, "📏").await;
+            return None;
+        }
+        Some((prompt, permit))
+    }
+
     /// Handles one MESSAGE_CREATE.
     pub async fn on_message(&self, message: Message) {
         let Some(me) = self.me() else { return };
@@ -238,42 +360,13 @@ impl Bot {
             tracing::debug!(message = message.id.get(), "replayed message ignored");
             return;
         }
+        let Some((prompt, permit)) = self.admit_message(&message, me.user, trigger).await else {
+            return;
+        };
         let target = Target::Channel {
             channel: message.channel_id,
             reply_to: message.id,
         };
-        let prompt = clean_prompt(&message.content, me.user);
-        if prompt.is_empty() {
-            let text = if trigger == Trigger::Reply && !self.config.message_content_intent {
-                "I can't read replies that don't mention me; keep the @mention on when you reply."
-            } else {
-                "Ask me something: mention me followed by your question."
-            };
-            Writer::new(self, target).say(text).await;
-            return;
-        }
-        let origin = Origin {
-            guild: message.guild_id.map(Id::get),
-            channel: message.channel_id.get(),
-            user: message.author.id.get(),
-            roles: message
-                .member
-                .as_ref()
-                .map(|m| m.roles.iter().map(|r| r.get()).collect())
-                .unwrap_or_default(),
-        };
-        let permit = match self.admit(&origin) {
-            Ok(permit) => permit,
-            Err(refusal) => {
-                tracing::info!(user = origin.user, ?refusal, "request refused");
-                Writer::new(self, target).say(&refusal.message()).await;
-                return;
-            }
-        };
-        if let Some(text) = self.too_long(&prompt) {
-            Writer::new(self, target).say(&text).await;
-            return;
-        }
         if let Some(referenced) = &message.referenced_message {
             // Our own record of a message (the exact answer text) beats one
             // rebuilt from what Discord shows.
@@ -296,8 +389,8 @@ impl Bot {
         )
         .await;
         tracing::info!(
-            user = origin.user,
-            channel = origin.channel,
+            user = message.author.id.get(),
+            channel = message.channel_id.get(),
             ?trigger,
             turns = context.turns.len(),
             truncated = context.truncated,
@@ -325,11 +418,6 @@ impl Bot {
             );
             parent = (channel, id.get());
         }
-    }
-
-    fn admit(&self, origin: &Origin) -> Result<UserPermit, Refusal> {
-        check_allowed(&self.config, origin)?;
-        self.limits.admit(origin.user)
     }
 
     /// Submits `turns` and streams the answer through `writer`.
@@ -444,12 +532,20 @@ impl Bot {
         let Some(origin) = Self::interaction_origin(interaction) else {
             return;
         };
+        // A slash command always gets a private answer (Discord shows the
+        // user an error otherwise); outside the allowlist that is the refusal.
+        if let Err(refusal) = check_allowed(&self.config, &origin) {
+            tracing::info!(user = origin.user, ?refusal, "request refused");
+            self.respond_ephemeral(interaction, &refusal.message())
+                .await;
+            return;
+        }
         if prompt.is_empty() {
             self.respond_ephemeral(interaction, "Ask me something: /ask prompt:<your question>")
                 .await;
             return;
         }
-        let permit = match self.admit(&origin) {
+        let permit = match self.limits.admit(origin.user) {
             Ok(permit) => permit,
             Err(refusal) => {
                 tracing::info!(user = origin.user, ?refusal, "request refused");

@@ -218,6 +218,9 @@ pub struct Config {
     pub message_content_intent: bool,
     /// Register the `/ask` and `/status` slash commands at start.
     pub register_commands: bool,
+    /// Messages and slash commands handled at once (each answer holds one
+    /// until it is complete); more are dropped unanswered and counted in the log.
+    pub max_in_flight: usize,
     /// Upper bound on generated tokens per answer.
     pub max_tokens: u32,
     /// Sampling temperature; 0 = greedy.
@@ -259,6 +262,7 @@ impl Default for Config {
             user_rate_window_secs: 60,
             message_content_intent: false,
             register_commands: true,
+            max_in_flight: 64,
             max_tokens: 512,
             temperature: 0.7,
             top_k: 40,
@@ -374,6 +378,9 @@ impl Config {
         }
         if self.user_rate_window_secs == 0 {
             return bad("user_rate_window_secs", "must be at least 1");
+        }
+        if !(1..=10_000).contains(&self.max_in_flight) {
+            return bad("max_in_flight", "must be between 1 and 10000");
         }
         if self.max_tokens == 0 {
             return bad("max_tokens", "must be at least 1");
@@ -548,6 +555,7 @@ mod tests {
             ("gateway_url = \"http://x\"", "gateway_url"),
             ("allowed_guilds = [0]", "allowed_guilds"),
             ("user_max_concurrent = 0", "user_max_concurrent"),
+            ("max_in_flight = 0", "max_in_flight"),
         ] {
             let err = Config::from_toml(&format!("[gateway]\n{text}\n")).unwrap_err();
             match err {

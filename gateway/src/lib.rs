@@ -11,6 +11,8 @@ pub mod admin;
 pub mod bot;
 pub mod config;
 pub mod context;
+pub mod inflight;
+pub mod logging;
 pub mod pacer;
 pub mod render;
 pub mod reply;
@@ -36,6 +38,7 @@ use twilight_model::gateway::CloseCode;
 use crate::bot::{Bot, Me};
 use crate::config::RestEndpoint;
 pub use crate::config::{Config, ConfigError, Token};
+use crate::inflight::InFlight;
 use crate::link::SupervisorLink;
 
 /// How long in-flight answers get to write their last edit at shutdown.
@@ -91,6 +94,27 @@ fn fatal_close(code: u16, reason: &str) -> Option<GatewayError> {
     }
 }
 
+/// The REST client and the shard, pointed at Discord or the configured proxies.
+fn discord_clients(config: &Config) -> (Arc<twilight_http::Client>, Shard) {
+    let mut http = twilight_http::Client::builder().token(config.token.expose().to_owned());
+    if let RestEndpoint::Proxy {
+        authority,
+        plain_http,
+    } = config.rest_endpoint()
+    {
+        http = http.proxy(authority, plain_http);
+    }
+    let mut shard_config =
+        twilight_gateway::ConfigBuilder::new(config.token.expose().to_owned(), intents(config));
+    if let Some(url) = config.gateway_proxy() {
+        shard_config = shard_config.proxy_url(url.to_owned());
+    }
+    (
+        Arc::new(http.build()),
+        Shard::with_config(ShardId::ONE, shard_config.build()),
+    )
+}
+
 /// Runs the bot until `shutdown` is cancelled.
 ///
 /// # Errors
@@ -105,27 +129,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     // install (tests run several bots in one process) fails harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let mut http = twilight_http::Client::builder().token(config.token.expose().to_owned());
-    if let RestEndpoint::Proxy {
-        authority,
-        plain_http,
-    } = config.rest_endpoint()
-    {
-        http = http.proxy(authority, plain_http);
-    }
-    let http = Arc::new(http.build());
-
-    let mut shard_config =
-        twilight_gateway::ConfigBuilder::new(config.token.expose().to_owned(), intents(&config));
-    if let Some(url) = config.gateway_proxy() {
-        shard_config = shard_config.proxy_url(url.to_owned());
-    }
-    let mut shard = Shard::with_config(ShardId::ONE, shard_config.build());
+    let (http, mut shard) = discord_clients(&config);
 
     let link_stop = CancellationToken::new();
     let link = SupervisorLink::start(config.client_socket.clone(), SOFTWARE, link_stop.clone());
     // A child token: stopping after a fatal close must not cancel the caller's.
     let stop = shutdown.child_token();
+    let in_flight = InFlight::new(config.max_in_flight);
     let bot = Arc::new(Bot::new(config, http, link, stop.clone()));
     let tasks = TaskTracker::new();
     let wanted = EventTypeFlags::READY
@@ -165,13 +175,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
                 }
                 tracing::info!(code = frame.code, "gateway closed; reconnecting");
             }
+            // One task per request the bot takes on, at most max_in_flight
+            // at once. The loop never waits for a slot (it also keeps the
+            // shard's heartbeat going): without one, the event is dropped.
+            // Chatter that does not ask the bot anything takes no slot.
             Event::MessageCreate(message) => {
+                if !bot.wants(&message) {
+                    continue;
+                }
+                let Some(slot) = in_flight.try_start("message") else {
+                    continue;
+                };
                 let bot = Arc::clone(&bot);
-                tasks.spawn(async move { bot.on_message(message.message).await });
+                tasks.spawn(async move {
+                    bot.on_message(message.message).await;
+                    drop(slot);
+                });
             }
             Event::InteractionCreate(interaction) => {
+                let Some(slot) = in_flight.try_start("slash command") else {
+                    continue;
+                };
                 let bot = Arc::clone(&bot);
-                tasks.spawn(async move { bot.on_interaction(interaction.0).await });
+                tasks.spawn(async move {
+                    bot.on_interaction(interaction.0).await;
+                    drop(slot);
+                });
             }
             _ => {}
         }

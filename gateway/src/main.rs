@@ -25,14 +25,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // twilight-http logs request paths at info, and interaction
-                // paths carry the interaction token: keep it at warn.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,twilight_http=warn")),
-        )
-        .init();
+    // RUST_LOG or a quiet default; interaction tokens are redacted either way.
+    gateway::logging::init();
     match real_main(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -23,6 +23,9 @@ use crate::split::Chunk;
 /// A typing indicator lasts 10 s; refresh it before it lapses.
 const TYPING_REFRESH: Duration = Duration::from_secs(8);
 
+/// Longest a notice waits for a turn in a channel busy with answers.
+pub const NOTICE_MAX_WAIT: Duration = Duration::from_secs(30);
+
 /// Consecutive failed writes after which an answer is abandoned.
 const MAX_WRITE_FAILURES: u32 = 5;
 
@@ -291,13 +294,37 @@ impl<'a> Writer<'a> {
             .collect()
     }
 
-    /// Posts one short message (a refusal or a notice) through the lane.
+    /// Posts one short message that is the whole answer (e.g. `/status`)
+    /// through the lane, with an answer's priority.
     pub async fn say(mut self, text: &str) {
         let permit = self.bot.pacer.acquire(self.target.channel()).await;
         if let Err(err) = self.put(0, text).await {
-            tracing::warn!(error = %err, "could not post a notice");
+            tracing::warn!(error = %err, "could not post a message");
         }
         drop(permit);
+    }
+
+    /// Posts a notice (a refusal, a hint) through the lane behind every
+    /// answer write. A notice that has not had its turn after
+    /// [`NOTICE_MAX_WAIT`] is dropped: by then it answers nothing the user
+    /// still waits for. True when it was posted.
+    pub async fn notice(mut self, text: &str) -> bool {
+        let channel = self.target.channel();
+        let Ok(permit) =
+            tokio::time::timeout(NOTICE_MAX_WAIT, self.bot.pacer.acquire_notice(channel)).await
+        else {
+            tracing::debug!(channel, "notice dropped: the channel was busy with answers");
+            return false;
+        };
+        let result = self.put(0, text).await;
+        drop(permit);
+        match result {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not post a notice");
+                false
+            }
+        }
     }
 }
 

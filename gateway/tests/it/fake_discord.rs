@@ -216,6 +216,31 @@ impl FakeDiscord {
         id
     }
 
+    /// Dispatches a message from `user` in `channel` of another `guild`; returns its id.
+    pub fn guild_message(
+        &self,
+        guild: u64,
+        channel: u64,
+        user: u64,
+        content: &str,
+        mention: bool,
+    ) -> u64 {
+        let id = self.new_id();
+        let mut d = user_message_json(id, channel, user, content, mention);
+        d["guild_id"] = json!(guild.to_string());
+        self.dispatch("MESSAGE_CREATE", &d);
+        id
+    }
+
+    /// Every REST request about `channel` (messages, edits, typing, reactions).
+    pub fn channel_requests(&self, channel: u64) -> Vec<Record> {
+        let prefix = format!("/channels/{channel}/");
+        self.records()
+            .into_iter()
+            .filter(|r| r.path.starts_with(&prefix))
+            .collect()
+    }
+
     /// Dispatches a direct message from `user`; returns its id.
     pub fn direct_message(&self, channel: u64, user: u64, content: &str) -> u64 {
         let id = self.new_id();
@@ -304,6 +329,22 @@ impl FakeDiscord {
             .filter(|r| {
                 r.path.starts_with(&prefix)
                     && (r.method == Method::POST || r.method == Method::PATCH)
+            })
+            .collect()
+    }
+
+    /// Reactions the bot put on messages in `channel`: (message id, emoji as
+    /// it appears in the path, percent-encoded).
+    pub fn reactions(&self, channel: u64) -> Vec<(u64, String)> {
+        let prefix = format!("/channels/{channel}/messages/");
+        self.records()
+            .into_iter()
+            .filter(|r| r.method == Method::PUT && r.path.starts_with(&prefix))
+            .filter_map(|r| {
+                let rest = r.path.strip_prefix(&prefix)?;
+                let (id, rest) = rest.split_once("/reactions/")?;
+                let emoji = rest.strip_suffix("/@me")?;
+                Some((id.parse().ok()?, emoji.to_owned()))
             })
             .collect()
     }
@@ -638,6 +679,9 @@ async fn route(inner: &Inner, method: &Method, path: &str, body: &Value) -> Resp
                     &json!({"message": "Unknown Message", "code": 10008}),
                 ),
             }
+        }
+        (Method::PUT, ["channels", _channel, "messages", _id, "reactions", _emoji, "@me"]) => {
+            StatusCode::NO_CONTENT.into_response()
         }
         (Method::GET, ["channels", _channel, "messages", id]) => {
             let id: u64 = id.parse().unwrap_or(0);

@@ -10,6 +10,7 @@ mod conversation;
 mod end_to_end;
 mod fake_discord;
 mod harness;
+mod logging;
 mod resilience;
 mod stand_in;
 mod streaming;
