@@ -609,7 +609,7 @@ impl Bot {
             Ok(report) => format_status(&report),
             Err(err) => {
                 tracing::warn!(error = %err, "status request failed");
-                format!("⚠️ {SUPERVISOR_DOWN} ({err})")
+                format!("⚠️ {SUPERVISOR_DOWN} ({})", err.chain())
             }
         };
         let channel = Self::interaction_origin(interaction).map_or(0, |o| o.channel);

@@ -114,3 +114,14 @@ async fn a_wedged_supervisor_times_out_the_status_request() {
     assert!(text.contains("did not answer the status request"), "{text}");
     assert!(text.contains(&path.display().to_string()), "{text}");
 }
+
+#[tokio::test]
+async fn errors_do_not_repeat_their_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = AdminClient::connect(&dir.path().join("admin.sock"))
+        .await
+        .unwrap_err();
+    let chain = err.chain();
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert_eq!(chain.matches(&cause).count(), 1, "{chain}");
+}

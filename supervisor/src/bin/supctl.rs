@@ -138,32 +138,64 @@ struct BenchArgs {
     backends: Vec<Backend>,
 }
 
-fn sockets(cli: &Cli) -> (PathBuf, PathBuf) {
+/// The client and admin socket paths: from `--runtime-dir`, else from the
+/// config file. A config that cannot be read is an error, not a silent
+/// fall-back to the default directory (which would send the command to
+/// another supervisor, or report "not running" for the wrong reason).
+fn sockets(cli: &Cli) -> anyhow::Result<(PathBuf, PathBuf)> {
     let section = match &cli.runtime_dir {
         Some(dir) => SupervisorSection {
             runtime_dir: dir.clone(),
             ..SupervisorSection::default()
         },
-        None => Config::load(&cli.config)
-            .map(|c| c.supervisor)
-            .unwrap_or_default(),
+        None => {
+            Config::load(&cli.config)
+                .with_context(|| {
+                    format!(
+                        "supctl finds the supervisor's sockets in its config {} (or pass --runtime-dir)",
+                        cli.config.display()
+                    )
+                })?
+                .supervisor
+        }
     };
-    (section.client_socket(), section.admin_socket())
+    Ok((section.client_socket(), section.admin_socket()))
 }
 
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("supctl: {e:#}");
+            eprintln!("supctl: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes on one line, each said once: many errors
+/// already include their cause's text, which `{:#}` would print again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let (client_socket, admin_socket) = sockets(&cli);
+    // Checking a model file needs no supervisor, so no config either.
+    let (client_socket, admin_socket) = match &cli.command {
+        Cmd::CheckModel { .. } => (PathBuf::new(), PathBuf::new()),
+        _ => sockets(&cli)?,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

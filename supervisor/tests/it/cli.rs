@@ -67,6 +67,59 @@ fn supctl_says_when_no_supervisor_runs() {
     }
 }
 
+#[test]
+fn supctl_says_the_os_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("supctl"))
+        .arg("--runtime-dir")
+        .arg(dir.path())
+        .arg("status")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let os_error = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
+    let cause = "No such file or directory";
+    assert!(!out.status.success());
+    assert_eq!(stderr.matches(cause).count(), 1, "{os_error}: {stderr}");
+}
+
+#[test]
+fn supctl_with_a_broken_config_says_so_instead_of_guessing_the_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[supervisor]\nqueue_capacity = 0\n[slots.primary]\nbackend = \"cpu\"\nmodel = \"m\"\n",
+            "supervisor.queue_capacity",
+        ),
+        ("[supervisor\n", "TOML"),
+    ];
+    for (text, expect) in cases {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(bin("supctl"))
+            .arg("--config")
+            .arg(&path)
+            .arg("status")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{expect}: {stderr}");
+        assert!(stderr.contains(expect), "{expect}: {stderr}");
+        assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+        assert!(!stderr.contains("no supervisor at"), "{stderr}");
+    }
+    // A missing config file is an error too, not the default directory.
+    let out = Command::new(bin("supctl"))
+        .arg("--config")
+        .arg(dir.path().join("absent.toml"))
+        .arg("status")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("absent.toml"), "{stderr}");
+    assert!(!stderr.contains("no supervisor at"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supctl_ask_streams_and_status_shows_the_worker() {
     let sup = Sup::start(&cpu_slot("primary", &model(), "")).await;
