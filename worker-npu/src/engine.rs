@@ -27,9 +27,16 @@ pub enum LoadError {
     /// The settings cannot work.
     #[error("unusable NPU settings: {0}")]
     Settings(#[from] SettingsError),
-    /// The model file is missing or broken.
-    #[error(transparent)]
-    Artifact(#[from] RkllmError),
+    /// The model file is missing or broken (checked before the runtime, and
+    /// the runtime's absence noted beside it, so one look shows both fixes).
+    #[error("{source}{}", .runtime_missing.as_ref().map(|p| format!("; the NPU runtime is not installed at {} either: install librkllmrt.so there, or point runtime_path of the NPU slot at it", p.display())).unwrap_or_default())]
+    Artifact {
+        /// What is wrong with the file.
+        #[source]
+        source: RkllmError,
+        /// The configured runtime path, when nothing is there either.
+        runtime_missing: Option<PathBuf>,
+    },
     /// No runtime library at the configured path.
     #[error("NPU runtime not installed at {}: install librkllmrt.so there (RKLLM runtime 1.2.1 to 1.2.3 or 1.3.0), or point runtime_path of the NPU slot at it", .path.display())]
     RuntimeMissing {
@@ -68,7 +75,7 @@ impl LoadError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Settings(_) => ExitCode::BadSettings.code(),
-            Self::Artifact(e) => e.exit_code().code(),
+            Self::Artifact { source, .. } => source.exit_code().code(),
             Self::RuntimeMissing { .. } => ExitCode::RuntimeMissing.code(),
             Self::Abi(_) | Self::Runtime(_) => ExitCode::RuntimeUnsupported.code(),
             Self::Init { cause, .. } => cause.exit_code(),
@@ -109,13 +116,20 @@ pub fn load(
     settings: &LoadSettings,
     board: Option<Platform>,
 ) -> Result<(Engine, LoadReport), LoadError> {
-    // The runtime first: without it nothing can work, whatever the model
-    // file, and "runtime not installed" is what the operator must fix first.
-    let (runtime, runtime_version) = open_runtime(&settings.runtime_path, settings.abi)?;
-    let info = rkllm::check(&settings.model_path, board)?;
+    // The model file first: a broken download must be fetched again whatever
+    // else is wrong, it is the most common cause of NPU failures, and its
+    // check reads no library. Loading the runtime comes after.
+    let info = rkllm::check(&settings.model_path, board).map_err(|source| {
+        LoadError::Artifact {
+            source,
+            runtime_missing: (!settings.runtime_path.is_file())
+                .then(|| settings.runtime_path.clone()),
+        }
+    })?;
     for warning in &info.warnings {
         tracing::warn!(model = %settings.model_path.display(), "{warning}");
     }
+    let (runtime, runtime_version) = open_runtime(&settings.runtime_path, settings.abi)?;
     let abi = runtime.abi();
 
     let capture = OutputCapture::start().map_err(LoadError::Capture)?;

@@ -102,3 +102,62 @@ async fn the_supervisor_marks_a_broken_model_unavailable_without_restarting() {
         sup.stop().await;
     }
 }
+
+/// Runs `supctl check-model` and returns its exit status and output.
+fn check_model(path: &Path, board: Option<&str>) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin("supctl"));
+    // No config: check-model needs none.
+    cmd.arg("--config").arg(path.with_extension("no-config.toml"));
+    cmd.arg("check-model").arg(path);
+    if let Some(board) = board {
+        cmd.args(["--board", board]);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[test]
+fn check_model_says_truncated_for_a_header_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = std::fs::read(model()).unwrap();
+    // 24 bytes end right after the tensor and metadata counts; the others
+    // cut inside a key, the vocabulary and the tensor table.
+    for cut in [24, 30, 100_000, 1_769_600] {
+        let path = dir.path().join(format!("cut-{cut}.gguf"));
+        std::fs::write(&path, &real[..cut]).unwrap();
+        let (code, text) = check_model(&path, None);
+        assert!(text.contains("is truncated"), "cut at {cut}: {text}");
+        assert!(!text.contains("corrupt"), "cut at {cut}: {text}");
+        assert_eq!(code, Some(4), "cut at {cut}: {text}");
+    }
+}
+
+#[test]
+fn check_model_exit_status_tells_ok_suspect_broken_and_unexamined_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sized = |name: &str, len: u64| {
+        let path = dir.path().join(name);
+        std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+        path
+    };
+    let (code, text) = check_model(&model(), None);
+    assert_eq!(code, Some(0), "{text}");
+    let right = sized("qwen_w8a8_rk3588.rkllm", 200 << 20);
+    let (code, text) = check_model(&right, Some("rk3588"));
+    assert_eq!(code, Some(0), "{text}");
+    // Converted for another SoC, by its name: suspect, not fine, not broken.
+    let other = sized("qwen_w8a8_rk3576.rkllm", 200 << 20);
+    let (code, text) = check_model(&other, Some("rk3588"));
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("the file name says rk3576"), "{text}");
+    let empty = sized("empty_rk3588.rkllm", 0);
+    let (code, text) = check_model(&empty, Some("rk3588"));
+    assert_eq!(code, Some(4), "{text}");
+    let (code, text) = check_model(&dir.path().join("absent.gguf"), None);
+    assert_eq!(code, Some(5), "{text}");
+    // A bad argument is supctl's own failure, not a verdict on the file.
+    let (code, text) = check_model(&right, Some("rk9999"));
+    assert_eq!(code, Some(1), "{text}");
+}
