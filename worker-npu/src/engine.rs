@@ -119,12 +119,9 @@ pub fn load(
     // The model file first: a broken download must be fetched again whatever
     // else is wrong, it is the most common cause of NPU failures, and its
     // check reads no library. Loading the runtime comes after.
-    let info = rkllm::check(&settings.model_path, board).map_err(|source| {
-        LoadError::Artifact {
-            source,
-            runtime_missing: (!settings.runtime_path.is_file())
-                .then(|| settings.runtime_path.clone()),
-        }
+    let info = rkllm::check(&settings.model_path, board).map_err(|source| LoadError::Artifact {
+        source,
+        runtime_missing: (!settings.runtime_path.is_file()).then(|| settings.runtime_path.clone()),
     })?;
     for warning in &info.warnings {
         tracing::warn!(model = %settings.model_path.display(), "{warning}");
@@ -169,6 +166,7 @@ pub fn load(
             train_context: facts.max_context_limit.unwrap_or(0),
             context_size: settings.context_size(),
             parameters: 0,
+            chat_template: npu_template(settings),
         },
         init: facts.clone(),
         abi,
@@ -183,6 +181,29 @@ pub fn load(
         },
         report,
     ))
+}
+
+/// The NPU worker's chat format for the Ready message: the family its file
+/// name points to, and whether the slot overrides parts of it.
+fn npu_template(settings: &LoadSettings) -> String {
+    let o = &settings.overrides;
+    let overridden = [
+        (o.system_prompt.is_some(), "system_prompt"),
+        (o.prompt_prefix.is_some(), "prompt_prefix"),
+        (o.prompt_postfix.is_some(), "prompt_postfix"),
+    ]
+    .into_iter()
+    .filter_map(|(set, key)| set.then_some(key))
+    .collect::<Vec<_>>();
+    let family = settings.family.name();
+    if overridden.is_empty() {
+        format!("{family} (from the model's file name)")
+    } else {
+        format!(
+            "{family} (from the model's file name; {} set in the config)",
+            overridden.join(", ")
+        )
+    }
 }
 
 /// Finds, identifies and loads the runtime library.

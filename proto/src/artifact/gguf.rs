@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::artifact::template;
 use crate::worker::ExitCode;
 
 /// First four bytes of every GGUF file.
@@ -48,6 +49,9 @@ pub struct GgufInfo {
     pub file_type: Option<u64>,
     /// Whether the file carries its own chat template.
     pub has_chat_template: bool,
+    /// Which of [`template::VOCAB_MARKERS`] the vocabulary holds (they
+    /// show the chat format when the file carries no template).
+    pub vocab_markers: Vec<String>,
     /// Byte offset where tensor data starts.
     pub data_offset: u64,
     /// Bytes of tensor data the header declares (end of the last tensor).
@@ -233,7 +237,11 @@ impl<R: Read> Parser<'_, R> {
         let mut context_lengths = Vec::new();
         for _ in 0..metadata_count {
             let key = self.string()?;
-            let value = self.value()?;
+            let value = if key == "tokenizer.ggml.tokens" {
+                self.vocabulary(&mut info.vocab_markers)?
+            } else {
+                self.value()?
+            };
             match (key.as_str(), value) {
                 ("general.architecture", Value::Str(s)) => info.architecture = Some(s),
                 ("general.name", Value::Str(s)) => info.name = Some(s),
@@ -409,6 +417,45 @@ impl<R: Read> Parser<'_, R> {
         self.value_of(kind, true)
     }
 
+    /// Reads the vocabulary (an array of strings) noting which chat-format
+    /// markers it holds; tokens are short, so each is compared in place.
+    fn vocabulary(&mut self, found: &mut Vec<String>) -> Result<Value, GgufError> {
+        let kind = self.u32()?;
+        if kind != 9 {
+            return self.value_of(kind, true);
+        }
+        let elem = self.u32()?;
+        if elem != 8 {
+            return self.array_rest(elem);
+        }
+        let count = self.u64()?;
+        self.plausible("array length", count, 8, MAX_ARRAY)?;
+        let longest = template::VOCAB_MARKERS
+            .iter()
+            .map(|m| m.len() as u64)
+            .max()
+            .unwrap_or(0);
+        let mut buf = Vec::new();
+        for _ in 0..count {
+            let len = self.string_len()?;
+            if len > longest {
+                self.skip(len)?;
+                continue;
+            }
+            buf.resize(usize::try_from(len).unwrap_or(0), 0);
+            self.exact(&mut buf)?;
+            if let Some(m) = template::VOCAB_MARKERS
+                .iter()
+                .find(|m| m.as_bytes() == buf.as_slice())
+            {
+                if !found.iter().any(|f| f == m) {
+                    found.push((*m).to_owned());
+                }
+            }
+        }
+        Ok(Value::Other)
+    }
+
     /// The rest of an array after its element type: count, elements.
     fn array_rest(&mut self, elem: u32) -> Result<Value, GgufError> {
         let count = self.u64()?;
@@ -538,11 +585,13 @@ mod tests {
         s(&mut out, "llama.context_length");
         out.extend(4u32.to_le_bytes());
         out.extend(8192u32.to_le_bytes());
-        s(&mut out, "tokenizer.ggml.scores");
+        s(&mut out, "tokenizer.ggml.tokens");
         out.extend(9u32.to_le_bytes());
-        out.extend(6u32.to_le_bytes());
-        out.extend(2u64.to_le_bytes());
-        out.extend([0u8; 8]);
+        out.extend(8u32.to_le_bytes());
+        out.extend(3u64.to_le_bytes());
+        s(&mut out, "a");
+        s(&mut out, "<|im_start|>");
+        s(&mut out, "a much longer token than any marker");
         s(&mut out, "w");
         out.extend(1u32.to_le_bytes());
         out.extend(elements.to_le_bytes());
@@ -571,6 +620,8 @@ mod tests {
         assert_eq!(info.architecture.as_deref(), Some("llama"));
         assert_eq!(info.context_length, Some(8192));
         assert_eq!(info.data_size, 64);
+        assert_eq!(info.vocab_markers, ["<|im_start|>"]);
+        assert!(!info.has_chat_template);
     }
 
     #[test]

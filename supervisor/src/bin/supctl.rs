@@ -225,7 +225,12 @@ fn run() -> anyhow::Result<ExitCode> {
                     Some(b) => Some(b.parse().map_err(|e| anyhow::anyhow!("--board: {e}"))?),
                     None => None,
                 };
-                let checked = cli::check_model::check_model(&path, board);
+                // The config, when there is one, says which template a CPU
+                // slot sets for this file; check-model works without it.
+                let configured = Config::load(&cli.config)
+                    .ok()
+                    .and_then(|c| cli::check_model::configured_template(&c, &path));
+                let checked = cli::check_model::check_model(&path, board, configured.as_ref());
                 print!("{}", checked.text);
                 Ok(ExitCode::from(cli::check_model::exit_status(
                     checked.verdict,

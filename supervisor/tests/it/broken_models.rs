@@ -107,14 +107,15 @@ async fn the_supervisor_marks_a_broken_model_unavailable_without_restarting() {
 fn check_model(path: &Path, board: Option<&str>) -> (Option<i32>, String) {
     let mut cmd = Command::new(bin("supctl"));
     // No config: check-model needs none.
-    cmd.arg("--config").arg(path.with_extension("no-config.toml"));
+    cmd.arg("--config")
+        .arg(path.with_extension("no-config.toml"));
     cmd.arg("check-model").arg(path);
     if let Some(board) = board {
         cmd.args(["--board", board]);
     }
     let out = cmd.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code(), text)
 }
 
