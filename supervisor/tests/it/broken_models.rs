@@ -105,10 +105,13 @@ async fn the_supervisor_marks_a_broken_model_unavailable_without_restarting() {
 
 /// Runs `supctl check-model` and returns its exit status and output.
 fn check_model(path: &Path, board: Option<&str>) -> (Option<i32>, String) {
-    let mut cmd = Command::new(bin("supctl"));
     // No config: check-model needs none.
-    cmd.arg("--config")
-        .arg(path.with_extension("no-config.toml"));
+    check_model_with(path, board, &path.with_extension("no-config.toml"))
+}
+
+fn check_model_with(path: &Path, board: Option<&str>, config: &Path) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin("supctl"));
+    cmd.arg("--config").arg(config);
     cmd.arg("check-model").arg(path);
     if let Some(board) = board {
         cmd.args(["--board", board]);
@@ -161,4 +164,50 @@ fn check_model_exit_status_tells_ok_suspect_broken_and_unexamined_apart() {
     // A bad argument is supctl's own failure, not a verdict on the file.
     let (code, text) = check_model(&right, Some("rk9999"));
     assert_eq!(code, Some(1), "{text}");
+}
+
+#[test]
+fn check_model_shows_the_chat_template_in_use_and_where_it_comes_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = check_model(&model(), None);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("template: embedded in the model file"),
+        "{text}"
+    );
+    // The same model without its template (the key renamed, same length).
+    let mut bytes = std::fs::read(model()).unwrap();
+    let mut needle = 23u64.to_le_bytes().to_vec();
+    needle.extend_from_slice(b"tokenizer.chat_template");
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .unwrap();
+    bytes[at + 8..at + needle.len()].copy_from_slice(b"rocksteady.test_no_tmpl");
+    let stripped = dir.path().join("no-template.gguf");
+    std::fs::write(&stripped, bytes).unwrap();
+    let (code, text) = check_model(&stripped, None);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("template: chatml (default for architecture llama with <|im_start|> in its vocabulary; the model file has no template)"),
+        "{text}"
+    );
+    // A CPU slot serving this file sets one: that is the one shown.
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        cpu_slot("primary", &model(), "")
+            + &cpu_slot("fallback", &stripped, "").replace(
+                "[slots.fallback.profile]",
+                "[slots.fallback.cpu]\nchat_template = \"llama3\"\n[slots.fallback.profile]",
+            ),
+    )
+    .unwrap();
+    let (code, text) = check_model_with(&stripped, None, &config);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("template: llama3 (set by chat_template)")
+            && text.contains("slots.fallback.cpu.chat_template = \"llama3\""),
+        "{text}"
+    );
 }

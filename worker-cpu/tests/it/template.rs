@@ -75,6 +75,8 @@ fn load(path: &Path, chat_template: Option<&str>) -> Load {
 /// outcome and the answer.
 fn run(load: Load, question: Option<&str>) -> (Result<Ready, LoadFailed>, String) {
     let _one = BACKEND.lock().unwrap_or_else(PoisonError::into_inner);
+    // llama.cpp's chatter goes to tracing (no subscriber here), not stderr.
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
     let (cmd_tx, cmd_rx) = mpsc::channel();
     let (ev_tx, ev_rx) = mpsc::channel();
     let engine = std::thread::spawn(move || {
@@ -237,6 +239,7 @@ fn a_template_file_works_when_llama_cpp_recognises_its_format() {
 #[test]
 fn every_builtin_name_is_one_this_llama_cpp_renders() {
     let _one = BACKEND.lock().unwrap_or_else(PoisonError::into_inner);
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
     let backend = LlamaBackend::init().unwrap();
     let model =
         LlamaModel::load_from_file(&backend, model(), &LlamaModelParams::default()).unwrap();
