@@ -64,12 +64,12 @@ pub fn choose(
                 model,
                 &text,
                 Origin::ConfigFile(path),
-                what,
+                &what,
                 ExitCode::BadSettings,
             )
         }
         Plan::Embedded => {
-            let what = "the model file's embedded chat template".to_owned();
+            let what = "the model file's embedded chat template";
             let tmpl = model.chat_template(None).map_err(|e| LoadFailed {
                 exit_code: ExitCode::ModelInvalid.code(),
                 message: format!("{what} cannot be read: {e}"),
@@ -87,10 +87,17 @@ fn recognised(
     model: &LlamaModel,
     text: &str,
     origin: Origin,
-    what: String,
+    what: &str,
     code: ExitCode,
 ) -> Result<Chosen, LoadFailed> {
-    let unrecognised = || failed(code, &TemplateError::Unrecognised { what: what.clone() });
+    let unrecognised = || {
+        failed(
+            code,
+            &TemplateError::Unrecognised {
+                what: what.to_owned(),
+            },
+        )
+    };
     let tmpl = LlamaChatTemplate::new(text).map_err(|_| unrecognised())?;
     let rendered = render_probe(model, &tmpl).ok_or_else(unrecognised)?;
     Ok(Chosen {
