@@ -21,7 +21,7 @@ use crate::error::ProtoError;
 use crate::frame::{decode, FrameReader, FrameWriter};
 
 /// Version of the whole wire protocol; bump it on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// First bytes of every hello: tells a rocksteady peer from a stray program.
 pub const MAGIC: [u8; 4] = *b"RSTD";

@@ -98,6 +98,11 @@ pub enum BackendOptions {
 pub struct CpuOptions {
     /// Use mmap for the weights (they then count as RssFile, not RssAnon).
     pub use_mmap: bool,
+    /// The slot's `chat_template`: a llama.cpp built-in template name, or
+    /// the path of a template file (a value with a `/`); `None` = the model
+    /// file's own template, else its architecture's default (see
+    /// [`artifact::template`](crate::artifact::template)).
+    pub chat_template: Option<String>,
 }
 
 /// RKLLM settings beyond the profile.
@@ -195,6 +200,10 @@ pub struct ModelFacts {
     pub context_size: u32,
     /// Parameter count (0 when unknown).
     pub parameters: u64,
+    /// The chat template prompts are rendered with and where it came from,
+    /// e.g. "chatml (embedded in the model file)" or "gemma (default for
+    /// architecture gemma3; the model file has no template)".
+    pub chat_template: String,
 }
 
 /// Body of [`WorkerToSupervisor::LoadFailed`].

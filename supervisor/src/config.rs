@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use proto::artifact::template;
 use proto::chat::Backend;
 use proto::worker::{BackendOptions, CpuOptions, KvCacheType, Load, NpuOptions, Profile};
 use serde::Deserialize;
@@ -259,11 +260,18 @@ impl Default for ProfileConfig {
 pub struct CpuConfig {
     /// mmap the weights (they then count as RssFile, shared page cache).
     pub use_mmap: bool,
+    /// Chat template: a llama.cpp built-in name ("gemma"), or the path of a
+    /// template file (a value with a `/`). Unset: the model file's own
+    /// template, else the default for its architecture.
+    pub chat_template: Option<String>,
 }
 
 impl Default for CpuConfig {
     fn default() -> Self {
-        Self { use_mmap: true }
+        Self {
+            use_mmap: true,
+            chat_template: None,
+        }
     }
 }
 
@@ -579,6 +587,13 @@ impl Config {
             if let Some(m) = &mut slot.fallback_model {
                 fix(m);
             }
+            if let Some(t) = &mut slot.cpu.chat_template {
+                if let template::Setting::File(path) = template::Setting::parse(t) {
+                    if path.is_relative() {
+                        *t = base.join(path).to_string_lossy().into_owned();
+                    }
+                }
+            }
         }
     }
 
@@ -789,6 +804,18 @@ impl SlotConfig {
                 "must enable at least one CPU",
             ));
         }
+        if let Some(t) = &self.cpu.chat_template {
+            let key = format!("{key}.cpu.chat_template");
+            if t.is_empty() || t.contains('\0') {
+                return Err(invalid(key, "must be a template name or a file path"));
+            }
+            if let template::Setting::Named(name) = template::Setting::parse(t) {
+                if !template::is_builtin(&name) {
+                    let e = template::TemplateError::UnknownName { name };
+                    return Err(invalid(key, e.to_string()));
+                }
+            }
+        }
         for name in self.worker_env.keys() {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
                 return Err(invalid(
@@ -818,6 +845,7 @@ impl SlotConfig {
         let backend = match self.backend {
             Backend::Cpu => BackendOptions::Cpu(CpuOptions {
                 use_mmap: self.cpu.use_mmap,
+                chat_template: self.cpu.chat_template.clone(),
             }),
             Backend::Npu => BackendOptions::Npu(NpuOptions {
                 runtime_path: self.npu.runtime_path.to_string_lossy().into_owned(),
@@ -945,6 +973,35 @@ mod tests {
         );
         let e = err("[slots.fallback]\nbackend = \"cpu\"\nmodel = \"m\"\n");
         assert!(e.contains("primary"), "{e}");
+    }
+
+    #[test]
+    fn chat_template_is_a_builtin_name_or_a_file_path() {
+        let load = |line: &str| {
+            let text = format!("{MINIMAL}[slots.primary.cpu]\nchat_template = {line}\n");
+            Config::from_toml(&text, Path::new("/etc/rocksteady"))
+                .map(|c| match c.slots.primary.load_message().backend {
+                    BackendOptions::Cpu(cpu) => cpu.chat_template,
+                    BackendOptions::Npu(_) => unreachable!(),
+                })
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(load("\"gemma\""), Ok(Some("gemma".into())));
+        // A relative file is taken from the config's directory.
+        assert_eq!(
+            load("\"./templates/t.jinja\""),
+            Ok(Some("/etc/rocksteady/./templates/t.jinja".into()))
+        );
+        assert_eq!(load("\"/srv/t.jinja\""), Ok(Some("/srv/t.jinja".into())));
+        // A typo is named with the choices, at config time.
+        let e = load("\"gema\"").unwrap_err();
+        assert!(
+            e.contains("slots.primary.cpu.chat_template") && e.contains("chatml, llama3, gemma"),
+            "{e}"
+        );
+        assert!(load("\"\"").is_err());
+        let c = Config::from_toml(MINIMAL, Path::new("/")).unwrap();
+        assert_eq!(c.slots.primary.cpu.chat_template, None);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use proto::worker::{
 };
 
 use crate::fault::Faults;
+use crate::template;
 use crate::utf8::Utf8Stream;
 
 /// What the async side asks of the engine thread.
@@ -144,8 +145,8 @@ impl Loaded {
             exit_code: e.exit_code().code(),
             message: e.to_string(),
         })?;
-        let use_mmap = match &load.backend {
-            BackendOptions::Cpu(cpu) => cpu.use_mmap,
+        let (use_mmap, template_setting) = match &load.backend {
+            BackendOptions::Cpu(cpu) => (cpu.use_mmap, cpu.chat_template.as_deref()),
             BackendOptions::Npu(_) => {
                 return Err(LoadFailed {
                     exit_code: ExitCode::BadSettings.code(),
@@ -171,15 +172,10 @@ impl Loaded {
             exit_code: ExitCode::ModelInvalid.code(),
             message: format!("llama.cpp could not load {}: {e} (the file passed the GGUF header check: the model may use an architecture this llama.cpp does not support)", load.model_path),
         })?;
-        // Models without an embedded template get ChatML, which most small
-        // instruct models were tuned on.
-        let template = model
-            .chat_template(None)
-            .or_else(|_| LlamaChatTemplate::new("chatml"))
-            .map_err(|e| LoadFailed {
-                exit_code: ExitCode::ModelInvalid.code(),
-                message: format!("model chat template is unusable: {e}"),
-            })?;
+        // Not ChatML for every model without a template: one tuned on
+        // another format answers by echoing the markers.
+        let chosen = template::choose(&model, &info, template_setting)?;
+        tracing::info!(template = %chosen.in_use, "chat template");
         let file_name = path
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -190,10 +186,11 @@ impl Loaded {
             train_context: model.n_ctx_train(),
             context_size: load.profile.context_size,
             parameters: model.n_params(),
+            chat_template: chosen.in_use.to_string(),
         };
         Ok(Self {
             model,
-            template,
+            template: chosen.template,
             facts,
         })
     }

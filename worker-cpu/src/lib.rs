@@ -5,4 +5,5 @@ pub mod engine;
 pub mod fault;
 pub mod serve;
 pub mod standalone;
+pub mod template;
 pub mod utf8;

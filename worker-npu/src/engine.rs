@@ -27,9 +27,16 @@ pub enum LoadError {
     /// The settings cannot work.
     #[error("unusable NPU settings: {0}")]
     Settings(#[from] SettingsError),
-    /// The model file is missing or broken.
-    #[error(transparent)]
-    Artifact(#[from] RkllmError),
+    /// The model file is missing or broken (checked before the runtime, and
+    /// the runtime's absence noted beside it, so one look shows both fixes).
+    #[error("{source}{}", .runtime_missing.as_ref().map(|p| format!("; the NPU runtime is not installed at {} either: install librkllmrt.so there, or point runtime_path of the NPU slot at it", p.display())).unwrap_or_default())]
+    Artifact {
+        /// What is wrong with the file.
+        #[source]
+        source: RkllmError,
+        /// The configured runtime path, when nothing is there either.
+        runtime_missing: Option<PathBuf>,
+    },
     /// No runtime library at the configured path.
     #[error("NPU runtime not installed at {}: install librkllmrt.so there (RKLLM runtime 1.2.1 to 1.2.3 or 1.3.0), or point runtime_path of the NPU slot at it", .path.display())]
     RuntimeMissing {
@@ -68,7 +75,7 @@ impl LoadError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Settings(_) => ExitCode::BadSettings.code(),
-            Self::Artifact(e) => e.exit_code().code(),
+            Self::Artifact { source, .. } => source.exit_code().code(),
             Self::RuntimeMissing { .. } => ExitCode::RuntimeMissing.code(),
             Self::Abi(_) | Self::Runtime(_) => ExitCode::RuntimeUnsupported.code(),
             Self::Init { cause, .. } => cause.exit_code(),
@@ -109,13 +116,17 @@ pub fn load(
     settings: &LoadSettings,
     board: Option<Platform>,
 ) -> Result<(Engine, LoadReport), LoadError> {
-    // The runtime first: without it nothing can work, whatever the model
-    // file, and "runtime not installed" is what the operator must fix first.
-    let (runtime, runtime_version) = open_runtime(&settings.runtime_path, settings.abi)?;
-    let info = rkllm::check(&settings.model_path, board)?;
+    // The model file first: a broken download must be fetched again whatever
+    // else is wrong, it is the most common cause of NPU failures, and its
+    // check reads no library. Loading the runtime comes after.
+    let info = rkllm::check(&settings.model_path, board).map_err(|source| LoadError::Artifact {
+        source,
+        runtime_missing: (!settings.runtime_path.is_file()).then(|| settings.runtime_path.clone()),
+    })?;
     for warning in &info.warnings {
         tracing::warn!(model = %settings.model_path.display(), "{warning}");
     }
+    let (runtime, runtime_version) = open_runtime(&settings.runtime_path, settings.abi)?;
     let abi = runtime.abi();
 
     let capture = OutputCapture::start().map_err(LoadError::Capture)?;
@@ -155,6 +166,7 @@ pub fn load(
             train_context: facts.max_context_limit.unwrap_or(0),
             context_size: settings.context_size(),
             parameters: 0,
+            chat_template: npu_template(settings),
         },
         init: facts.clone(),
         abi,
@@ -169,6 +181,29 @@ pub fn load(
         },
         report,
     ))
+}
+
+/// The NPU worker's chat format for the Ready message: the family its file
+/// name points to, and whether the slot overrides parts of it.
+fn npu_template(settings: &LoadSettings) -> String {
+    let o = &settings.overrides;
+    let overridden = [
+        (o.system_prompt.is_some(), "system_prompt"),
+        (o.prompt_prefix.is_some(), "prompt_prefix"),
+        (o.prompt_postfix.is_some(), "prompt_postfix"),
+    ]
+    .into_iter()
+    .filter_map(|(set, key)| set.then_some(key))
+    .collect::<Vec<_>>();
+    let family = settings.family.name();
+    if overridden.is_empty() {
+        format!("{family} (from the model's file name)")
+    } else {
+        format!(
+            "{family} (from the model's file name; {} set in the config)",
+            overridden.join(", ")
+        )
+    }
 }
 
 /// Finds, identifies and loads the runtime library.

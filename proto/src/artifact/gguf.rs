@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::artifact::template;
 use crate::worker::ExitCode;
 
 /// First four bytes of every GGUF file.
@@ -21,6 +22,11 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 /// No sane key, string value or tensor name is longer than this; a larger
 /// length field means the header is corrupt.
 const MAX_STRING: u64 = 64 << 20;
+/// No model has this many tensors or metadata entries (the largest have a
+/// few thousand); a larger count field means the header is corrupt.
+const MAX_ENTRIES: u64 = 1 << 24;
+/// No metadata array (a vocabulary, its merges) has this many elements.
+const MAX_ARRAY: u64 = 1 << 32;
 
 /// What the header says about the model.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -43,6 +49,9 @@ pub struct GgufInfo {
     pub file_type: Option<u64>,
     /// Whether the file carries its own chat template.
     pub has_chat_template: bool,
+    /// Which of [`template::VOCAB_MARKERS`] the vocabulary holds (they
+    /// show the chat format when the file carries no template).
+    pub vocab_markers: Vec<String>,
     /// Byte offset where tensor data starts.
     pub data_offset: u64,
     /// Bytes of tensor data the header declares (end of the last tensor).
@@ -214,8 +223,8 @@ impl<R: Read> Parser<'_, R> {
         let tensor_count = self.u64()?;
         let metadata_count = self.u64()?;
         // Every tensor entry and every metadata entry takes at least 8 bytes.
-        self.plausible("tensor count", tensor_count, 8)?;
-        self.plausible("metadata count", metadata_count, 8)?;
+        self.plausible("tensor count", tensor_count, 8, MAX_ENTRIES)?;
+        self.plausible("metadata count", metadata_count, 8, MAX_ENTRIES)?;
 
         let mut info = GgufInfo {
             file_size: self.size,
@@ -228,7 +237,11 @@ impl<R: Read> Parser<'_, R> {
         let mut context_lengths = Vec::new();
         for _ in 0..metadata_count {
             let key = self.string()?;
-            let value = self.value()?;
+            let value = if key == "tokenizer.ggml.tokens" {
+                self.vocabulary(&mut info.vocab_markers)?
+            } else {
+                self.value()?
+            };
             match (key.as_str(), value) {
                 ("general.architecture", Value::Str(s)) => info.architecture = Some(s),
                 ("general.name", Value::Str(s)) => info.name = Some(s),
@@ -301,18 +314,36 @@ impl<R: Read> Parser<'_, R> {
         }
     }
 
-    /// A count that would need more bytes than the file has is corruption or
-    /// truncation; refuse it before looping over it.
+    /// Refuses a count before looping over (or allocating for) it: above
+    /// `limit` no model could have it, so the field is garbage; below it, a
+    /// count whose entries need more bytes than are left means the file was
+    /// cut short (a 24-byte download ends right after two sane counts).
     fn plausible(
         &self,
         field: &'static str,
         count: u64,
         min_bytes_each: u64,
+        limit: u64,
     ) -> Result<(), GgufError> {
-        if count.saturating_mul(min_bytes_each) > self.size {
+        if count > limit {
             return Err(self.corrupt(field, count));
         }
+        if count.saturating_mul(min_bytes_each) > self.remaining() {
+            return Err(self.truncated());
+        }
         Ok(())
+    }
+
+    /// Bytes of the file not read yet.
+    fn remaining(&self) -> u64 {
+        self.size.saturating_sub(self.pos)
+    }
+
+    fn truncated(&self) -> GgufError {
+        GgufError::TruncatedHeader {
+            path: self.path.to_owned(),
+            size: self.size,
+        }
     }
 
     fn read_up_to(&mut self, buf: &mut [u8]) -> Result<usize, GgufError> {
@@ -336,10 +367,7 @@ impl<R: Read> Parser<'_, R> {
 
     fn exact(&mut self, buf: &mut [u8]) -> Result<(), GgufError> {
         if self.read_up_to(buf)? < buf.len() {
-            return Err(GgufError::TruncatedHeader {
-                path: self.path.to_owned(),
-                size: self.size,
-            });
+            return Err(self.truncated());
         }
         Ok(())
     }
@@ -368,8 +396,11 @@ impl<R: Read> Parser<'_, R> {
 
     fn string_len(&mut self) -> Result<u64, GgufError> {
         let len = self.u64()?;
-        if len > MAX_STRING || len > self.size {
+        if len > MAX_STRING {
             return Err(self.corrupt("string length", len));
+        }
+        if len > self.remaining() {
+            return Err(self.truncated());
         }
         Ok(len)
     }
@@ -384,6 +415,60 @@ impl<R: Read> Parser<'_, R> {
     fn value(&mut self) -> Result<Value, GgufError> {
         let kind = self.u32()?;
         self.value_of(kind, true)
+    }
+
+    /// Reads the vocabulary (an array of strings) noting which chat-format
+    /// markers it holds; tokens are short, so each is compared in place.
+    fn vocabulary(&mut self, found: &mut Vec<String>) -> Result<Value, GgufError> {
+        let kind = self.u32()?;
+        if kind != 9 {
+            return self.value_of(kind, true);
+        }
+        let elem = self.u32()?;
+        if elem != 8 {
+            return self.array_rest(elem);
+        }
+        let count = self.u64()?;
+        self.plausible("array length", count, 8, MAX_ARRAY)?;
+        let longest = template::VOCAB_MARKERS
+            .iter()
+            .map(|m| m.len() as u64)
+            .max()
+            .unwrap_or(0);
+        let mut buf = Vec::new();
+        for _ in 0..count {
+            let len = self.string_len()?;
+            if len > longest {
+                self.skip(len)?;
+                continue;
+            }
+            buf.resize(usize::try_from(len).unwrap_or(0), 0);
+            self.exact(&mut buf)?;
+            if let Some(m) = template::VOCAB_MARKERS
+                .iter()
+                .find(|m| m.as_bytes() == buf.as_slice())
+            {
+                if !found.iter().any(|f| f == m) {
+                    found.push((*m).to_owned());
+                }
+            }
+        }
+        Ok(Value::Other)
+    }
+
+    /// The rest of an array after its element type: count, elements.
+    fn array_rest(&mut self, elem: u32) -> Result<Value, GgufError> {
+        let count = self.u64()?;
+        self.plausible("array length", count, 1, MAX_ARRAY)?;
+        match elem_size(elem) {
+            Some(each) => self.skip(count.saturating_mul(each))?,
+            None => {
+                for _ in 0..count {
+                    self.value_of(elem, false)?;
+                }
+            }
+        }
+        Ok(Value::Other)
     }
 
     /// Reads one value of GGUF type `kind`; `keep` = false skips strings
@@ -419,17 +504,7 @@ impl<R: Read> Parser<'_, R> {
             // array: element type, count, elements
             9 => {
                 let elem = self.u32()?;
-                let count = self.u64()?;
-                self.plausible("array length", count, 1)?;
-                match elem_size(elem) {
-                    Some(each) => self.skip(count.saturating_mul(each))?,
-                    None => {
-                        for _ in 0..count {
-                            self.value_of(elem, false)?;
-                        }
-                    }
-                }
-                Value::Other
+                self.array_rest(elem)?
             }
             // uint64, int64
             10 | 11 => Value::Int(self.u64()?),
@@ -510,11 +585,13 @@ mod tests {
         s(&mut out, "llama.context_length");
         out.extend(4u32.to_le_bytes());
         out.extend(8192u32.to_le_bytes());
-        s(&mut out, "tokenizer.ggml.scores");
+        s(&mut out, "tokenizer.ggml.tokens");
         out.extend(9u32.to_le_bytes());
-        out.extend(6u32.to_le_bytes());
-        out.extend(2u64.to_le_bytes());
-        out.extend([0u8; 8]);
+        out.extend(8u32.to_le_bytes());
+        out.extend(3u64.to_le_bytes());
+        s(&mut out, "a");
+        s(&mut out, "<|im_start|>");
+        s(&mut out, "a much longer token than any marker");
         s(&mut out, "w");
         out.extend(1u32.to_le_bytes());
         out.extend(elements.to_le_bytes());
@@ -543,6 +620,8 @@ mod tests {
         assert_eq!(info.architecture.as_deref(), Some("llama"));
         assert_eq!(info.context_length, Some(8192));
         assert_eq!(info.data_size, 64);
+        assert_eq!(info.vocab_markers, ["<|im_start|>"]);
+        assert!(!info.has_chat_template);
     }
 
     #[test]
@@ -563,6 +642,32 @@ mod tests {
         let err = check(&path).unwrap_err();
         assert!(
             matches!(err, GgufError::TruncatedHeader { size: 40, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_cut_anywhere_in_its_header_is_truncation() {
+        let full = image(3, 16, 64);
+        // Cut right after the two counts (24 bytes), inside a key, inside a
+        // value, inside the vocabulary array, inside the tensor table.
+        // (A cut in the padding after the tensor table leaves the header
+        // whole: that is missing tensor data.)
+        let header_end = full.len() - 64;
+        for cut in 4..header_end {
+            let (_d, path) = write(&full[..cut]);
+            let err = check(&path).unwrap_err();
+            assert!(
+                matches!(err, GgufError::TruncatedHeader { size, .. } | GgufError::TruncatedData { size, .. } if size == cut as u64),
+                "cut at {cut}: {err}"
+            );
+            assert!(err.to_string().contains("truncated"), "cut at {cut}: {err}");
+            assert_eq!(err.exit_code(), ExitCode::ModelTruncated);
+        }
+        let (_d, path) = write(&full[..24]);
+        let err = check(&path).unwrap_err();
+        assert!(
+            matches!(err, GgufError::TruncatedHeader { size: 24, .. }),
             "{err}"
         );
     }

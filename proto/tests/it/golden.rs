@@ -16,8 +16,8 @@ use proto::client::{
 use proto::frame::{decode, encode};
 use proto::hello::Hello;
 use proto::worker::{
-    BackendOptions, CpuOptions, Generate, KvCacheType, Load, Profile, SupervisorToWorker,
-    WorkerDone, WorkerToSupervisor, WorkerToken,
+    BackendOptions, CpuOptions, Generate, KvCacheType, Load, ModelFacts, Profile, Ready,
+    SupervisorToWorker, WorkerDone, WorkerToSupervisor, WorkerToken,
 };
 use proto::PeerRole;
 use serde::{de::DeserializeOwned, Serialize};
@@ -127,7 +127,10 @@ fn worker_messages() {
                 flash_attention: true,
                 max_new_tokens: 512,
             },
-            backend: BackendOptions::Cpu(CpuOptions { use_mmap: true }),
+            backend: BackendOptions::Cpu(CpuOptions {
+                use_mmap: true,
+                chat_template: Some("gemma".into()),
+            }),
         }),
     );
     check(
@@ -145,6 +148,25 @@ fn worker_messages() {
             request_id: 9,
             text: "é".into(),
             tokens: 2,
+        }),
+    );
+    check(
+        "worker_ready",
+        &WorkerToSupervisor::Ready(Ready {
+            backend: Backend::Cpu,
+            model: ModelFacts {
+                name: "gemma-3-270m-it".into(),
+                file_size: 241_000_000,
+                architecture: "gemma3".into(),
+                train_context: 32_768,
+                context_size: 2048,
+                parameters: 268_000_000,
+                chat_template:
+                    "gemma (default for architecture gemma3; the model file has no template)".into(),
+            },
+            profile: "default".into(),
+            load_ms: 850.5,
+            pid: 4242,
         }),
     );
     check(

@@ -63,7 +63,9 @@ enum Cmd {
         #[arg(long)]
         auto: bool,
     },
-    /// Check a model file (.gguf or .rkllm) without loading it.
+    /// Check a model file (.gguf or .rkllm) without loading it. Exit
+    /// status: 0 no problem found, 3 suspect (e.g. converted for another
+    /// SoC than --board), 4 the file is broken, 5 it could not be examined.
     CheckModel {
         /// The model file.
         path: PathBuf,
@@ -255,13 +257,16 @@ fn run() -> anyhow::Result<ExitCode> {
                     Some(b) => Some(b.parse().map_err(|e| anyhow::anyhow!("--board: {e}"))?),
                     None => None,
                 };
-                let (report, fine) = cli::check_model::check_model(&path, board);
-                print!("{report}");
-                Ok(if fine {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                })
+                // The config, when there is one, says which template a CPU
+                // slot sets for this file; check-model works without it.
+                let configured = Config::load(&cli.config)
+                    .ok()
+                    .and_then(|c| cli::check_model::configured_template(&c, &path));
+                let checked = cli::check_model::check_model(&path, board, configured.as_ref());
+                print!("{}", checked.text);
+                Ok(ExitCode::from(cli::check_model::exit_status(
+                    checked.verdict,
+                )))
             }
             Cmd::Restart { slot, now } => {
                 let message = cli::restart::restart(&admin_socket, &slot, now).await?;

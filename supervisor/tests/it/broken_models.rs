@@ -102,3 +102,112 @@ async fn the_supervisor_marks_a_broken_model_unavailable_without_restarting() {
         sup.stop().await;
     }
 }
+
+/// Runs `supctl check-model` and returns its exit status and output.
+fn check_model(path: &Path, board: Option<&str>) -> (Option<i32>, String) {
+    // No config: check-model needs none.
+    check_model_with(path, board, &path.with_extension("no-config.toml"))
+}
+
+fn check_model_with(path: &Path, board: Option<&str>, config: &Path) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin("supctl"));
+    cmd.arg("--config").arg(config);
+    cmd.arg("check-model").arg(path);
+    if let Some(board) = board {
+        cmd.args(["--board", board]);
+    }
+    let out = cmd.output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[test]
+fn check_model_says_truncated_for_a_header_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = std::fs::read(model()).unwrap();
+    // 24 bytes end right after the tensor and metadata counts; the others
+    // cut inside a key, the vocabulary and the tensor table.
+    for cut in [24, 30, 100_000, 1_769_600] {
+        let path = dir.path().join(format!("cut-{cut}.gguf"));
+        std::fs::write(&path, &real[..cut]).unwrap();
+        let (code, text) = check_model(&path, None);
+        assert!(text.contains("is truncated"), "cut at {cut}: {text}");
+        assert!(!text.contains("corrupt"), "cut at {cut}: {text}");
+        assert_eq!(code, Some(4), "cut at {cut}: {text}");
+    }
+}
+
+#[test]
+fn check_model_exit_status_tells_ok_suspect_broken_and_unexamined_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sized = |name: &str, len: u64| {
+        let path = dir.path().join(name);
+        std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+        path
+    };
+    let (code, text) = check_model(&model(), None);
+    assert_eq!(code, Some(0), "{text}");
+    let right = sized("qwen_w8a8_rk3588.rkllm", 200 << 20);
+    let (code, text) = check_model(&right, Some("rk3588"));
+    assert_eq!(code, Some(0), "{text}");
+    // Converted for another SoC, by its name: suspect, not fine, not broken.
+    let other = sized("qwen_w8a8_rk3576.rkllm", 200 << 20);
+    let (code, text) = check_model(&other, Some("rk3588"));
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("the file name says rk3576"), "{text}");
+    let empty = sized("empty_rk3588.rkllm", 0);
+    let (code, text) = check_model(&empty, Some("rk3588"));
+    assert_eq!(code, Some(4), "{text}");
+    let (code, text) = check_model(&dir.path().join("absent.gguf"), None);
+    assert_eq!(code, Some(5), "{text}");
+    // A bad argument is supctl's own failure, not a verdict on the file.
+    let (code, text) = check_model(&right, Some("rk9999"));
+    assert_eq!(code, Some(1), "{text}");
+}
+
+#[test]
+fn check_model_shows_the_chat_template_in_use_and_where_it_comes_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = check_model(&model(), None);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("template: embedded in the model file"),
+        "{text}"
+    );
+    // The same model without its template (the key renamed, same length).
+    let mut bytes = std::fs::read(model()).unwrap();
+    let mut needle = 23u64.to_le_bytes().to_vec();
+    needle.extend_from_slice(b"tokenizer.chat_template");
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .unwrap();
+    bytes[at + 8..at + needle.len()].copy_from_slice(b"rocksteady.test_no_tmpl");
+    let stripped = dir.path().join("no-template.gguf");
+    std::fs::write(&stripped, bytes).unwrap();
+    let (code, text) = check_model(&stripped, None);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("template: chatml (default for architecture llama with <|im_start|> in its vocabulary; the model file has no template)"),
+        "{text}"
+    );
+    // A CPU slot serving this file sets one: that is the one shown.
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        cpu_slot("primary", &model(), "")
+            + &cpu_slot("fallback", &stripped, "").replace(
+                "[slots.fallback.profile]",
+                "[slots.fallback.cpu]\nchat_template = \"llama3\"\n[slots.fallback.profile]",
+            ),
+    )
+    .unwrap();
+    let (code, text) = check_model_with(&stripped, None, &config);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("template: llama3 (set by chat_template)")
+            && text.contains("slots.fallback.cpu.chat_template = \"llama3\""),
+        "{text}"
+    );
+}

@@ -125,6 +125,22 @@ async fn runtime_not_installed() {
 }
 
 #[tokio::test]
+async fn a_broken_model_file_is_reported_before_a_missing_runtime() {
+    // Both wrong: the file is what must be fetched again whatever else is
+    // fixed, so it decides the exit code; the message names both.
+    let fx = Fixture::new();
+    File::create(&fx.model).unwrap().set_len(0).unwrap();
+    let missing = fx.dir.path().join("nowhere/librkllmrt.so");
+    let load = fx.load(&missing.to_string_lossy(), "auto");
+    let message = fails_with(&fx, load, ExitCode::ModelEmpty.code()).await;
+    let file_at = message.find("0 bytes").expect(&message);
+    let runtime_at = message
+        .find(&format!("not installed at {}", missing.display()))
+        .expect(&message);
+    assert!(file_at < runtime_at, "{message}");
+}
+
+#[tokio::test]
 async fn unknown_runtime_version_is_refused_under_auto() {
     let fx = Fixture::new();
     let load = fx.load(FAKE_UNKNOWN, "auto");
