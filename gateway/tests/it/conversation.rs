@@ -190,6 +190,7 @@ fn report() -> StatusReport {
             level: ThermalLevel::Normal,
         },
         mem_available_kb: None,
+        telemetry: Default::default(),
     }
 }
 
