@@ -167,11 +167,7 @@ pub struct RestartHistory {
 
 impl RestartHistory {
     fn prune(&mut self, now: Millis, period: Duration) {
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.since(*t) > period)
-        {
+        while self.recent.front().is_some_and(|t| now.since(*t) > period) {
             self.recent.pop_front();
         }
     }
@@ -735,15 +731,33 @@ mod tests {
             permanent: false,
             message: "Too many open files (os error 24)".into(),
         };
-        let d = decide(SlotState::Starting, &transient, &policy(), &mut h, false, t0);
+        let d = decide(
+            SlotState::Starting,
+            &transient,
+            &policy(),
+            &mut h,
+            false,
+            t0,
+        );
         assert_eq!(d.next, SlotState::BackingOff);
-        assert!(d.actions.contains(&Action::CountRestart(Reason::SpawnFailed)));
-        assert!(d.actions.contains(&Action::WakeAt(t0 + backoff(&policy(), 1))));
+        assert!(d
+            .actions
+            .contains(&Action::CountRestart(Reason::SpawnFailed)));
+        assert!(d
+            .actions
+            .contains(&Action::WakeAt(t0 + backoff(&policy(), 1))));
         let permanent = Observation::SpawnFailed {
             permanent: true,
             message: "No such file or directory (os error 2)".into(),
         };
-        let d = decide(SlotState::Starting, &permanent, &policy(), &mut h, false, t0);
+        let d = decide(
+            SlotState::Starting,
+            &permanent,
+            &policy(),
+            &mut h,
+            false,
+            t0,
+        );
         assert_eq!(d.next, SlotState::Unavailable);
         assert!(d.reason.unwrap().contains("No such file"));
     }

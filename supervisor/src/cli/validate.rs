@@ -322,7 +322,14 @@ mod tests {
     #[test]
     fn the_fallback_row_fails_when_the_worker_was_restarted_during_the_switch() {
         let t = Some(Duration::from_millis(900));
-        let ok = fallback_row("small", &slot(10, 0, None), &slot(10, 0, None), t, true, 60.0);
+        let ok = fallback_row(
+            "small",
+            &slot(10, 0, None),
+            &slot(10, 0, None),
+            t,
+            true,
+            60.0,
+        );
         assert!(ok.pass, "{}", ok.detail);
         let restarted = fallback_row(
             "small",
@@ -333,9 +340,24 @@ mod tests {
             60.0,
         );
         assert!(!restarted.pass);
-        assert!(restarted.detail.contains("stopped during the switch"), "{}", restarted.detail);
-        assert!(restarted.detail.contains("load-timeout"), "{}", restarted.detail);
-        let counted = fallback_row("small", &slot(10, 0, None), &slot(10, 1, None), t, true, 60.0);
+        assert!(
+            restarted.detail.contains("stopped during the switch"),
+            "{}",
+            restarted.detail
+        );
+        assert!(
+            restarted.detail.contains("load-timeout"),
+            "{}",
+            restarted.detail
+        );
+        let counted = fallback_row(
+            "small",
+            &slot(10, 0, None),
+            &slot(10, 1, None),
+            t,
+            true,
+            60.0,
+        );
         assert!(!counted.pass);
     }
 }

@@ -9,7 +9,11 @@ impl Core {
     pub(super) fn on_admin(&mut self, cmd: AdminToSupervisor) -> SupervisorToAdmin {
         let ok = |message: String| SupervisorToAdmin::Ok(AdminOk { message });
         let err = |message: String| SupervisorToAdmin::Error(AdminError { message });
-        let unknown = |name: &str| err(format!("no slot named {name:?} (use primary, fallback, npu or cpu)"));
+        let unknown = |name: &str| {
+            err(format!(
+                "no slot named {name:?} (use primary, fallback, npu or cpu)"
+            ))
+        };
         match cmd {
             AdminToSupervisor::Status => SupervisorToAdmin::Status(Box::new(self.status())),
             AdminToSupervisor::Failover(f) => match f.to {
@@ -22,7 +26,9 @@ impl Core {
                         return err(format!("no slot runs the {backend} backend"));
                     }
                     self.routing = Routing::Pinned(backend);
-                    ok(format!("traffic pinned to {backend} until `supctl failover --auto`"))
+                    ok(format!(
+                        "traffic pinned to {backend} until `supctl failover --auto`"
+                    ))
                 }
             },
             AdminToSupervisor::SetMemoryCeiling(c) => {
@@ -58,7 +64,10 @@ impl Core {
                         self.slots[i].restart_after_job = true;
                         ok(format!("{name} restarts after its current request"))
                     }
-                    SlotState::Idle | SlotState::BackingOff | SlotState::Failed | SlotState::Unavailable => {
+                    SlotState::Idle
+                    | SlotState::BackingOff
+                    | SlotState::Failed
+                    | SlotState::Unavailable => {
                         if self.slots[i].spawning {
                             return ok(format!("{name} is already starting"));
                         }
@@ -69,7 +78,9 @@ impl Core {
                         ok(format!("{name} starting"))
                     }
                     SlotState::Stopping => ok(format!("{name} is already stopping")),
-                    SlotState::Starting if self.slots[i].pid.is_none() => ok(format!("{name} is already starting")),
+                    SlotState::Starting if self.slots[i].pid.is_none() => {
+                        ok(format!("{name} is already starting"))
+                    }
                     _ => {
                         self.stop(i, Reason::Admin);
                         ok(format!("{name} restarting"))

@@ -34,12 +34,26 @@ impl Core {
             );
         }
         if submit.messages.is_empty() {
-            return self.refuse(conn, id, ErrorKind::BadRequest, "the request has no messages".into());
+            return self.refuse(
+                conn,
+                id,
+                ErrorKind::BadRequest,
+                "the request has no messages".into(),
+            );
         }
         if let Err(e) = submit.params.validate() {
-            return self.refuse(conn, id, ErrorKind::BadRequest, format!("bad parameters: {e}"));
+            return self.refuse(
+                conn,
+                id,
+                ErrorKind::BadRequest,
+                format!("bad parameters: {e}"),
+            );
         }
-        let chars: usize = submit.messages.iter().map(|m| m.content.chars().count()).sum();
+        let chars: usize = submit
+            .messages
+            .iter()
+            .map(|m| m.content.chars().count())
+            .sum();
         let limit = self.cfg.supervisor.max_prompt_chars;
         if chars > limit {
             return self.refuse(
@@ -49,7 +63,11 @@ impl Core {
                 format!("the conversation is {chars} characters; the limit is {limit}"),
             );
         }
-        if self.jobs.values().any(|j| j.conn == conn && j.client_id == id && !j.probe) {
+        if self
+            .jobs
+            .values()
+            .any(|j| j.conn == conn && j.client_id == id && !j.probe)
+        {
             return self.refuse(
                 conn,
                 id,
@@ -171,7 +189,13 @@ impl Core {
                 if s.reason.is_empty() {
                     format!("{} ({}) is {}", s.name, s.cfg.backend, s.state.as_str())
                 } else {
-                    format!("{} ({}) is {}: {}", s.name, s.cfg.backend, s.state.as_str(), s.reason)
+                    format!(
+                        "{} ({}) is {}: {}",
+                        s.name,
+                        s.cfg.backend,
+                        s.state.as_str(),
+                        s.reason
+                    )
                 }
             })
             .collect();
@@ -186,7 +210,11 @@ impl Core {
             .queue
             .iter()
             .copied()
-            .filter(|id| self.jobs.get(id).is_some_and(|j| now.since(j.waiting_since) > limit))
+            .filter(|id| {
+                self.jobs
+                    .get(id)
+                    .is_some_and(|j| now.since(j.waiting_since) > limit)
+            })
             .collect();
         if expired.is_empty() {
             return;

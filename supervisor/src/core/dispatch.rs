@@ -7,7 +7,9 @@ use std::time::Duration;
 use proto::admin::{Routing, SlotState, ThermalLevel};
 use proto::chat::GenStats;
 use proto::client::{Done, ErrorKind, Failover, Queued, Started, SupervisorToClient, Token};
-use proto::worker::{Generate, SupervisorToWorker, WorkerDone, WorkerErrorKind, WorkerToSupervisor};
+use proto::worker::{
+    Generate, SupervisorToWorker, WorkerDone, WorkerErrorKind, WorkerToSupervisor,
+};
 
 use super::slot::{fail, send, Job};
 use super::{Core, Effect, Level};
@@ -42,7 +44,9 @@ pub fn estimate_tokens(chars: usize) -> f64 {
 /// processes `prefill_tps` prompt tokens a second: the configured limit plus
 /// the prompt's own processing time, capped.
 pub fn first_token_limit(base: Duration, prompt_tokens: f64, prefill_tps: Option<f64>) -> Duration {
-    let rate = prefill_tps.filter(|r| r.is_finite() && *r > 0.0).unwrap_or(DEFAULT_PREFILL_TPS);
+    let rate = prefill_tps
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .unwrap_or(DEFAULT_PREFILL_TPS);
     let extra = (prompt_tokens / rate).max(0.0);
     let limit = base.as_secs_f64() + extra;
     Duration::from_secs_f64(limit.min(base.as_secs_f64() * MAX_FIRST_TOKEN_FACTOR))
@@ -61,7 +65,10 @@ impl Core {
             secs(self.cfg.policy.failback_hold_s),
             now,
         );
-        if self.cfg.thermal.prefer_cooler && self.thermal != ThermalLevel::Normal && self.routing == Routing::Auto {
+        if self.cfg.thermal.prefer_cooler
+            && self.thermal != ThermalLevel::Normal
+            && self.routing == Routing::Auto
+        {
             if let Some(c) = active.and_then(|a| routing::cooler(&views, &self.zones, a)) {
                 active = Some(c);
                 why = format!("throttled: the {} is cooler", self.slots[c].cfg.backend);
@@ -79,7 +86,11 @@ impl Core {
         }
         // A cold fallback starts when it is needed.
         if active.is_none() && !self.queue.is_empty() {
-            if let Some(i) = self.slots.iter().position(|s| s.state == SlotState::Idle && !s.spawning) {
+            if let Some(i) = self
+                .slots
+                .iter()
+                .position(|s| s.state == SlotState::Idle && !s.spawning)
+            {
                 self.spawn(i);
             }
         }
@@ -158,9 +169,15 @@ impl Core {
             if target != active {
                 let (from, to) = (self.slots[active].name, self.slots[target].name);
                 self.routing_reason = if target == first {
-                    format!("{}; spill-over: {to} takes a request while {from} is busy", self.routing_reason)
+                    format!(
+                        "{}; spill-over: {to} takes a request while {from} is busy",
+                        self.routing_reason
+                    )
                 } else {
-                    format!("{}; {to} takes a long request while {from} is under memory pressure", self.routing_reason)
+                    format!(
+                        "{}; {to} takes a long request while {from} is under memory pressure",
+                        self.routing_reason
+                    )
                 };
             }
             self.queue.pop_front();
@@ -192,7 +209,9 @@ impl Core {
         }
         if s.memory_pressure {
             // Under memory pressure the KV cache must not grow far.
-            params.max_tokens = params.max_tokens.min((s.cfg.profile.max_new_tokens / 4).max(16));
+            params.max_tokens = params
+                .max_tokens
+                .min((s.cfg.profile.max_new_tokens / 4).max(16));
         }
         if let Some((from, reason)) = job.failover.take() {
             let event = SupervisorToClient::Failover(Failover {
@@ -239,7 +258,11 @@ impl Core {
                 self.log(
                     Level::Error,
                     "worker cannot load its model",
-                    &[("slot", &name), ("code", &failed.exit_code), ("message", &failed.message)],
+                    &[
+                        ("slot", &name),
+                        ("code", &failed.exit_code),
+                        ("message", &failed.message),
+                    ],
                 );
                 self.slots[i].load_failure = Some(failed.message);
             }
@@ -271,11 +294,15 @@ impl Core {
                 }
                 self.finish_generation(i);
                 match err.kind {
-                    WorkerErrorKind::Busy | WorkerErrorKind::NotLoaded => self.on_refused(i, err.request_id),
+                    WorkerErrorKind::Busy | WorkerErrorKind::NotLoaded => {
+                        self.on_refused(i, err.request_id)
+                    }
                     kind => {
                         if let Some(job) = self.jobs.remove(&err.request_id) {
                             let client_kind = match kind {
-                                WorkerErrorKind::PromptTooLong | WorkerErrorKind::BadRequest => ErrorKind::BadRequest,
+                                WorkerErrorKind::PromptTooLong | WorkerErrorKind::BadRequest => {
+                                    ErrorKind::BadRequest
+                                }
                                 _ => ErrorKind::WorkerFailed,
                             };
                             fail(&mut self.out, &job, client_kind, err.message);
@@ -293,8 +320,14 @@ impl Core {
         let now = self.now;
         self.slots[i].refused_until = Some(now + REFUSAL_PAUSE);
         let name = self.slots[i].name;
-        self.log(Level::Warn, "worker refused a request", &[("slot", &name), ("request", &id)]);
-        let Some(job) = self.jobs.get_mut(&id) else { return };
+        self.log(
+            Level::Warn,
+            "worker refused a request",
+            &[("slot", &name), ("request", &id)],
+        );
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
         job.refusals += 1;
         job.slot = None;
         if job.cancelled || job.refusals >= MAX_REFUSALS {
@@ -330,7 +363,11 @@ impl Core {
         }
         if st.generated_tokens > 1 {
             s.last_decode_tps = Some(st.decode_tps);
-            let g = self.counters.generation.entry(s.cfg.backend.as_str()).or_default();
+            let g = self
+                .counters
+                .generation
+                .entry(s.cfg.backend.as_str())
+                .or_default();
             g.0 += st.ttft_ms;
             g.1 += st.decode_tps;
             g.2 += 1;

@@ -28,7 +28,11 @@ impl Core {
         let deadline = self.now + secs(self.cfg.policy.drain_timeout_s);
         let running = self.slots.iter().filter(|s| s.job.is_some()).count();
         let drain_s = self.cfg.policy.drain_timeout_s;
-        self.log(Level::Info, "shutting down: draining", &[("running", &running), ("drain_s", &drain_s)]);
+        self.log(
+            Level::Info,
+            "shutting down: draining",
+            &[("running", &running), ("drain_s", &drain_s)],
+        );
         self.out.push(Effect::Notify(Notify::Stopping));
         self.shutting_down = true;
         self.drain_deadline = Some(deadline);
@@ -59,7 +63,11 @@ impl Core {
             if s.job.is_none() || late {
                 if late && s.job.is_some() {
                     let name = s.name;
-                    self.log(Level::Warn, "drain deadline passed; cutting the reply", &[("slot", &name)]);
+                    self.log(
+                        Level::Warn,
+                        "drain deadline passed; cutting the reply",
+                        &[("slot", &name)],
+                    );
                 }
                 self.stop(i, Reason::Shutdown);
                 let at = self.now + secs(self.cfg.policy.stop_grace_s) + KILL_MARGIN;

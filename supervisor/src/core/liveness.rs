@@ -56,7 +56,11 @@ impl Core {
     }
 
     pub(super) fn on_spawned(&mut self, i: usize, incarnation: u64, pid: u32, oom: OomCounters) {
-        let Some(s) = self.slots.get_mut(i).filter(|s| s.incarnation == incarnation) else {
+        let Some(s) = self
+            .slots
+            .get_mut(i)
+            .filter(|s| s.incarnation == incarnation)
+        else {
             return;
         };
         s.spawning = false;
@@ -65,7 +69,11 @@ impl Core {
         s.spawned_at = Some(self.now);
         let (name, backend) = (s.name, s.cfg.backend);
         self.out.push(Effect::WritePidFile { slot: i, pid });
-        self.log(Level::Info, "worker spawned", &[("slot", &name), ("pid", &pid), ("backend", &backend)]);
+        self.log(
+            Level::Info,
+            "worker spawned",
+            &[("slot", &name), ("pid", &pid), ("backend", &backend)],
+        );
         if self.shutting_down {
             // Started just before the drain began: it has nothing to finish.
             self.drain_progress();
@@ -74,23 +82,42 @@ impl Core {
 
     pub(super) fn on_spawn_failed(&mut self, i: usize, incarnation: u64, error: &SpawnError) {
         let now = self.now;
-        let Some(s) = self.slots.get_mut(i).filter(|s| s.incarnation == incarnation) else {
+        let Some(s) = self
+            .slots
+            .get_mut(i)
+            .filter(|s| s.incarnation == incarnation)
+        else {
             return;
         };
         s.spawning = false;
         let name = s.name;
-        let binary = s.cfg.worker.as_ref().map_or_else(|| format!("worker-{}", s.cfg.backend), |p| p.display().to_string());
+        let binary = s.cfg.worker.as_ref().map_or_else(
+            || format!("worker-{}", s.cfg.backend),
+            |p| p.display().to_string(),
+        );
         self.log(
             Level::Error,
             "cannot start worker",
-            &[("slot", &name), ("binary", &binary), ("error", &error.message), ("permanent", &error.permanent)],
+            &[
+                ("slot", &name),
+                ("binary", &binary),
+                ("error", &error.message),
+                ("permanent", &error.permanent),
+            ],
         );
         let s = &mut self.slots[i];
         let obs = Observation::SpawnFailed {
             permanent: error.permanent,
             message: format!("{binary}: {}", error.message),
         };
-        let d = lifecycle::decide(s.state, &obs, &self.policy, &mut s.history, self.shutting_down, now);
+        let d = lifecycle::decide(
+            s.state,
+            &obs,
+            &self.policy,
+            &mut s.history,
+            self.shutting_down,
+            now,
+        );
         self.apply(i, d, None);
     }
 
@@ -105,8 +132,16 @@ impl Core {
             return; // already stopping
         }
         let name = s.name;
-        let level = if reason == Reason::Shutdown { Level::Info } else { Level::Warn };
-        self.log(level, "stopping worker", &[("slot", &name), ("pid", &pid), ("reason", &reason)]);
+        let level = if reason == Reason::Shutdown {
+            Level::Info
+        } else {
+            Level::Warn
+        };
+        self.log(
+            level,
+            "stopping worker",
+            &[("slot", &name), ("pid", &pid), ("reason", &reason)],
+        );
         let s = &mut self.slots[i];
         s.stopped_for = Some(reason);
         if s.connected {
@@ -116,11 +151,16 @@ impl Core {
                 msg: SupervisorToWorker::Shutdown,
             });
         }
-        self.out.push(Effect::Stop { slot: i, pid, grace });
+        self.out.push(Effect::Stop {
+            slot: i,
+            pid,
+            grace,
+        });
         let s = &mut self.slots[i];
         // A hang before the first token is suspected to be the request's own
         // doing (a prompt that wedges the worker): it is not run again.
-        let suspect = reason == Reason::Hang && s.last_token_at.is_none() && s.generate_sent_at.is_some();
+        let suspect =
+            reason == Reason::Hang && s.last_token_at.is_none() && s.generate_sent_at.is_some();
         let limit = s.first_token_limit;
         let job = s.job.take();
         s.generate_sent_at = None;
@@ -145,7 +185,9 @@ impl Core {
 
     pub(super) fn on_worker_connected(&mut self, i: usize, incarnation: u64) {
         let now = self.now;
-        let Some(s) = self.slots.get_mut(i) else { return };
+        let Some(s) = self.slots.get_mut(i) else {
+            return;
+        };
         if s.incarnation != incarnation || s.state != SlotState::Starting || s.pid.is_none() {
             return;
         }
@@ -168,14 +210,31 @@ impl Core {
         // A worker that just loaded counts as fresh evidence of health.
         self.last_tokens_at = Some(now);
         let name = s.name;
-        let d = lifecycle::decide(s.state, &Observation::Ready, &self.policy, &mut s.history, self.shutting_down, now);
-        self.log(Level::Info, "worker ready", &[("slot", &name), ("model", &ready.model.name), ("load_ms", &ready.load_ms)]);
+        let d = lifecycle::decide(
+            s.state,
+            &Observation::Ready,
+            &self.policy,
+            &mut s.history,
+            self.shutting_down,
+            now,
+        );
+        self.log(
+            Level::Info,
+            "worker ready",
+            &[
+                ("slot", &name),
+                ("model", &ready.model.name),
+                ("load_ms", &ready.load_ms),
+            ],
+        );
         self.set_state(i, d.next, d.reason);
     }
 
     pub(super) fn on_worker_disconnected(&mut self, i: usize, incarnation: u64) {
         let now = self.now;
-        let Some(s) = self.slots.get_mut(i) else { return };
+        let Some(s) = self.slots.get_mut(i) else {
+            return;
+        };
         if s.incarnation != incarnation || s.pid.is_none() {
             return;
         }
@@ -188,9 +247,18 @@ impl Core {
         }
     }
 
-    pub(super) fn on_worker_exited(&mut self, i: usize, incarnation: u64, code: Option<i32>, signal: Option<i32>, oom: OomCounters) {
+    pub(super) fn on_worker_exited(
+        &mut self,
+        i: usize,
+        incarnation: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+        oom: OomCounters,
+    ) {
         let now = self.now;
-        let Some(s) = self.slots.get_mut(i) else { return };
+        let Some(s) = self.slots.get_mut(i) else {
+            return;
+        };
         if s.incarnation != incarnation || s.pid.is_none() {
             return;
         }
@@ -217,16 +285,38 @@ impl Core {
         s.mem = None;
         s.pending_exit = None;
         s.disconnected_at = None;
-        let state = if s.job.is_some() { SlotState::Busy } else { s.state };
-        let d = lifecycle::decide(state, &Observation::Exited(exit), &self.policy, &mut s.history, self.shutting_down, now);
+        let state = if s.job.is_some() {
+            SlotState::Busy
+        } else {
+            s.state
+        };
+        let d = lifecycle::decide(
+            state,
+            &Observation::Exited(exit),
+            &self.policy,
+            &mut s.history,
+            self.shutting_down,
+            now,
+        );
         let job = s.job.take();
         s.generate_sent_at = None;
         s.last_token_at = None;
         s.restart_after_job = false;
         let pid = pid.unwrap_or(0);
-        let level = if stopped_for.is_some() { Level::Info } else { Level::Warn };
-        let how = format!("code {code:?}, signal {signal:?}, stopped for {}", stopped_for.map_or("-", Reason::as_str));
-        self.log(level, "worker exited", &[("slot", &name), ("pid", &pid), ("how", &how)]);
+        let level = if stopped_for.is_some() {
+            Level::Info
+        } else {
+            Level::Warn
+        };
+        let how = format!(
+            "code {code:?}, signal {signal:?}, stopped for {}",
+            stopped_for.map_or("-", Reason::as_str)
+        );
+        self.log(
+            level,
+            "worker exited",
+            &[("slot", &name), ("pid", &pid), ("how", &how)],
+        );
         self.out.push(Effect::RemovePidFile { slot: i });
         self.apply(i, d, job);
         if self.shutting_down {
@@ -248,7 +338,11 @@ impl Core {
                     let s = &mut self.slots[i];
                     s.restarts += 1;
                     s.last_restart_reason = Some(reason);
-                    *self.counters.restarts.entry((s.name.to_owned(), reason.as_str())).or_default() += 1;
+                    *self
+                        .counters
+                        .restarts
+                        .entry((s.name.to_owned(), reason.as_str()))
+                        .or_default() += 1;
                 }
                 Action::WakeAt(at) => self.slots[i].wake_at = Some(at),
                 Action::Spawn => self.spawn(i),
@@ -262,14 +356,21 @@ impl Core {
     pub(super) fn rescue(&mut self, id: u64, from: usize, reason: Reason) {
         let backend = self.slots[from].cfg.backend;
         let max = self.cfg.policy.max_failovers;
-        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
         job.slot = None;
         if job.cancelled || self.shutting_down {
             if let Some(job) = self.jobs.remove(&id) {
                 if job.cancelled {
                     fail(&mut self.out, &job, ErrorKind::Cancelled, "cancelled");
                 } else {
-                    fail(&mut self.out, &job, ErrorKind::ShuttingDown, "the service is restarting; try again in a minute");
+                    fail(
+                        &mut self.out,
+                        &job,
+                        ErrorKind::ShuttingDown,
+                        "the service is restarting; try again in a minute",
+                    );
                 }
             }
             return;
@@ -280,7 +381,9 @@ impl Core {
             // A request that kills every worker it reaches (or a board so
             // loaded that nothing keeps up) must not bounce forever.
             if let Some(job) = self.jobs.remove(&id) {
-                let msg = format!("the answer was interrupted {failovers} times (last: {reason}); giving up");
+                let msg = format!(
+                    "the answer was interrupted {failovers} times (last: {reason}); giving up"
+                );
                 fail(&mut self.out, &job, ErrorKind::WorkerFailed, msg);
             }
             return;
@@ -292,7 +395,12 @@ impl Core {
         self.log(
             Level::Warn,
             "rescuing request",
-            &[("request", &id), ("from", &backend), ("reason", &reason), ("streamed_chars", &chars)],
+            &[
+                ("request", &id),
+                ("from", &backend),
+                ("reason", &reason),
+                ("streamed_chars", &chars),
+            ],
         );
     }
 
@@ -313,7 +421,14 @@ impl Core {
             if self.slots[i].wake_at.is_some_and(|t| t <= now) {
                 self.slots[i].wake_at = None;
                 let s = &mut self.slots[i];
-                let d = lifecycle::decide(s.state, &Observation::TimerDue, &self.policy, &mut s.history, self.shutting_down, now);
+                let d = lifecycle::decide(
+                    s.state,
+                    &Observation::TimerDue,
+                    &self.policy,
+                    &mut s.history,
+                    self.shutting_down,
+                    now,
+                );
                 if d.actions.contains(&Action::Spawn) {
                     // spawn() enters Starting itself.
                     self.spawn(i);
@@ -325,9 +440,15 @@ impl Core {
             if s.pid.is_none() || s.stopped_for.is_some() {
                 continue;
             }
-            if s.disconnected_at.is_some_and(|t| now.since(t) > ORPHAN_LIMIT) {
+            if s.disconnected_at
+                .is_some_and(|t| now.since(t) > ORPHAN_LIMIT)
+            {
                 let name = s.name;
-                self.log(Level::Warn, "worker lost its connection but did not exit; stopping it", &[("slot", &name)]);
+                self.log(
+                    Level::Warn,
+                    "worker lost its connection but did not exit; stopping it",
+                    &[("slot", &name)],
+                );
                 self.stop(i, Reason::Crash);
                 continue;
             }
@@ -340,16 +461,25 @@ impl Core {
                     };
                     if stalled {
                         let name = s.name;
-                        self.log(Level::Error, "no token within the limit: worker hung", &[("slot", &name)]);
+                        self.log(
+                            Level::Error,
+                            "no token within the limit: worker hung",
+                            &[("slot", &name)],
+                        );
                         self.stop(i, Reason::Hang);
                     }
                 }
                 SlotState::Ready => {
                     if now.since(s.last_heartbeat) > secs(p.heartbeat_timeout_s) {
                         let name = s.name;
-                        self.log(Level::Error, "no heartbeat within the timeout: worker hung", &[("slot", &name)]);
+                        self.log(
+                            Level::Error,
+                            "no heartbeat within the timeout: worker hung",
+                            &[("slot", &name)],
+                        );
                         self.stop(i, Reason::Hang);
-                    } else if now.since(s.last_ping) >= secs(p.heartbeat_interval_s) && s.connected {
+                    } else if now.since(s.last_ping) >= secs(p.heartbeat_interval_s) && s.connected
+                    {
                         let s = &mut self.slots[i];
                         s.ping_seq += 1;
                         s.last_ping = now;
@@ -364,7 +494,11 @@ impl Core {
                 // switch reloads a worker that may be far older than the
                 // load timeout, and must not be judged by its spawn time.
                 SlotState::Starting | SlotState::Loading => {
-                    let since = if s.state == SlotState::Loading { s.loading_since } else { s.spawned_at };
+                    let since = if s.state == SlotState::Loading {
+                        s.loading_since
+                    } else {
+                        s.spawned_at
+                    };
                     if since.is_some_and(|t| now.since(t) > secs(p.load_timeout_s)) {
                         self.stop(i, Reason::LoadTimeout);
                     }

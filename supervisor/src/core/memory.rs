@@ -38,7 +38,9 @@ impl Core {
         let floor_kb = self.cfg.policy.mem_available_floor_mib * 1024;
         let system_low = floor_kb > 0 && self.mem_available_kb.is_some_and(|a| a < floor_kb);
         for &(i, pid, sample) in &r.workers {
-            let Some(s) = self.slots.get_mut(i) else { continue };
+            let Some(s) = self.slots.get_mut(i) else {
+                continue;
+            };
             if s.pid != Some(pid) {
                 continue; // a reading of a process that is gone
             }
@@ -50,17 +52,30 @@ impl Core {
                 self.mem_read_failures += 1;
                 if s.mem_read_failures == 1 {
                     let name = s.name;
-                    self.log(Level::Warn, "cannot read the worker's memory; keeping the last sample", &[("slot", &name), ("pid", &pid)]);
+                    self.log(
+                        Level::Warn,
+                        "cannot read the worker's memory; keeping the last sample",
+                        &[("slot", &name), ("pid", &pid)],
+                    );
                 }
                 continue;
             };
             s.mem_read_failures = 0;
             s.mem = Some(sample);
             let anon_mib = sample.rss_anon_kb / 1024;
-            let pressure = system_low || (s.cfg.memory_soft_mib > 0 && anon_mib >= s.cfg.memory_soft_mib);
+            let pressure =
+                system_low || (s.cfg.memory_soft_mib > 0 && anon_mib >= s.cfg.memory_soft_mib);
             if pressure && !s.memory_pressure {
                 let name = s.name;
-                self.log(Level::Warn, "memory pressure", &[("slot", &name), ("anon_mib", &anon_mib), ("system_low", &system_low)]);
+                self.log(
+                    Level::Warn,
+                    "memory pressure",
+                    &[
+                        ("slot", &name),
+                        ("anon_mib", &anon_mib),
+                        ("system_low", &system_low),
+                    ],
+                );
             }
             let s = &mut self.slots[i];
             s.memory_pressure = pressure;
@@ -71,9 +86,16 @@ impl Core {
                 s.calm_since.get_or_insert(now);
                 s.pressure_since = None;
             }
-            if s.cfg.memory_hard_mib > 0 && anon_mib >= s.cfg.memory_hard_mib && s.stopped_for.is_none() {
+            if s.cfg.memory_hard_mib > 0
+                && anon_mib >= s.cfg.memory_hard_mib
+                && s.stopped_for.is_none()
+            {
                 let (name, hard) = (s.name, s.cfg.memory_hard_mib);
-                self.log(Level::Error, "RssAnon above the hard ceiling", &[("slot", &name), ("anon_mib", &anon_mib), ("hard", &hard)]);
+                self.log(
+                    Level::Error,
+                    "RssAnon above the hard ceiling",
+                    &[("slot", &name), ("anon_mib", &anon_mib), ("hard", &hard)],
+                );
                 self.stop(i, Reason::Memory);
             }
         }
@@ -89,17 +111,26 @@ impl Core {
         let hold = secs(self.cfg.policy.profile_hold_s);
         for i in 0..self.slots.len() {
             let s = &self.slots[i];
-            if s.cfg.fallback_profile.is_none() || !s.can_take() || s.stopped_for.is_some() || self.shutting_down {
+            if s.cfg.fallback_profile.is_none()
+                || !s.can_take()
+                || s.stopped_for.is_some()
+                || self.shutting_down
+            {
                 continue;
             }
-            let to_fallback = !s.on_fallback_profile && s.pressure_since.is_some_and(|t| now.since(t) >= after);
+            let to_fallback =
+                !s.on_fallback_profile && s.pressure_since.is_some_and(|t| now.since(t) >= after);
             let back = s.on_fallback_profile && s.calm_since.is_some_and(|t| now.since(t) >= hold);
             if !(to_fallback || back) {
                 continue;
             }
             let s = &mut self.slots[i];
             s.on_fallback_profile = to_fallback;
-            s.profile_reason = if to_fallback { "memory pressure".into() } else { String::new() };
+            s.profile_reason = if to_fallback {
+                "memory pressure".into()
+            } else {
+                String::new()
+            };
             let name = s.profile_name();
             let slot = s.name;
             let load = s.cfg.load_message_for(to_fallback);
@@ -110,8 +141,16 @@ impl Core {
                 incarnation: self.slots[i].incarnation,
                 msg: proto::worker::SupervisorToWorker::Load(load),
             });
-            self.log(Level::Warn, "switching serving profile", &[("slot", &slot), ("profile", &name)]);
-            self.set_state(i, SlotState::Loading, Some(format!("switching to profile {name}")));
+            self.log(
+                Level::Warn,
+                "switching serving profile",
+                &[("slot", &slot), ("profile", &name)],
+            );
+            self.set_state(
+                i,
+                SlotState::Loading,
+                Some(format!("switching to profile {name}")),
+            );
         }
     }
 }

@@ -497,7 +497,12 @@ impl Core {
         self.request_telemetry();
     }
 
-    fn log(&mut self, level: Level, message: impl Into<String>, fields: &[(&'static str, &dyn Display)]) {
+    fn log(
+        &mut self,
+        level: Level,
+        message: impl Into<String>,
+        fields: &[(&'static str, &dyn Display)],
+    ) {
         self.out.push(Effect::Log {
             level,
             message: message.into(),

@@ -252,7 +252,12 @@ pub(super) fn fail(out: &mut Vec<Effect>, job: &Job, kind: ErrorKind, message: i
 
 impl Core {
     /// The only way a slot changes state: checked against the table.
-    pub(super) fn set_state(&mut self, i: usize, next: proto::admin::SlotState, reason: Option<String>) {
+    pub(super) fn set_state(
+        &mut self,
+        i: usize,
+        next: proto::admin::SlotState,
+        reason: Option<String>,
+    ) {
         let now = self.now;
         let from = self.slots[i].state;
         if !check_transition(from, next) {
@@ -271,7 +276,12 @@ impl Core {
             self.log(
                 Level::Info,
                 "slot state",
-                &[("slot", &name), ("from", &from.as_str()), ("to", &next.as_str()), ("reason", &why)],
+                &[
+                    ("slot", &name),
+                    ("from", &from.as_str()),
+                    ("to", &next.as_str()),
+                    ("reason", &why),
+                ],
             );
             self.slots[i].since = now;
         }

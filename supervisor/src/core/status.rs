@@ -50,7 +50,10 @@ impl Core {
                     rss_file_kb: s.mem.map(|m| m.rss_file_kb),
                     vm_hwm_kb: s.mem.map(|m| m.vm_hwm_kb),
                     memory_pressure: s.memory_pressure,
-                    uptime_ms: s.spawned_at.filter(|_| s.pid.is_some()).map(|t| ms(now.since(t))),
+                    uptime_ms: s
+                        .spawned_at
+                        .filter(|_| s.pid.is_some())
+                        .map(|t| ms(now.since(t))),
                     requests_served: s.requests_served,
                     last_decode_tps: s.last_decode_tps,
                     restarts: s.restarts,
@@ -65,7 +68,8 @@ impl Core {
                 self.routing_reason.clone()
             },
             queue_depth: u32::try_from(self.queue.len()).unwrap_or(u32::MAX),
-            in_flight: u32::try_from(self.slots.iter().filter(|s| s.job.is_some()).count()).unwrap_or(u32::MAX),
+            in_flight: u32::try_from(self.slots.iter().filter(|s| s.job.is_some()).count())
+                .unwrap_or(u32::MAX),
             thermal: ThermalStatus {
                 zones: self.zones.clone(),
                 level: self.thermal,
@@ -92,12 +96,16 @@ impl Core {
                     .active
                     .and_then(|i| self.slots[i].last_decode_tps)
                     .map_or_else(|| "-".to_owned(), |t| format!("{t:.1}"));
-                format!("serving on {b}; last {tps} tok/s; {} waiting", status.queue_depth)
+                format!(
+                    "serving on {b}; last {tps} tok/s; {} waiting",
+                    status.queue_depth
+                )
             }
             None => "no worker ready".to_owned(),
         };
         if summary != self.sd_status {
-            self.out.push(Effect::Notify(Notify::Status(summary.clone())));
+            self.out
+                .push(Effect::Notify(Notify::Status(summary.clone())));
             self.sd_status = summary;
         }
         // The watchdog is fed from the tick: if the loop stalls, systemd
@@ -118,7 +126,10 @@ impl Core {
         if self.ready_notified {
             return;
         }
-        let settled = self.slots.iter().any(|s| matches!(s.state, SlotState::Ready | SlotState::Busy))
+        let settled = self
+            .slots
+            .iter()
+            .any(|s| matches!(s.state, SlotState::Ready | SlotState::Busy))
             || self
                 .slots
                 .iter()

@@ -68,10 +68,19 @@ pub struct Tracker {
 impl Tracker {
     /// The zones to judge by: readable and not stuck.
     pub fn observe(&mut self, zones: &[ZoneReading], now: Millis) -> Vec<ZoneTemp> {
-        self.unreadable = zones.iter().filter(|z| z.celsius.is_none()).map(|z| z.kind.clone()).collect();
+        self.unreadable = zones
+            .iter()
+            .filter(|z| z.celsius.is_none())
+            .map(|z| z.kind.clone())
+            .collect();
         let readable: Vec<ZoneTemp> = zones
             .iter()
-            .filter_map(|z| z.celsius.filter(|c| c.is_finite()).map(|celsius| ZoneTemp { kind: z.kind.clone(), celsius }))
+            .filter_map(|z| {
+                z.celsius.filter(|c| c.is_finite()).map(|celsius| ZoneTemp {
+                    kind: z.kind.clone(),
+                    celsius,
+                })
+            })
             .collect();
         for z in &readable {
             let entry = self.last.entry(z.kind.clone()).or_insert((z.celsius, now));
@@ -80,12 +89,16 @@ impl Tracker {
                 *entry = (z.celsius, now);
             }
         }
-        let latest_change = readable.iter().filter_map(|z| self.last.get(&z.kind).map(|e| e.1)).max();
+        let latest_change = readable
+            .iter()
+            .filter_map(|z| self.last.get(&z.kind).map(|e| e.1))
+            .max();
         self.stuck = readable
             .iter()
             .filter(|z| {
                 let changed = self.last.get(&z.kind).map_or(now, |e| e.1);
-                now.since(changed) >= STUCK_AFTER && latest_change.is_some_and(|l| l.since(changed) >= STUCK_AFTER)
+                now.since(changed) >= STUCK_AFTER
+                    && latest_change.is_some_and(|l| l.since(changed) >= STUCK_AFTER)
             })
             .map(|z| z.kind.clone())
             .collect();
@@ -97,24 +110,40 @@ impl Tracker {
             self.ever_read = true;
             self.blind_since = None;
         }
-        readable.into_iter().filter(|z| !self.stuck.contains(&z.kind)).collect()
+        readable
+            .into_iter()
+            .filter(|z| !self.stuck.contains(&z.kind))
+            .collect()
     }
 }
 
 impl Core {
     pub(super) fn on_zones(&mut self, zones: &[ZoneReading]) {
         let now = self.now;
-        let before = (self.thermal_track.unreadable.clone(), self.thermal_track.stuck.clone());
+        let before = (
+            self.thermal_track.unreadable.clone(),
+            self.thermal_track.stuck.clone(),
+        );
         let usable = self.thermal_track.observe(zones, now);
         let filtered: Vec<ZoneTemp> = if self.cfg.thermal.zones.is_empty() {
             usable
         } else {
-            usable.into_iter().filter(|z| self.cfg.thermal.zones.contains(&z.kind)).collect()
+            usable
+                .into_iter()
+                .filter(|z| self.cfg.thermal.zones.contains(&z.kind))
+                .collect()
         };
-        let after = (self.thermal_track.unreadable.clone(), self.thermal_track.stuck.clone());
+        let after = (
+            self.thermal_track.unreadable.clone(),
+            self.thermal_track.stuck.clone(),
+        );
         if after != before {
             let (unreadable, stuck) = (after.0.join(","), after.1.join(","));
-            self.log(Level::Warn, "thermal zones left out", &[("unreadable", &unreadable), ("stuck", &stuck)]);
+            self.log(
+                Level::Warn,
+                "thermal zones left out",
+                &[("unreadable", &unreadable), ("stuck", &stuck)],
+            );
         }
         self.zones = filtered;
         let t = &self.cfg.thermal;
@@ -130,7 +159,11 @@ impl Core {
         if level != self.thermal {
             let (from, to) = (format!("{:?}", self.thermal), format!("{level:?}"));
             let hot = hottest(&self.zones).map_or_else(|| "-".to_owned(), |c| format!("{c:.1}"));
-            self.log(Level::Warn, "thermal level", &[("from", &from), ("to", &to), ("hottest", &hot)]);
+            self.log(
+                Level::Warn,
+                "thermal level",
+                &[("from", &from), ("to", &to), ("hottest", &hot)],
+            );
             self.thermal = level;
             // Waiting clients are told again, now with (or without) the reason.
             for job in self.jobs.values_mut() {
@@ -161,7 +194,10 @@ mod tests {
             level = next_level(level, Some(temp), t());
             seen.push(level);
         }
-        assert_eq!(seen, [Normal, Throttle, Critical, Critical, Critical, Normal, Throttle]);
+        assert_eq!(
+            seen,
+            [Normal, Throttle, Critical, Critical, Critical, Normal, Throttle]
+        );
         // Unreadable is not cool: no reading keeps the level.
         assert_eq!(next_level(Critical, None, t()), Critical);
         assert_eq!(next_level(Normal, None, t()), Normal);
@@ -180,7 +216,14 @@ mod tests {
         let mut now = Millis(0);
         for n in 0..=12u32 {
             let moving = 50.0 + f64::from(n % 3);
-            let used = tr.observe(&[z("soc-thermal", Some(95.0)), z("npu-thermal", Some(moving)), z("gpu-thermal", None)], now);
+            let used = tr.observe(
+                &[
+                    z("soc-thermal", Some(95.0)),
+                    z("npu-thermal", Some(moving)),
+                    z("gpu-thermal", None),
+                ],
+                now,
+            );
             if n < 10 {
                 assert!(used.iter().any(|z| z.kind == "soc-thermal"), "{n}");
             } else {
@@ -193,7 +236,10 @@ mod tests {
         // All zones equally still (a quiet board) is not "stuck".
         let mut quiet = Tracker::default();
         for n in 0..20u64 {
-            let used = quiet.observe(&[z("a", Some(40.0)), z("b", Some(41.0))], Millis(n * 60_000));
+            let used = quiet.observe(
+                &[z("a", Some(40.0)), z("b", Some(41.0))],
+                Millis(n * 60_000),
+            );
             assert_eq!(used.len(), 2);
         }
         let used = quiet.observe(&[z("a", None)], Millis(2_000_000));

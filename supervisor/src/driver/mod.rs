@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::WorkerCgroups;
 use crate::config::Config;
-use crate::core::{Core, Effect, Event, Level, Millis, Notify, OomCounters, Readings, SpawnError, TICK};
+use crate::core::{
+    Core, Effect, Event, Level, Millis, Notify, OomCounters, Readings, SpawnError, TICK,
+};
 use crate::observe::Observed;
 use crate::process;
 use crate::telemetry::{memory, thermal};
@@ -132,8 +134,10 @@ pub struct Driver {
 /// binary never will; EMFILE, EAGAIN, ENOMEM and the like may.
 pub fn spawn_error(e: &io::Error) -> SpawnError {
     const ENOEXEC: i32 = 8;
-    let permanent = matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied)
-        || e.raw_os_error() == Some(ENOEXEC);
+    let permanent = matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+    ) || e.raw_os_error() == Some(ENOEXEC);
     SpawnError {
         permanent,
         message: e.to_string(),
@@ -217,7 +221,11 @@ impl Driver {
 
     fn on_input(&mut self, input: Input) {
         let event = match input {
-            Input::ClientSubmit { conn, submit, events } => {
+            Input::ClientSubmit {
+                conn,
+                submit,
+                events,
+            } => {
                 self.clients.entry(conn).or_insert(events);
                 Event::ClientSubmit { conn, submit }
             }
@@ -226,20 +234,47 @@ impl Driver {
                 self.clients.remove(&conn);
                 Event::ClientGone { conn }
             }
-            Input::WorkerConnected { slot, incarnation, tx } => {
+            Input::WorkerConnected {
+                slot,
+                incarnation,
+                tx,
+            } => {
                 self.slots[slot].worker = Some((incarnation, tx));
                 Event::WorkerConnected { slot, incarnation }
             }
-            Input::WorkerMessage { slot, incarnation, msg } => Event::WorkerMessage { slot, incarnation, msg },
+            Input::WorkerMessage {
+                slot,
+                incarnation,
+                msg,
+            } => Event::WorkerMessage {
+                slot,
+                incarnation,
+                msg,
+            },
             Input::WorkerDisconnected { slot, incarnation } => {
-                if self.slots[slot].worker.as_ref().is_some_and(|(inc, _)| *inc == incarnation) {
+                if self.slots[slot]
+                    .worker
+                    .as_ref()
+                    .is_some_and(|(inc, _)| *inc == incarnation)
+                {
                     self.slots[slot].worker = None;
                 }
                 Event::WorkerDisconnected { slot, incarnation }
             }
-            Input::WorkerExited { slot, incarnation, code, signal } => {
+            Input::WorkerExited {
+                slot,
+                incarnation,
+                code,
+                signal,
+            } => {
                 let oom = self.oom_counters(slot);
-                Event::WorkerExited { slot, incarnation, code, signal, oom }
+                Event::WorkerExited {
+                    slot,
+                    incarnation,
+                    code,
+                    signal,
+                    oom,
+                }
             }
             Input::Admin { cmd, reply } => {
                 let id = self.next_reply;
@@ -268,28 +303,43 @@ impl Driver {
     fn oom_counters(&self, slot: usize) -> OomCounters {
         OomCounters {
             global: memory::oom_kills(&self.cfg.telemetry.proc_root),
-            cgroup: self.slots[slot].cgroup.as_deref().and_then(memory::cgroup_oom_kills),
+            cgroup: self.slots[slot]
+                .cgroup
+                .as_deref()
+                .and_then(memory::cgroup_oom_kills),
         }
     }
 
     #[allow(clippy::too_many_lines)] // one arm per effect, each short
     fn carry_out(&mut self, effect: Effect) -> Option<Event> {
         match effect {
-            Effect::Spawn { slot, incarnation, memory_max } => return Some(self.spawn(slot, incarnation, memory_max)),
+            Effect::Spawn {
+                slot,
+                incarnation,
+                memory_max,
+            } => return Some(self.spawn(slot, incarnation, memory_max)),
             Effect::Stop { slot, pid, grace } => {
                 process::stop_in_background(pid, grace, Arc::clone(&self.slots[slot].alive));
             }
             Effect::Kill { pid } => {
                 let _ = process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
             }
-            Effect::ToWorker { slot, incarnation, msg } => {
+            Effect::ToWorker {
+                slot,
+                incarnation,
+                msg,
+            } => {
                 if let Some((inc, tx)) = &self.slots[slot].worker {
                     if *inc == incarnation {
                         let _ = tx.send(msg);
                     }
                 }
             }
-            Effect::ToClient { conn, event, admitted } => {
+            Effect::ToClient {
+                conn,
+                event,
+                admitted,
+            } => {
                 self.observed.requests.count(&event, admitted);
                 if let Some(tx) = self.clients.get(&conn) {
                     // A closed channel means the client left; ClientGone follows.
@@ -304,13 +354,21 @@ impl Driver {
             Effect::WritePidFile { slot, pid } => {
                 let dir = &self.cfg.supervisor.state_dir;
                 if let Err(e) = process::write_pid_file(dir, self.slots[slot].name, pid) {
-                    tracing::warn!(slot = self.slots[slot].name, "cannot write pid file in {}: {e}", dir.display());
+                    tracing::warn!(
+                        slot = self.slots[slot].name,
+                        "cannot write pid file in {}: {e}",
+                        dir.display()
+                    );
                 }
             }
             Effect::RemovePidFile { slot } => {
                 let s = &self.slots[slot];
-                *s.expected.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-                let _ = std::fs::remove_file(process::pid_file(&self.cfg.supervisor.state_dir, s.name));
+                *s.expected
+                    .current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                let _ =
+                    std::fs::remove_file(process::pid_file(&self.cfg.supervisor.state_dir, s.name));
             }
             Effect::SetCgroupLimit { slot, max } => {
                 if let Some(dir) = &self.slots[slot].cgroup {
@@ -322,10 +380,20 @@ impl Driver {
             }
             Effect::Notify(n) => self.notify(&n),
             Effect::Publish(snapshot) => {
-                *self.observed.snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(*snapshot);
+                *self
+                    .observed
+                    .snapshot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(*snapshot);
             }
-            Effect::ReadTelemetry { workers } => return Some(Event::Telemetry(self.read_telemetry(&workers))),
-            Effect::Log { level, message, fields } => log(level, &message, &fields),
+            Effect::ReadTelemetry { workers } => {
+                return Some(Event::Telemetry(self.read_telemetry(&workers)))
+            }
+            Effect::Log {
+                level,
+                message,
+                fields,
+            } => log(level, &message, &fields),
             Effect::Exit => self.exited = true,
         }
         None
@@ -371,15 +439,27 @@ impl Driver {
             };
         };
         let proc_root = &self.cfg.telemetry.proc_root;
-        if let Err(e) = process::set_oom_score_adj(proc_root, pid, self.cfg.policy.worker_oom_score_adj) {
-            tracing::warn!(slot = io.name, pid, "cannot set the worker's oom_score_adj: {e}");
+        if let Err(e) =
+            process::set_oom_score_adj(proc_root, pid, self.cfg.policy.worker_oom_score_adj)
+        {
+            tracing::warn!(
+                slot = io.name,
+                pid,
+                "cannot set the worker's oom_score_adj: {e}"
+            );
         }
-        *io.expected.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((pid, incarnation));
+        *io.expected
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((pid, incarnation));
         io.cgroup = None;
         if let Some(groups) = &self.cgroups {
             match groups.place(io.name, pid, memory_max) {
                 Ok(dir) => io.cgroup = Some(dir),
-                Err(e) => tracing::warn!(slot = io.name, "cannot move the worker into its cgroup: {e}"),
+                Err(e) => tracing::warn!(
+                    slot = io.name,
+                    "cannot move the worker into its cgroup: {e}"
+                ),
             }
         }
         let alive = Arc::new(AtomicBool::new(true));
@@ -396,7 +476,12 @@ impl Driver {
                 }
                 Err(_) => (None, None),
             };
-            let _ = tx.send(Input::WorkerExited { slot, incarnation, code, signal });
+            let _ = tx.send(Input::WorkerExited {
+                slot,
+                incarnation,
+                code,
+                signal,
+            });
         });
         Event::Spawned {
             slot,

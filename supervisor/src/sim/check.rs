@@ -52,10 +52,14 @@ impl Tracker {
         };
         let r = self.requests.entry((conn, id)).or_default();
         if r.gone {
-            return Some(format!("request {conn}/{id}: event after its client left: {event:?}"));
+            return Some(format!(
+                "request {conn}/{id}: event after its client left: {event:?}"
+            ));
         }
         if r.terminals > 0 {
-            return Some(format!("request {conn}/{id}: event after its end: {event:?}"));
+            return Some(format!(
+                "request {conn}/{id}: event after its end: {event:?}"
+            ));
         }
         match event {
             SupervisorToClient::Token(t) => r.received.push_str(&t.text),
@@ -94,7 +98,12 @@ impl Tracker {
     /// Checks every invariant after a step; `faults` are those injected per
     /// slot, with the incarnation of the process they hit (one is used up
     /// by each restart it explains).
-    pub fn after(&mut self, core: &Core, now: Millis, faults: &mut [Vec<(u64, &'static str)>]) -> Vec<String> {
+    pub fn after(
+        &mut self,
+        core: &Core,
+        now: Millis,
+        faults: &mut [Vec<(u64, &'static str)>],
+    ) -> Vec<String> {
         let mut v: Vec<String> = core.violations().to_vec();
         let policy = core.policy();
         for (i, s) in core.slots().iter().enumerate() {
@@ -108,7 +117,10 @@ impl Tracker {
                     .filter(|t| now.since(**t) <= window && since.is_none_or(|a| **t >= a))
                     .count();
                 if recent > policy.intensity as usize {
-                    v.push(format!("{}: {recent} restarts within {:?}, intensity {}", s.name, window, policy.intensity));
+                    v.push(format!(
+                        "{}: {recent} restarts within {:?}, intensity {}",
+                        s.name, window, policy.intensity
+                    ));
                 }
             }
             if before == SlotState::Failed && s.state == SlotState::Starting {
@@ -117,7 +129,12 @@ impl Tracker {
                 if let Some(last) = self.last_probe[i] {
                     let admin = self.admin_restart[i].is_some_and(|a| a >= last);
                     if now.since(last) < policy.cooldown && !admin {
-                        v.push(format!("{}: probed again after {:?} (cooldown {:?})", s.name, now.since(last), policy.cooldown));
+                        v.push(format!(
+                            "{}: probed again after {:?} (cooldown {:?})",
+                            s.name,
+                            now.since(last),
+                            policy.cooldown
+                        ));
                     }
                 }
                 self.last_probe[i] = Some(now);
@@ -162,16 +179,26 @@ impl Tracker {
         let fresh = core
             .queue()
             .iter()
-            .filter(|id| core.jobs().get(id).is_some_and(|j| j.failovers == 0 && j.refusals == 0 && !j.probe))
+            .filter(|id| {
+                core.jobs()
+                    .get(id)
+                    .is_some_and(|j| j.failovers == 0 && j.refusals == 0 && !j.probe)
+            })
             .count();
         if fresh > cfg.supervisor.queue_capacity {
-            v.push(format!("{fresh} new requests queued, capacity {}", cfg.supervisor.queue_capacity));
+            v.push(format!(
+                "{fresh} new requests queued, capacity {}",
+                cfg.supervisor.queue_capacity
+            ));
         }
         let deadline = secs(cfg.supervisor.queue_timeout_s) + Duration::from_millis(200);
         for id in core.queue() {
             if let Some(j) = core.jobs().get(id) {
                 if now.since(j.waiting_since) > deadline {
-                    v.push(format!("request {id} waited {:?} without being told why", now.since(j.waiting_since)));
+                    v.push(format!(
+                        "request {id} waited {:?} without being told why",
+                        now.since(j.waiting_since)
+                    ));
                 }
             }
         }
@@ -184,7 +211,11 @@ impl Tracker {
             if let Some(a) = core.active() {
                 for (j, s) in core.slots().iter().enumerate() {
                     if s.can_take() && (j == a || j != 0) {
-                        v.push(format!("{} is idle while {} requests wait", s.name, core.queue().len()));
+                        v.push(format!(
+                            "{} is idle while {} requests wait",
+                            s.name,
+                            core.queue().len()
+                        ));
                     }
                 }
             }

@@ -136,7 +136,10 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
         steps: 0,
     };
     world.at(0, Ev::Core(Event::Start));
-    world.at(TICK.as_millis().try_into().unwrap_or(100), Ev::Core(Event::Tick));
+    world.at(
+        TICK.as_millis().try_into().unwrap_or(100),
+        Ev::Core(Event::Tick),
+    );
     for _ in 0..rng.range(2, 10) {
         let t = rng.range(0, SCHEDULE_MS);
         world.at(t, Ev::Client);
@@ -165,14 +168,22 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
             match ev {
                 Ev::Core(e) => {
                     if matches!(e, Event::Tick) {
-                        world.at(TICK.as_millis().try_into().unwrap_or(100), Ev::Core(Event::Tick));
+                        world.at(
+                            TICK.as_millis().try_into().unwrap_or(100),
+                            Ev::Core(Event::Tick),
+                        );
                     }
                     e
                 }
                 Ev::Connect(i, inc) => {
-                    let Some(p) = world.proc(i, inc) else { continue };
+                    let Some(p) = world.proc(i, inc) else {
+                        continue;
+                    };
                     p.connected = true;
-                    Event::WorkerConnected { slot: i, incarnation: inc }
+                    Event::WorkerConnected {
+                        slot: i,
+                        incarnation: inc,
+                    }
                 }
                 Ev::Loaded(i, inc) => {
                     pending.extend(world.loaded(i, inc));
@@ -214,20 +225,32 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
         }
         tracker.before(&core);
         let active_before = core.active();
-        let primary_before = core.slots()[0].clone();
+        let primary_before = (core.slots()[0].restarts, core.slots()[0].healthy_since);
         let effects = core.handle(event, now);
         // Judged after the step: a fallback that just went down is no
         // reason to stay off the primary.
-        let fallback_healthy = core.slots().get(1).is_some_and(|s| s.view().healthy() && !s.memory_pressure);
+        let fallback_healthy = core
+            .slots()
+            .get(1)
+            .is_some_and(|s| s.view().healthy() && !s.memory_pressure);
         out.steps += 1;
         for effect in effects {
             if trace && !matches!(effect, Effect::Publish(_) | Effect::Notify(_)) {
-                let _ = writeln!(out.trace, "{:>6} ms  -> {}", now.0, describe_effect(&effect));
+                let _ = writeln!(
+                    out.trace,
+                    "{:>6} ms  -> {}",
+                    now.0,
+                    describe_effect(&effect)
+                );
             }
             match effect {
-                Effect::Spawn { slot, incarnation, .. } => pending.push_back(world.spawn(slot, incarnation)),
+                Effect::Spawn {
+                    slot, incarnation, ..
+                } => pending.push_back(world.spawn(slot, incarnation)),
                 Effect::Stop { slot, pid, grace } => {
-                    let Some(p) = world.procs[slot].iter().find(|p| p.pid == pid) else { continue };
+                    let Some(p) = world.procs[slot].iter().find(|p| p.pid == pid) else {
+                        continue;
+                    };
                     let (inc, hung) = (p.incarnation, p.hung);
                     let grace_ms = crate::core::ms(grace);
                     if hung {
@@ -245,17 +268,23 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
                         }
                     }
                 }
-                Effect::ToWorker { slot, incarnation, msg } => {
+                Effect::ToWorker {
+                    slot,
+                    incarnation,
+                    msg,
+                } => {
                     if let SupervisorToWorker::Generate(_) = &msg {
-                        let p = &primary_before;
+                        let (restarts, healthy_since) = primary_before;
                         if slot == 0
                             && active_before == Some(1)
                             && fallback_healthy
                             && core.routing() == proto::admin::Routing::Auto
-                            && p.restarts > 0
-                            && p.healthy_since.is_some_and(|h| now.since(h) < hold)
+                            && restarts > 0
+                            && healthy_since.is_some_and(|h| now.since(h) < hold)
                         {
-                            out.violations.push("traffic returned to the primary before the hold-down".into());
+                            out.violations.push(
+                                "traffic returned to the primary before the hold-down".into(),
+                            );
                         }
                     }
                     for (delay, e) in world.to_worker(slot, incarnation, msg) {
@@ -268,17 +297,21 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
                     }
                     clients.on_event(&mut world, conn, &event);
                 }
-                Effect::ReadTelemetry { workers } => pending.push_back(Event::Telemetry(world.readings(&workers))),
+                Effect::ReadTelemetry { workers } => {
+                    pending.push_back(Event::Telemetry(world.readings(&workers)))
+                }
                 _ => {}
             }
         }
         for (i, procs) in world.procs.iter().enumerate() {
             if procs.len() > 1 {
-                out.violations.push(format!("slot {i} has {} processes", procs.len()));
+                out.violations
+                    .push(format!("slot {i} has {} processes", procs.len()));
             }
         }
         out.violations.append(&mut world.violations);
-        out.violations.extend(tracker.after(&core, now, &mut world.faults));
+        out.violations
+            .extend(tracker.after(&core, now, &mut world.faults));
         if !out.violations.is_empty() {
             if trace {
                 let _ = writeln!(out.trace, "VIOLATION at {} ms: {:?}", now.0, out.violations);
@@ -292,15 +325,26 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
 
 fn describe(e: &Event) -> String {
     match e {
-        Event::WorkerMessage { slot, msg, .. } => format!("worker {slot}: {}", scenarios::short(msg)),
-        Event::Telemetry(r) => format!("telemetry mem={:?} workers={} zones={}", r.mem_available_kb, r.workers.len(), r.zones.len()),
+        Event::WorkerMessage { slot, msg, .. } => {
+            format!("worker {slot}: {}", scenarios::short(msg))
+        }
+        Event::Telemetry(r) => format!(
+            "telemetry mem={:?} workers={} zones={}",
+            r.mem_available_kb,
+            r.workers.len(),
+            r.zones.len()
+        ),
         other => format!("{other:?}"),
     }
 }
 
 fn describe_effect(e: &Effect) -> String {
     match e {
-        Effect::Log { level, message, fields } => format!("log {level:?} {message} {fields:?}"),
+        Effect::Log {
+            level,
+            message,
+            fields,
+        } => format!("log {level:?} {message} {fields:?}"),
         other => format!("{other:?}"),
     }
 }
@@ -317,13 +361,22 @@ fn run_many(seeds: impl Iterator<Item = u64>) {
         let o = run(seed, false);
         steps += o.steps;
         if !o.violations.is_empty() {
-            failures.push(format!("seed {seed}: {}\n  replay: {}", o.violations.join("; "), replay_command(seed)));
+            failures.push(format!(
+                "seed {seed}: {}\n  replay: {}",
+                o.violations.join("; "),
+                replay_command(seed)
+            ));
             if failures.len() >= 5 {
                 break;
             }
         }
     }
-    assert!(failures.is_empty(), "{} failing schedule(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failing schedule(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     eprintln!("simulation: {steps} steps");
 }
 
@@ -349,14 +402,18 @@ fn sim_schedules() {
 
 #[test]
 fn sim_soak() {
-    let Some(n) = env_u64("ROCKSTEADY_SIM_SCHEDULES") else { return };
+    let Some(n) = env_u64("ROCKSTEADY_SIM_SCHEDULES") else {
+        return;
+    };
     let start = env_u64("ROCKSTEADY_SIM_FROM").unwrap_or(1_000_000);
     run_many(start..start + n);
 }
 
 #[test]
 fn sim_replay() {
-    let Some(seed) = env_u64("ROCKSTEADY_SIM_SEED") else { return };
+    let Some(seed) = env_u64("ROCKSTEADY_SIM_SEED") else {
+        return;
+    };
     let o = run(seed, true);
     println!("{}", o.trace);
     assert!(o.violations.is_empty(), "seed {seed}: {:?}", o.violations);

@@ -48,7 +48,12 @@ impl Clients {
             0..=59 => {
                 let id = self.next_id;
                 self.next_id += 1;
-                let chars = usize::try_from(if w.rng.chance(0.2) { w.rng.range(1000, 5000) } else { w.rng.range(5, 400) }).unwrap_or(10);
+                let chars = usize::try_from(if w.rng.chance(0.2) {
+                    w.rng.range(1000, 5000)
+                } else {
+                    w.rng.range(5, 400)
+                })
+                .unwrap_or(10);
                 let mut params = GenParams {
                     max_tokens: u32::try_from(w.rng.range(1, 40)).unwrap_or(8),
                     ..GenParams::default()
@@ -73,7 +78,10 @@ impl Clients {
             60..=69 => {
                 let open = self.open.get(&conn).filter(|o| !o.is_empty())?;
                 let id = *w.rng.pick(open);
-                Some(Event::ClientCancel { conn, request_id: id })
+                Some(Event::ClientCancel {
+                    conn,
+                    request_id: id,
+                })
             }
             70..=74 => {
                 // The client disappears; a new one takes its place.
@@ -90,10 +98,18 @@ impl Clients {
             _ => {
                 let id = self.next_admin;
                 self.next_admin += 1;
-                let slot = if w.rng.chance(0.5) { "primary" } else { "fallback" };
+                let slot = if w.rng.chance(0.5) {
+                    "primary"
+                } else {
+                    "fallback"
+                };
                 let cmd = match w.rng.range(0, 6) {
                     0 => AdminToSupervisor::Failover(FailoverCommand {
-                        to: Some(if w.rng.chance(0.5) { Backend::Cpu } else { Backend::Npu }),
+                        to: Some(if w.rng.chance(0.5) {
+                            Backend::Cpu
+                        } else {
+                            Backend::Npu
+                        }),
                     }),
                     1 => AdminToSupervisor::Failover(FailoverCommand { to: None }),
                     2 => AdminToSupervisor::Restart(RestartCommand {
@@ -134,11 +150,17 @@ impl Clients {
 /// Injects a random fault into slot `i`'s live process (if any).
 pub fn fault(w: &mut World, i: usize) {
     let kind = w.rng.range(0, 8);
-    let Some(p) = w.procs[i].last_mut() else { return };
+    let Some(p) = w.procs[i].last_mut() else {
+        return;
+    };
     let inc = p.incarnation;
     let name = match kind {
         0 => {
-            let code = if w.rng.chance(0.5) { (Some(1), None) } else { (None, Some(11)) };
+            let code = if w.rng.chance(0.5) {
+                (Some(1), None)
+            } else {
+                (None, Some(11))
+            };
             w.exit(i, inc, 0, code.0, code.1);
             "crash"
         }
@@ -169,7 +191,13 @@ pub fn fault(w: &mut World, i: usize) {
                 return;
             }
             p.connected = false;
-            w.at(1, Ev::Core(Event::WorkerDisconnected { slot: i, incarnation: inc }));
+            w.at(
+                1,
+                Ev::Core(Event::WorkerDisconnected {
+                    slot: i,
+                    incarnation: inc,
+                }),
+            );
             "disconnect"
         }
         5 => {

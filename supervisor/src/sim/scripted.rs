@@ -6,11 +6,14 @@ use proto::admin::{AdminToSupervisor, MemoryCeiling, SlotState, ThermalLevel};
 use proto::chat::{ChatMessage, FinishReason, GenParams, GenStats, Role};
 use proto::client::{ErrorKind, Submit, SupervisorToClient};
 use proto::worker::{
-    ModelFacts, Ready, SupervisorToWorker, WorkerDone, WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
+    ModelFacts, Ready, SupervisorToWorker, WorkerDone, WorkerError, WorkerErrorKind,
+    WorkerToSupervisor, WorkerToken,
 };
 
 use crate::config::Config;
-use crate::core::{Core, Effect, Event, MemSample, Millis, OomCounters, Readings, SpawnError, ZoneReading, TICK};
+use crate::core::{
+    Core, Effect, Event, MemSample, Millis, OomCounters, Readings, SpawnError, ZoneReading, TICK,
+};
 use crate::lifecycle::Reason;
 
 /// A core with hand-fed events; spawns and telemetry are answered as the
@@ -65,7 +68,9 @@ impl H {
         while let Some(e) = pending.pop() {
             for effect in self.core.handle(e, self.now) {
                 match &effect {
-                    Effect::Spawn { slot, incarnation, .. } => {
+                    Effect::Spawn {
+                        slot, incarnation, ..
+                    } => {
                         pending.push(match self.spawn_error.clone() {
                             Some(error) => Event::SpawnFailed {
                                 slot: *slot,
@@ -131,7 +136,11 @@ impl H {
 
     fn say(&mut self, slot: usize, msg: WorkerToSupervisor) -> Vec<Effect> {
         let incarnation = self.inc(slot);
-        self.feed(Event::WorkerMessage { slot, incarnation, msg })
+        self.feed(Event::WorkerMessage {
+            slot,
+            incarnation,
+            msg,
+        })
     }
 
     /// Connects slot's process and reports it ready.
@@ -238,14 +247,27 @@ fn a_profile_switch_on_a_worker_older_than_the_load_timeout_is_not_a_load_timeou
     h.anon_mib[0] = 300; // pressure
     h.wait(1_600);
     let s = &h.core.slots()[0];
-    assert_eq!((s.state, s.on_fallback_profile), (SlotState::Loading, true), "{}", s.reason);
+    assert_eq!(
+        (s.state, s.on_fallback_profile),
+        (SlotState::Loading, true),
+        "{}",
+        s.reason
+    );
     h.wait(500);
     let s = &h.core.slots()[0];
-    assert_eq!(s.state, SlotState::Loading, "stopped during the switch: {}", s.reason);
+    assert_eq!(
+        s.state,
+        SlotState::Loading,
+        "stopped during the switch: {}",
+        s.reason
+    );
     h.say(0, ready());
     h.wait(1_000);
     let s = &h.core.slots()[0];
-    assert_eq!((s.state, s.restarts, s.profile_name().as_str()), (SlotState::Ready, 0, "small"));
+    assert_eq!(
+        (s.state, s.restarts, s.profile_name().as_str()),
+        (SlotState::Ready, 0, "small")
+    );
 }
 
 #[test]
@@ -257,7 +279,12 @@ fn a_transient_spawn_failure_backs_off_and_recovers() {
     });
     h.exit(0, Some(1), None);
     h.wait(600);
-    assert_eq!(h.core.slots()[0].state, SlotState::BackingOff, "{}", h.core.slots()[0].reason);
+    assert_eq!(
+        h.core.slots()[0].state,
+        SlotState::BackingOff,
+        "{}",
+        h.core.slots()[0].reason
+    );
     h.spawn_error = None;
     h.wait(3_000);
     assert_eq!(h.core.slots()[0].state, SlotState::Starting);
@@ -280,7 +307,9 @@ fn a_refusing_worker_is_not_offered_the_request_again_at_once_and_the_request_en
     h.ready(0);
     h.submit(1, 1, 10, params(8));
     for round in 0..20 {
-        let Some(&id) = h.generates(0).last() else { break };
+        let Some(&id) = h.generates(0).last() else {
+            break;
+        };
         let before = h.generates(0).len();
         h.say(
             0,
@@ -290,11 +319,17 @@ fn a_refusing_worker_is_not_offered_the_request_again_at_once_and_the_request_en
                 message: "busy".into(),
             }),
         );
-        assert_eq!(h.generates(0).len(), before, "round {round}: re-sent in the same instant");
+        assert_eq!(
+            h.generates(0).len(),
+            before,
+            "round {round}: re-sent in the same instant"
+        );
         h.wait(1_100);
     }
     let events = h.client(1);
-    let SupervisorToClient::Error(e) = events.last().unwrap() else { panic!("{events:?}") };
+    let SupervisorToClient::Error(e) = events.last().unwrap() else {
+        panic!("{events:?}")
+    };
     assert_eq!(e.kind, ErrorKind::WorkerFailed);
     assert!(e.message.contains("refused"), "{}", e.message);
 }
@@ -310,7 +345,12 @@ fn the_first_token_limit_grows_with_the_prompt_and_a_prefill_hang_is_not_retried
     // 4000 characters ~ 1000 tokens ~ 10 s of prefill: no hang at 2 s.
     h.submit(1, 2, 4_000, params(4));
     h.wait(8_000);
-    assert_eq!(h.core.slots()[0].state, SlotState::Busy, "{}", h.core.slots()[0].reason);
+    assert_eq!(
+        h.core.slots()[0].state,
+        SlotState::Busy,
+        "{}",
+        h.core.slots()[0].reason
+    );
     h.say(
         0,
         WorkerToSupervisor::Token(WorkerToken {
@@ -326,10 +366,15 @@ fn the_first_token_limit_grows_with_the_prompt_and_a_prefill_hang_is_not_retried
     h.wait(4_000);
     assert_eq!(h.core.slots()[0].stopped_for, Some(Reason::Hang));
     let events = h.client(1);
-    let SupervisorToClient::Error(e) = events.last().unwrap() else { panic!("{events:?}") };
+    let SupervisorToClient::Error(e) = events.last().unwrap() else {
+        panic!("{events:?}")
+    };
     assert_eq!((e.request_id, e.kind), (3, ErrorKind::WorkerFailed));
     assert!(e.message.contains("not retried"), "{}", e.message);
-    assert!(h.generates(1).is_empty(), "the suspect request was sent to the fallback");
+    assert!(
+        h.generates(1).is_empty(),
+        "the suspect request was sent to the fallback"
+    );
 }
 
 #[test]
@@ -380,12 +425,19 @@ fn sigterm_drains_running_replies_and_tells_waiting_clients() {
     h.submit(2, 1, 10, params(8));
     h.feed(Event::Shutdown);
     let waiting = h.client(2);
-    let SupervisorToClient::Error(e) = waiting.last().unwrap() else { panic!("{waiting:?}") };
+    let SupervisorToClient::Error(e) = waiting.last().unwrap() else {
+        panic!("{waiting:?}")
+    };
     assert_eq!(e.kind, ErrorKind::ShuttingDown);
     assert!(e.message.contains("restarting"));
     h.wait(1_000);
     assert!(!h.core.exited());
-    assert!(!h.log.iter().any(|e| matches!(e, Effect::Stop { slot: 0, .. })), "stopped while replying");
+    assert!(
+        !h.log
+            .iter()
+            .any(|e| matches!(e, Effect::Stop { slot: 0, .. })),
+        "stopped while replying"
+    );
     h.say(
         0,
         WorkerToSupervisor::Token(WorkerToken {
@@ -395,9 +447,14 @@ fn sigterm_drains_running_replies_and_tells_waiting_clients() {
         }),
     );
     h.say(0, done(1, 5, 10.0));
-    let SupervisorToClient::Done(d) = h.client(1).last().unwrap().clone() else { panic!() };
+    let SupervisorToClient::Done(d) = h.client(1).last().unwrap().clone() else {
+        panic!()
+    };
     assert_eq!(d.text, "four");
-    assert!(h.log.iter().any(|e| matches!(e, Effect::Stop { slot: 0, .. })));
+    assert!(h
+        .log
+        .iter()
+        .any(|e| matches!(e, Effect::Stop { slot: 0, .. })));
     h.exit(0, Some(0), None);
     h.exit(1, Some(0), None);
     h.wait(200);
@@ -406,7 +463,9 @@ fn sigterm_drains_running_replies_and_tells_waiting_clients() {
     let mut h2 = H::new(config("", ""));
     h2.feed(Event::Shutdown);
     h2.submit(3, 1, 10, params(8));
-    let SupervisorToClient::Error(e) = h2.client(3).last().unwrap().clone() else { panic!() };
+    let SupervisorToClient::Error(e) = h2.client(3).last().unwrap().clone() else {
+        panic!()
+    };
     assert_eq!(e.kind, ErrorKind::ShuttingDown);
 }
 
@@ -418,8 +477,16 @@ fn spill_over_puts_the_ready_fallback_to_work_while_the_primary_is_busy() {
     h.submit(1, 1, 10, params(8));
     h.submit(2, 1, 10, params(8));
     assert_eq!(h.generates(0).len(), 1);
-    assert_eq!(h.generates(1).len(), 1, "the fallback idles while a request waits");
-    assert!(h.core.status().routing_reason.contains("spill-over"), "{}", h.core.status().routing_reason);
+    assert_eq!(
+        h.generates(1).len(),
+        1,
+        "the fallback idles while a request waits"
+    );
+    assert!(
+        h.core.status().routing_reason.contains("spill-over"),
+        "{}",
+        h.core.status().routing_reason
+    );
     // Off: the second waits for the primary.
     let mut h = H::new(config("spill_over = false\n", ""));
     h.ready(0);
@@ -438,11 +505,15 @@ fn bad_parameters_are_refused_at_the_door_and_tokens_are_counted_from_frames() {
         ..params(8)
     };
     h.submit(1, 1, 10, nan);
-    let SupervisorToClient::Error(e) = h.client(1).last().unwrap().clone() else { panic!() };
+    let SupervisorToClient::Error(e) = h.client(1).last().unwrap().clone() else {
+        panic!()
+    };
     assert_eq!(e.kind, ErrorKind::BadRequest);
     assert!(e.message.contains("temperature"), "{}", e.message);
     h.submit(1, 2, 10, params(0));
-    let SupervisorToClient::Error(e) = h.client(1).last().unwrap().clone() else { panic!() };
+    let SupervisorToClient::Error(e) = h.client(1).last().unwrap().clone() else {
+        panic!()
+    };
     assert!(e.message.contains("max_tokens"), "{}", e.message);
     assert!(h.generates(0).is_empty());
     // One frame covering three model tokens counts three.
@@ -457,7 +528,9 @@ fn bad_parameters_are_refused_at_the_door_and_tokens_are_counted_from_frames() {
         }),
     );
     h.say(0, done(id, 5, 10.0));
-    let SupervisorToClient::Done(d) = h.client(1).last().unwrap().clone() else { panic!() };
+    let SupervisorToClient::Done(d) = h.client(1).last().unwrap().clone() else {
+        panic!()
+    };
     assert_eq!(d.stats.generated_tokens, 3);
 }
 
@@ -477,5 +550,8 @@ fn admin_ceiling_change_reaches_the_cgroup() {
         .log
         .iter()
         .any(|e| matches!(e, Effect::SetCgroupLimit { slot: 0, max: Some(m) } if *m == 200 << 20)));
-    assert!(h.log.iter().any(|e| matches!(e, Effect::AdminReply { id: 7, .. })));
+    assert!(h
+        .log
+        .iter()
+        .any(|e| matches!(e, Effect::AdminReply { id: 7, .. })));
 }

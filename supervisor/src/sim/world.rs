@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use proto::chat::{Backend, FinishReason, GenStats};
 use proto::worker::{
-    ExitCode, Heartbeat, LoadFailed, ModelFacts, Ready, SupervisorToWorker, WorkerDone, WorkerError,
-    WorkerErrorKind, WorkerToSupervisor, WorkerToken,
+    ExitCode, Heartbeat, LoadFailed, ModelFacts, Ready, SupervisorToWorker, WorkerDone,
+    WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
 use super::rng::Rng;
@@ -175,7 +175,8 @@ impl World {
         let id = self.next_ev;
         self.next_ev += 1;
         self.evs.insert(id, ev);
-        self.queue.push(Reverse((Millis(self.now.0 + delay_ms), self.seq, id)));
+        self.queue
+            .push(Reverse((Millis(self.now.0 + delay_ms), self.seq, id)));
     }
 
     /// The next scheduled event, advancing the clock.
@@ -194,7 +195,9 @@ impl World {
 
     /// The live process of slot `i` with `incarnation`.
     pub fn proc(&mut self, i: usize, incarnation: u64) -> Option<&mut Proc> {
-        self.procs[i].iter_mut().find(|p| p.incarnation == incarnation)
+        self.procs[i]
+            .iter_mut()
+            .find(|p| p.incarnation == incarnation)
     }
 
     /// Carries out a spawn: the answer event, and the process's connection.
@@ -212,7 +215,11 @@ impl World {
         }
         self.next_pid += 1;
         let r = &mut self.rng;
-        let broken = if r.chance(0.01) { Some(ExitCode::ModelTruncated.code()) } else { None };
+        let broken = if r.chance(0.01) {
+            Some(ExitCode::ModelTruncated.code())
+        } else {
+            None
+        };
         let p = Proc {
             incarnation,
             pid: self.next_pid,
@@ -228,7 +235,11 @@ impl World {
             gen: None,
             gen_seq: 0,
             anon_kb: r.range(50, 150) << 10,
-            grow_kb: if r.chance(0.2) { r.range(10, 80) << 10 } else { 0 },
+            grow_kb: if r.chance(0.2) {
+                r.range(10, 80) << 10
+            } else {
+                0
+            },
             exiting: false,
         };
         if p.load_hang {
@@ -254,8 +265,17 @@ impl World {
 
     /// Schedules the end of a process: its connection drops and it exits,
     /// in either order (the core must cope with both).
-    pub fn exit(&mut self, i: usize, incarnation: u64, delay: u64, code: Option<i32>, signal: Option<i32>) {
-        let Some(p) = self.proc(i, incarnation) else { return };
+    pub fn exit(
+        &mut self,
+        i: usize,
+        incarnation: u64,
+        delay: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    ) {
+        let Some(p) = self.proc(i, incarnation) else {
+            return;
+        };
         if p.exiting {
             return;
         }
@@ -264,8 +284,17 @@ impl World {
     }
 
     /// The process ends now.
-    pub fn exited(&mut self, i: usize, incarnation: u64, code: Option<i32>, signal: Option<i32>) -> Vec<Event> {
-        let Some(pos) = self.procs[i].iter().position(|p| p.incarnation == incarnation) else {
+    pub fn exited(
+        &mut self,
+        i: usize,
+        incarnation: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    ) -> Vec<Event> {
+        let Some(pos) = self.procs[i]
+            .iter()
+            .position(|p| p.incarnation == incarnation)
+        else {
             return Vec::new();
         };
         let p = self.procs[i].remove(pos);
@@ -279,7 +308,10 @@ impl World {
         if !p.connected {
             return vec![exited];
         }
-        let gone = Event::WorkerDisconnected { slot: i, incarnation };
+        let gone = Event::WorkerDisconnected {
+            slot: i,
+            incarnation,
+        };
         if self.rng.chance(0.5) {
             vec![gone, exited]
         } else {
@@ -288,19 +320,32 @@ impl World {
     }
 
     /// A message from the supervisor reaches slot `i`'s process.
-    pub fn to_worker(&mut self, i: usize, incarnation: u64, msg: SupervisorToWorker) -> Vec<(u64, Event)> {
+    pub fn to_worker(
+        &mut self,
+        i: usize,
+        incarnation: u64,
+        msg: SupervisorToWorker,
+    ) -> Vec<(u64, Event)> {
         let now_words = self.rng.range(1, 3);
-        let Some(p) = self.procs[i].iter_mut().find(|p| p.incarnation == incarnation) else {
+        let Some(p) = self.procs[i]
+            .iter_mut()
+            .find(|p| p.incarnation == incarnation)
+        else {
             return Vec::new();
         };
         if p.hung || !p.connected {
             return Vec::new();
         }
-        let say = |msg| Event::WorkerMessage { slot: i, incarnation, msg };
+        let say = |msg| Event::WorkerMessage {
+            slot: i,
+            incarnation,
+            msg,
+        };
         match msg {
             SupervisorToWorker::Load(load) => {
                 if p.phase == Phase::Generating {
-                    self.violations.push(format!("slot {i}: Load sent during a generation"));
+                    self.violations
+                        .push(format!("slot {i}: Load sent during a generation"));
                 }
                 if let Some(code) = p.broken {
                     let failed = say(WorkerToSupervisor::LoadFailed(LoadFailed {
@@ -319,11 +364,18 @@ impl World {
             }
             SupervisorToWorker::Generate(g) => {
                 if p.phase != Phase::Idle {
-                    self.violations.push(format!("slot {i}: request {} routed to a worker that is {:?}", g.request_id, p.phase));
+                    self.violations.push(format!(
+                        "slot {i}: request {} routed to a worker that is {:?}",
+                        g.request_id, p.phase
+                    ));
                     return Vec::new();
                 }
                 if p.refuse_p > 0.0 && self.rng.chance(p.refuse_p) {
-                    let kind = if self.rng.chance(0.5) { WorkerErrorKind::Busy } else { WorkerErrorKind::NotLoaded };
+                    let kind = if self.rng.chance(0.5) {
+                        WorkerErrorKind::Busy
+                    } else {
+                        WorkerErrorKind::NotLoaded
+                    };
                     let err = say(WorkerToSupervisor::Error(WorkerError {
                         request_id: g.request_id,
                         kind,
@@ -331,7 +383,8 @@ impl World {
                     }));
                     return vec![(3, err)];
                 }
-                let chars: usize = g.messages.iter().map(|m| m.content.len()).sum::<usize>() + g.assistant_prefix.len();
+                let chars: usize = g.messages.iter().map(|m| m.content.len()).sum::<usize>()
+                    + g.assistant_prefix.len();
                 let prompt_tokens = u32::try_from(chars / 4).unwrap_or(u32::MAX);
                 p.phase = Phase::Generating;
                 p.gen_seq += 1;
@@ -375,14 +428,23 @@ impl World {
     pub fn token(&mut self, i: usize, incarnation: u64, seq: u64) -> Vec<Event> {
         let word = self.rng.range(0, 1000);
         let two = self.rng.chance(0.2);
-        let Some(p) = self.procs[i].iter_mut().find(|p| p.incarnation == incarnation) else {
+        let Some(p) = self.procs[i]
+            .iter_mut()
+            .find(|p| p.incarnation == incarnation)
+        else {
             return Vec::new();
         };
         if p.hung || !p.connected || p.gen_seq != seq || p.phase != Phase::Generating {
             return Vec::new();
         }
-        let Some(g) = p.gen.as_mut() else { return Vec::new() };
-        let say = |msg| Event::WorkerMessage { slot: i, incarnation, msg };
+        let Some(g) = p.gen.as_mut() else {
+            return Vec::new();
+        };
+        let say = |msg| Event::WorkerMessage {
+            slot: i,
+            incarnation,
+            msg,
+        };
         let mut out = Vec::new();
         if !g.cancelled && g.left > 0 {
             let tokens = if two && g.left >= 2 { 2 } else { 1 };
@@ -403,7 +465,11 @@ impl World {
                 decode_ms: 1.0,
                 decode_tps: 10.0,
             };
-            let finish = if g.cancelled { FinishReason::Cancelled } else { FinishReason::MaxTokens };
+            let finish = if g.cancelled {
+                FinishReason::Cancelled
+            } else {
+                FinishReason::MaxTokens
+            };
             out.push(say(WorkerToSupervisor::Done(WorkerDone {
                 request_id: g.request_id,
                 finish,
@@ -421,7 +487,9 @@ impl World {
     /// Loading finished: Ready.
     pub fn loaded(&mut self, i: usize, incarnation: u64) -> Vec<Event> {
         let backend = self.backends[i];
-        let Some(p) = self.proc(i, incarnation) else { return Vec::new() };
+        let Some(p) = self.proc(i, incarnation) else {
+            return Vec::new();
+        };
         if p.hung || p.phase != Phase::Loading || !p.connected {
             return Vec::new();
         }
@@ -462,7 +530,10 @@ impl World {
         }
         let floor = 300u64 << 10;
         let step = self.rng.range(0, 200 << 10);
-        self.mem_available_kb = (self.mem_available_kb + step).saturating_sub(100 << 10).max(floor / 2).min(6 << 20);
+        self.mem_available_kb = (self.mem_available_kb + step)
+            .saturating_sub(100 << 10)
+            .max(floor / 2)
+            .min(6 << 20);
         let unreadable = self.rng.chance(0.05);
         let mut samples = Vec::new();
         for &(i, pid) in workers {
@@ -481,7 +552,14 @@ impl World {
         Readings {
             mem_available_kb: Some(self.mem_available_kb),
             workers: samples,
-            zones: self.zones.iter().map(|(k, c)| ZoneReading { kind: k.clone(), celsius: *c }).collect(),
+            zones: self
+                .zones
+                .iter()
+                .map(|(k, c)| ZoneReading {
+                    kind: k.clone(),
+                    celsius: *c,
+                })
+                .collect(),
         }
     }
 }

@@ -61,7 +61,10 @@ pub fn read_zone_readings(sysfs_root: &Path) -> Vec<ZoneReading> {
             let name = e.file_name().to_string_lossy().into_owned();
             let n: u32 = name.strip_prefix("thermal_zone")?.parse().ok()?;
             let dir = e.path();
-            let kind = std::fs::read_to_string(dir.join("type")).ok()?.trim().to_owned();
+            let kind = std::fs::read_to_string(dir.join("type"))
+                .ok()?
+                .trim()
+                .to_owned();
             let celsius = std::fs::read_to_string(dir.join("temp"))
                 .ok()
                 .and_then(|t| t.trim().parse::<i64>().ok())
@@ -114,7 +117,10 @@ mod tests {
         std::fs::write(bad.join("temp"), "garbage\n").unwrap();
         let zones = read_zone_readings(dir.path());
         assert_eq!(zones.len(), 2);
-        assert_eq!((zones[0].kind.as_str(), zones[0].celsius), ("soc-thermal", None));
+        assert_eq!(
+            (zones[0].kind.as_str(), zones[0].celsius),
+            ("soc-thermal", None)
+        );
         assert_eq!(zones[1].celsius, Some(61.5));
     }
 }

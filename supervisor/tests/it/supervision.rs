@@ -673,8 +673,9 @@ async fn a_profile_switch_on_a_worker_older_than_the_load_timeout_keeps_it() {
         &model(),
         "[slots.primary.fallback_profile]\nname = \"small\"\ncontext_size = 256\nbatch_size = 64\nthreads = 1\nkv_cache_type = \"q8_0\"\nmax_new_tokens = 64\n",
     );
-    let policy =
-        format!("{POLICY}load_timeout_s = 6.0\nprofile_switch_after_s = 0.5\nprofile_hold_s = 60.0\n");
+    let policy = format!(
+        "{POLICY}load_timeout_s = 6.0\nprofile_switch_after_s = 0.5\nprofile_hold_s = 60.0\n"
+    );
     let sup = Sup::start(&format!("{policy}{slot}")).await;
     let normal = sup
         .wait_state("primary", SlotState::Ready, Duration::from_secs(60))
