@@ -356,6 +356,7 @@ pub struct Core {
     last_tokens_at: Option<Millis>,
     sd_status: String,
     last_watchdog: Millis,
+    last_publish: Option<Millis>,
     out: Vec<Effect>,
     violations: Vec<String>,
 }
@@ -404,6 +405,7 @@ impl Core {
             last_tokens_at: None,
             sd_status: String::new(),
             last_watchdog: now,
+            last_publish: None,
             out: Vec::new(),
             violations: Vec::new(),
         }

@@ -12,6 +12,10 @@ use crate::observe::{self, Snapshot};
 /// systemd's watchdog is fed this often from the tick.
 const WATCHDOG_EVERY: Duration = Duration::from_secs(1);
 
+/// The snapshot for /health and /metrics is refreshed this often (a scrape
+/// more often than this gains nothing; `supctl status` is always fresh).
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+
 impl Core {
     pub(super) fn on_tick(&mut self) {
         self.check_liveness();
@@ -87,6 +91,10 @@ impl Core {
     /// Publishes the snapshot for /health and /metrics, and tells systemd.
     pub(super) fn publish(&mut self) {
         let now = self.now;
+        if self.last_publish.is_some_and(|t| now.since(t) < PUBLISH_EVERY) {
+            return;
+        }
+        self.last_publish = Some(now);
         let status = self.status();
         let since = self.last_tokens_at.map(|t| now.since(t).as_secs_f64());
         let health = observe::health(&status, since, self.cfg.http.healthy_within_s);

@@ -39,10 +39,20 @@ const SCHEDULE_MS: u64 = 12_000;
 /// The config the simulation runs: short timeouts so a dozen simulated
 /// seconds cover restarts, backoff, circuit breaking and profile switches.
 pub fn sim_config(rng: &mut rng::Rng) -> Config {
-    let spill = rng.chance(0.7);
-    let warm = rng.chance(0.7);
-    let probe = if rng.chance(0.3) { 3.0 } else { 0.0 };
-    let floor = if rng.chance(0.3) { 400 } else { 0 };
+    static BASE: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+    let mut cfg = BASE.get_or_init(base_config).clone();
+    cfg.policy.spill_over = rng.chance(0.7);
+    if let Some(f) = cfg.slots.fallback.as_mut() {
+        f.warm = rng.chance(0.7);
+    }
+    cfg.http.probe_interval_s = if rng.chance(0.3) { 3.0 } else { 0.0 };
+    cfg.policy.mem_available_floor_mib = if rng.chance(0.3) { 400 } else { 0 };
+    cfg
+}
+
+/// The fixed part of [`sim_config`], parsed once.
+fn base_config() -> Config {
+    let (spill, warm, probe, floor) = (true, true, 0.0, 0);
     let text = format!(
         r#"
 [supervisor]
