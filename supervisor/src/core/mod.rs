@@ -42,6 +42,7 @@ use crate::config::{secs, Config};
 use crate::lifecycle::RestartPolicy;
 use crate::observe::{LoopCounters, Snapshot};
 
+pub use dispatch::{MAX_REFUSALS, REFUSAL_PAUSE};
 pub use slot::{Job, Slot};
 pub use time::{ms, Millis};
 

@@ -31,7 +31,18 @@ use world::{Ev, World};
 pub const DEFAULT_SCHEDULES: u64 = 10_000;
 
 /// Seeds that once failed, replayed on every run (seed: what it found).
-pub const REGRESSIONS: &[(u64, &str)] = &[];
+/// Each was found either by the simulation while it was written, or with one
+/// of issue 10's defects put back to prove the simulation sees it.
+pub const REGRESSIONS: &[(u64, &str)] = &[
+    (1, "a profile switch on an old worker judged by its spawn time: load-timeout restart"),
+    (3, "the same, after a memory stop and an admin restart"),
+    (5000, "a fixed first-token limit: a long prompt on a slow worker killed as a hang"),
+    (0, "Busy/NotLoaded bounced straight back to the same worker: request sent 10 times"),
+    (6, "the same hot loop, on the fallback"),
+    (16, "an admin restart's spawn failing with EMFILE in the same step"),
+    (42, "a fallback restarted by admin in the step traffic returned to the primary"),
+    (60, "a kill -9 taken for an OOM kill by the system-wide counter"),
+];
 
 /// Simulated time of the traffic part of a schedule (a drain follows).
 const SCHEDULE_MS: u64 = 12_000;
@@ -165,6 +176,7 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
     }
     world.at(SCHEDULE_MS, Ev::Shutdown);
     let hold = crate::config::secs(cfg.policy.failback_hold_s);
+    let mut attempts: std::collections::BTreeMap<u64, u32> = std::collections::BTreeMap::new();
     let mut pending: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
     while !core.exited() {
         if world.now.0 > SCHEDULE_MS + 20_000 {
@@ -283,7 +295,15 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
                     incarnation,
                     msg,
                 } => {
-                    if let SupervisorToWorker::Generate(_) = &msg {
+                    if let SupervisorToWorker::Generate(g) = &msg {
+                        // No hot loop: a request is tried at most once, plus
+                        // once per failover and per refusal the policy allows.
+                        let n = attempts.entry(g.request_id).or_insert(0u32);
+                        *n += 1;
+                        let limit = 1 + cfg.policy.max_failovers + crate::core::MAX_REFUSALS;
+                        if *n > limit {
+                            out.violations.push(format!("request {} sent to workers {n} times", g.request_id));
+                        }
                         let (restarts, healthy_since) = primary_before;
                         if slot == 0
                             && active_before == Some(1)

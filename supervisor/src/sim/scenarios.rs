@@ -209,7 +209,7 @@ pub fn fault(w: &mut World, i: usize) {
             "grow"
         }
         _ => {
-            p.refuse_p = 0.9;
+            p.refuse_p = 1.0;
             "refuse"
         }
     };
