@@ -295,7 +295,7 @@ impl Core {
                 self.finish_generation(i);
                 match err.kind {
                     WorkerErrorKind::Busy | WorkerErrorKind::NotLoaded => {
-                        self.on_refused(i, err.request_id)
+                        self.on_refused(i, err.request_id);
                     }
                     kind => {
                         if let Some(job) = self.jobs.remove(&err.request_id) {

@@ -13,6 +13,7 @@ use crate::routing::SlotView;
 
 /// One worker slot.
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_excessive_bools)] // independent facts, not a state in disguise
 pub struct Slot {
     /// `primary` or `fallback`.
     pub name: &'static str,

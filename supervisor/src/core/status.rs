@@ -91,7 +91,10 @@ impl Core {
     /// Publishes the snapshot for /health and /metrics, and tells systemd.
     pub(super) fn publish(&mut self) {
         let now = self.now;
-        if self.last_publish.is_some_and(|t| now.since(t) < PUBLISH_EVERY) {
+        if self
+            .last_publish
+            .is_some_and(|t| now.since(t) < PUBLISH_EVERY)
+        {
             return;
         }
         self.last_publish = Some(now);

@@ -98,6 +98,7 @@ impl Tracker {
     /// Checks every invariant after a step; `faults` are those injected per
     /// slot, with the incarnation of the process they hit (one is used up
     /// by each restart it explains).
+    #[allow(clippy::too_many_lines)] // one check after another, each short
     pub fn after(
         &mut self,
         core: &Core,

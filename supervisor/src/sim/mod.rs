@@ -34,14 +34,32 @@ pub const DEFAULT_SCHEDULES: u64 = 10_000;
 /// Each was found either by the simulation while it was written, or with one
 /// of issue 10's defects put back to prove the simulation sees it.
 pub const REGRESSIONS: &[(u64, &str)] = &[
-    (1, "a profile switch on an old worker judged by its spawn time: load-timeout restart"),
+    (
+        1,
+        "a profile switch on an old worker judged by its spawn time: load-timeout restart",
+    ),
     (3, "the same, after a memory stop and an admin restart"),
-    (5000, "a fixed first-token limit: a long prompt on a slow worker killed as a hang"),
-    (0, "Busy/NotLoaded bounced straight back to the same worker: request sent 10 times"),
+    (
+        5000,
+        "a fixed first-token limit: a long prompt on a slow worker killed as a hang",
+    ),
+    (
+        0,
+        "Busy/NotLoaded bounced straight back to the same worker: request sent 10 times",
+    ),
     (6, "the same hot loop, on the fallback"),
-    (16, "an admin restart's spawn failing with EMFILE in the same step"),
-    (42, "a fallback restarted by admin in the step traffic returned to the primary"),
-    (60, "a kill -9 taken for an OOM kill by the system-wide counter"),
+    (
+        16,
+        "an admin restart's spawn failing with EMFILE in the same step",
+    ),
+    (
+        42,
+        "a fallback restarted by admin in the step traffic returned to the primary",
+    ),
+    (
+        60,
+        "a kill -9 taken for an OOM kill by the system-wide counter",
+    ),
 ];
 
 /// Simulated time of the traffic part of a schedule (a drain follows).
@@ -215,8 +233,8 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
                     pending.extend(world.token(i, inc, seq));
                     continue;
                 }
-                Ev::Exit(i, inc, code, signal) => {
-                    pending.extend(world.exited(i, inc, code, signal));
+                Ev::Exit(i, inc, exit_code, sig) => {
+                    pending.extend(world.exited(i, inc, exit_code, sig));
                     continue;
                 }
                 Ev::Fault(i) => {
@@ -302,7 +320,10 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
                         *n += 1;
                         let limit = 1 + cfg.policy.max_failovers + crate::core::MAX_REFUSALS;
                         if *n > limit {
-                            out.violations.push(format!("request {} sent to workers {n} times", g.request_id));
+                            out.violations.push(format!(
+                                "request {} sent to workers {n} times",
+                                g.request_id
+                            ));
                         }
                         let (restarts, healthy_since) = primary_before;
                         if slot == 0
@@ -317,7 +338,7 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
                             );
                         }
                     }
-                    for (delay, e) in world.to_worker(slot, incarnation, msg) {
+                    for (delay, e) in world.deliver(slot, incarnation, msg) {
                         world.at(delay, Ev::Core(e));
                     }
                 }
@@ -328,7 +349,7 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
                     clients.on_event(&mut world, conn, &event);
                 }
                 Effect::ReadTelemetry { workers } => {
-                    pending.push_back(Event::Telemetry(world.readings(&workers)))
+                    pending.push_back(Event::Telemetry(world.readings(&workers)));
                 }
                 _ => {}
             }

@@ -71,22 +71,22 @@ impl H {
                     Effect::Spawn {
                         slot, incarnation, ..
                     } => {
-                        pending.push(match self.spawn_error.clone() {
-                            Some(error) => Event::SpawnFailed {
+                        let answer = if let Some(error) = self.spawn_error.clone() {
+                            Event::SpawnFailed {
                                 slot: *slot,
                                 incarnation: *incarnation,
                                 error,
-                            },
-                            None => {
-                                self.next_pid += 1;
-                                Event::Spawned {
-                                    slot: *slot,
-                                    incarnation: *incarnation,
-                                    pid: self.next_pid,
-                                    oom: self.oom(),
-                                }
                             }
-                        });
+                        } else {
+                            self.next_pid += 1;
+                            Event::Spawned {
+                                slot: *slot,
+                                incarnation: *incarnation,
+                                pid: self.next_pid,
+                                oom: self.oom(),
+                            }
+                        };
+                        pending.push(answer);
                     }
                     Effect::ReadTelemetry { workers } => {
                         let workers = workers

@@ -46,6 +46,7 @@ pub struct Gen {
 
 /// A simulated worker process.
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_excessive_bools)] // independent fault switches
 pub struct Proc {
     /// Which process of the slot.
     pub incarnation: u64,
@@ -320,7 +321,7 @@ impl World {
     }
 
     /// A message from the supervisor reaches slot `i`'s process.
-    pub fn to_worker(
+    pub fn deliver(
         &mut self,
         i: usize,
         incarnation: u64,
