@@ -203,6 +203,17 @@ impl World {
 
     /// Carries out a spawn: the answer event, and the process's connection.
     pub fn spawn(&mut self, i: usize, incarnation: u64) -> Event {
+        if self.rng.chance(0.005) {
+            // The binary vanished (a half-finished upgrade): for ever.
+            return Event::SpawnFailed {
+                slot: i,
+                incarnation,
+                error: SpawnError {
+                    permanent: true,
+                    message: "No such file or directory (os error 2)".into(),
+                },
+            };
+        }
         if self.rng.chance(self.spawn_fail_p) {
             self.faults[i].push((incarnation, "spawn-fail"));
             return Event::SpawnFailed {
