@@ -115,7 +115,7 @@ impl Tracker {
                 let since = self.admin_restart[i];
                 let recent = self.restart_spawns[i]
                     .iter()
-                    .filter(|t| now.since(**t) <= window && since.is_none_or(|a| **t >= a))
+                    .filter(|t| now.since(**t) <= window && since.is_none_or(|a| **t > a))
                     .count();
                 if recent > policy.intensity as usize {
                     v.push(format!(
