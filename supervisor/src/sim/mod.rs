@@ -440,15 +440,19 @@ fn sim_regressions() {
     run_many(REGRESSIONS.iter().map(|(s, _)| *s));
 }
 
-#[test]
-fn sim_schedules() {
-    // Two halves on two threads: the machine running tests has two cores.
-    let n = DEFAULT_SCHEDULES;
-    let half = std::thread::spawn(move || run_many(0..n / 2));
-    run_many(n / 2..n);
+/// Runs `n` schedules from seed `start` on two threads.
+fn run_parallel(start: u64, n: u64) {
+    let half = std::thread::spawn(move || run_many(start..start + n / 2));
+    run_many(start + n / 2..start + n);
     if let Err(e) = half.join() {
         std::panic::resume_unwind(e);
     }
+}
+
+#[test]
+fn sim_schedules() {
+    // Two halves on two threads: the machine running tests has two cores.
+    run_parallel(0, DEFAULT_SCHEDULES);
 }
 
 #[test]
@@ -457,7 +461,7 @@ fn sim_soak() {
         return;
     };
     let start = env_u64("ROCKSTEADY_SIM_FROM").unwrap_or(1_000_000);
-    run_many(start..start + n);
+    run_parallel(start, n);
 }
 
 #[test]
