@@ -186,6 +186,15 @@ impl Tracker {
                     .is_some_and(|j| j.failovers == 0 && j.refusals == 0 && !j.probe)
             })
             .count();
+        // Admission keeps new requests within the capacity; a request that
+        // lost its worker goes back to the front over it, at most one per slot.
+        let bound = cfg.supervisor.queue_capacity + core.slots().len();
+        if core.queue().len() > bound {
+            v.push(format!(
+                "{} requests queued, more than {bound}",
+                core.queue().len()
+            ));
+        }
         if fresh > cfg.supervisor.queue_capacity {
             v.push(format!(
                 "{fresh} new requests queued, capacity {}",
