@@ -734,3 +734,70 @@ async fn shutdown_drains_the_running_reply_and_refuses_new_ones() {
     assert!(done.text.starts_with(&before));
     stopping.await.unwrap();
 }
+
+/// A SIGKILL the supervisor did not send is an OOM kill only when the
+/// kernel's counter rose (here a fake `/proc/vmstat`); otherwise "killed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_is_an_oom_kill_only_when_the_kernel_counted_one() {
+    let proc_root = tempfile::tempdir().unwrap();
+    let vmstat = proc_root.path().join("vmstat");
+    std::fs::write(&vmstat, "nr_free_pages 1\noom_kill 5\n").unwrap();
+    let sup = Sup::start(&format!(
+        "{POLICY}[telemetry]\nproc_root = \"{}\"\n{}",
+        proc_root.path().display(),
+        cpu_slot("primary", &model(), "")
+    ))
+    .await;
+    let first = sup
+        .wait_state("primary", SlotState::Ready, Duration::from_secs(60))
+        .await;
+    std::fs::write(&vmstat, "nr_free_pages 1\noom_kill 6\n").unwrap();
+    signal(first.pid.unwrap(), Signal::SIGKILL);
+    let second = sup
+        .wait_slot("primary", Duration::from_secs(60), |s| {
+            s.restarts == 1 && s.state == SlotState::Ready
+        })
+        .await;
+    assert_eq!(second.last_restart_reason.as_deref(), Some("oom"));
+    // The counter stays put: an operator's kill -9.
+    signal(second.pid.unwrap(), Signal::SIGKILL);
+    let third = sup
+        .wait_slot("primary", Duration::from_secs(60), |s| s.restarts == 2)
+        .await;
+    assert_eq!(third.last_restart_reason.as_deref(), Some("killed"));
+    sup.stop().await;
+}
+
+/// Spill-over: with the primary busy, the ready fallback takes the next
+/// request at once instead of idling while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_conversation_spills_over_to_the_ready_fallback() {
+    let sup = pair(40, "").await;
+    let (first, _) = start_long(&sup, 2).await;
+    let mut second = sup.client().await;
+    second
+        .submit(user("What is 2+2?"), greedy(8))
+        .await
+        .unwrap();
+    let events = collect(&mut second, Duration::from_secs(60)).await;
+    let started = events
+        .iter()
+        .find_map(|(_, e)| match e {
+            SupervisorToClient::Started(s) => Some(s.slot.clone()),
+            _ => None,
+        })
+        .expect("never started");
+    assert_eq!(started, "fallback", "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|(_, e)| matches!(e, SupervisorToClient::Queued(_))),
+        "it waited while the fallback was idle: {events:?}"
+    );
+    assert!(matches!(
+        events.last().unwrap().1,
+        SupervisorToClient::Done(_)
+    ));
+    drop(first);
+    sup.stop().await;
+}
