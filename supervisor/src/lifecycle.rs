@@ -17,6 +17,7 @@
 //!       Failed <── too many restarts in the window ───────────────────────┤
 //!       BackingOff <── otherwise ─────────────────────────────────────────┘
 //!       BackingOff / Failed ──timer──> Starting   (Failed: a single probe)
+//!       Starting ──spawn failed──> BackingOff (EMFILE...) / Unavailable (no binary)
 //! ```
 
 use std::collections::VecDeque;
@@ -28,8 +29,8 @@ use crate::core::Millis;
 use proto::admin::SlotState;
 use proto::worker::ExitCode;
 
-/// Every transition the supervisor may make. Anything else is a bug, caught
-/// by [`check_transition`] in tests and logged in production.
+/// Every transition the supervisor may make. Anything else is a bug: the
+/// core refuses to apply it, logs it and records it (the simulation fails).
 pub const TRANSITIONS: &[(SlotState, SlotState)] = {
     use SlotState::{
         BackingOff, Busy, Failed, Idle, Loading, Ready, Starting, Stopping, Unavailable,

@@ -6,10 +6,13 @@
 //! [`crate::driver`] turns the real world into events, and the simulation in
 //! `sim` (tests) turns a seeded random world into them, checking invariants
 //! after every step. Every slot state change goes through
-//! [`crate::lifecycle::check_transition`]; an illegal one is a bug
-//! (`debug_assert`, and [`Core::violations`] for the simulation).
+//! [`crate::lifecycle::check_transition`]; an illegal one is not applied: it
+//! is logged as a bug and recorded in [`Core::violations`], which the
+//! simulation fails on.
 //!
 //! A newcomer's map, one concern per file:
+//! - `events`: the interface, [`Event`] in and [`Effect`] out;
+//! - `slot`: a slot, a job, and the one function that changes a slot's state;
 //! - `admission`: submits, validation, the queue, cancels, queue deadlines;
 //! - `dispatch`: routing, spill-over, starting requests;
 //! - `relay`: what a serving worker says (tokens, done, errors, refusals);
