@@ -173,6 +173,7 @@ mod tests {
                 last_decode_tps: Some(9.25),
                 restarts: 1,
                 last_restart_reason: Some("hang".into()),
+                chat_template: String::new(),
             }],
             active_backend: Some(Backend::Npu),
             routing: Routing::Auto,
@@ -187,6 +188,7 @@ mod tests {
                 level: ThermalLevel::Throttle,
             },
             mem_available_kb: Some(4_194_304),
+            telemetry: Default::default(),
         };
         let text = format_status(&report);
         assert!(text.contains("up 1h 2m"), "{text}");

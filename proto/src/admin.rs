@@ -100,6 +100,26 @@ pub struct StatusReport {
     pub thermal: ThermalStatus,
     /// The system's MemAvailable in KiB, when readable.
     pub mem_available_kb: Option<u64>,
+    /// What telemetry could not be trusted, and what the supervisor did.
+    pub telemetry: TelemetryStatus,
+}
+
+/// Telemetry the supervisor could not read or does not trust. The rules:
+/// an unreadable or stuck zone is left out; with no readable zone at all the
+/// thermal level stays where it was (unknown is not cool); an unreadable
+/// worker memory sample keeps the last one (it is not 0 MiB).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetryStatus {
+    /// Zones whose temperature could not be read at the last reading.
+    pub unreadable_zones: Vec<String>,
+    /// Zones left out because their reading has not changed for minutes
+    /// while other zones' did.
+    pub stuck_zones: Vec<String>,
+    /// Milliseconds since no zone at all could be read (the thermal level
+    /// is held meanwhile), if so.
+    pub blind_ms: Option<u64>,
+    /// Worker memory reads that failed since the supervisor started.
+    pub memory_read_failures: u64,
 }
 
 /// How traffic is routed.
@@ -190,6 +210,9 @@ pub struct SlotStatus {
     pub restarts: u32,
     /// Reason of the last restart ("crash", "hang", "memory", "oom", "admin").
     pub last_restart_reason: Option<String>,
+    /// The chat template the worker uses and where it came from (empty until
+    /// the worker has loaded).
+    pub chat_template: String,
 }
 
 /// Board temperatures and the admission state they cause.

@@ -87,6 +87,80 @@ impl Default for GenParams {
     }
 }
 
+/// Largest `top_k` accepted: no vocabulary the workers load is near it, so
+/// anything above is a mistake, not a wish.
+pub const MAX_TOP_K: u32 = 1_000_000;
+
+/// Largest temperature accepted (sampling is noise well before this).
+pub const MAX_TEMPERATURE: f32 = 10.0;
+
+/// A [`GenParams`] field out of range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParamError {
+    /// `max_tokens` is 0: nothing could be generated.
+    #[error("max_tokens must be at least 1")]
+    ZeroMaxTokens,
+    /// Temperature NaN, infinite, negative or absurd.
+    #[error("temperature must be a number from 0 to {MAX_TEMPERATURE} (got {0})")]
+    Temperature(f32),
+    /// `top_k` above [`MAX_TOP_K`].
+    #[error("top_k must be at most {MAX_TOP_K} (got {0}; 0 turns it off)")]
+    TopK(u32),
+    /// `top_p` NaN or outside (0, 1].
+    #[error("top_p must be above 0 and at most 1 (got {0})")]
+    TopP(f32),
+    /// Repeat penalty NaN, infinite or not positive.
+    #[error("repeat_penalty must be a positive number (got {0}; 1 turns it off)")]
+    RepeatPenalty(f32),
+}
+
+impl GenParams {
+    /// Checks every field's range, so a bad value is refused with its name
+    /// at the supervisor's door instead of reaching a worker.
+    ///
+    /// # Errors
+    /// The first field out of range.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        if self.max_tokens == 0 {
+            return Err(ParamError::ZeroMaxTokens);
+        }
+        if !(0.0..=MAX_TEMPERATURE).contains(&self.temperature) {
+            return Err(ParamError::Temperature(self.temperature));
+        }
+        if self.top_k > MAX_TOP_K {
+            return Err(ParamError::TopK(self.top_k));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(ParamError::TopP(self.top_p));
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return Err(ParamError::RepeatPenalty(self.repeat_penalty));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod param_tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_params_are_named() {
+        assert_eq!(GenParams::default().validate(), Ok(()));
+        let bad = |f: fn(&mut GenParams)| {
+            let mut p = GenParams::default();
+            f(&mut p);
+            p.validate().unwrap_err().to_string()
+        };
+        assert!(bad(|p| p.max_tokens = 0).contains("max_tokens"));
+        assert!(bad(|p| p.temperature = f32::NAN).contains("temperature"));
+        assert!(bad(|p| p.temperature = -0.5).contains("temperature"));
+        assert!(bad(|p| p.top_k = u32::MAX).contains("top_k"));
+        assert!(bad(|p| p.top_p = 0.0).contains("top_p"));
+        assert!(bad(|p| p.repeat_penalty = f32::INFINITY).contains("repeat_penalty"));
+    }
+}
+
 /// Which inference engine a worker drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Backend {

@@ -319,9 +319,10 @@ pub struct PolicyConfig {
     pub heartbeat_timeout_s: f64,
     /// A generating worker that produced no token for this long is hung (s).
     pub stall_timeout_s: f64,
-    /// Limit for the first token of a generation, prompt processing included (s).
+    /// Limit for the first token of a generation (s); the prompt's own
+    /// processing time at the worker's learned prefill rate is added.
     pub first_token_timeout_s: f64,
-    /// Limit from spawn to ready (s).
+    /// Limit from spawn, or from the start of a reload (profile switch), to ready (s).
     pub load_timeout_s: f64,
     /// Time between SIGTERM and SIGKILL when stopping a worker (s).
     pub stop_grace_s: f64,
@@ -350,6 +351,13 @@ pub struct PolicyConfig {
     /// A request that lost this many workers mid-answer fails instead of
     /// moving again.
     pub max_failovers: u32,
+    /// With the primary busy and requests waiting, a ready fallback takes
+    /// the next one (two conversations at once instead of one).
+    pub spill_over: bool,
+    /// On SIGTERM, running replies get this long to finish before the
+    /// workers are stopped (s). Keep it plus `stop_grace_s` below the
+    /// unit's TimeoutStopSec (45 s).
+    pub drain_timeout_s: f64,
 }
 
 impl Default for PolicyConfig {
@@ -375,6 +383,8 @@ impl Default for PolicyConfig {
             profile_switch_after_s: 5.0,
             profile_hold_s: 60.0,
             max_failovers: 3,
+            spill_over: true,
+            drain_timeout_s: 30.0,
         }
     }
 }
@@ -397,6 +407,7 @@ impl PolicyConfig {
             ("memory_interval_s", p.memory_interval_s),
             ("profile_switch_after_s", p.profile_switch_after_s),
             ("profile_hold_s", p.profile_hold_s),
+            ("drain_timeout_s", p.drain_timeout_s),
         ] {
             positive(&format!("policy.{key}"), v)?;
         }

@@ -12,12 +12,15 @@ pub mod cli;
 pub use client;
 pub mod config;
 pub mod core;
+pub mod driver;
 pub mod http;
 pub mod lifecycle;
 pub mod observe;
 pub mod process;
 pub mod routing;
 pub mod server;
+#[cfg(test)]
+mod sim;
 pub mod telemetry;
 
 use std::os::unix::fs::DirBuilderExt;
@@ -28,7 +31,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{parse_mode, Config};
-use crate::core::{Core, Expected};
+use crate::driver::{Driver, Expected};
 
 /// Why the supervisor could not start.
 #[derive(Debug, Error)]
@@ -147,8 +150,8 @@ pub async fn run(
     }
     tracing::info!(client = %sup.client_socket().display(), admin = %sup.admin_socket().display(), "listening");
 
-    let core = Core::new(config.clone(), tx, sockets.clone(), on_ready).with_observed(observed);
-    core.run(rx, shutdown).await;
+    let driver = Driver::new(config.clone(), tx, sockets.clone(), observed, on_ready);
+    driver.run(rx, shutdown).await;
 
     tasks.cancel();
     for join in joins {

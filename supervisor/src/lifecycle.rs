@@ -17,17 +17,20 @@
 //!       Failed <── too many restarts in the window ───────────────────────┤
 //!       BackingOff <── otherwise ─────────────────────────────────────────┘
 //!       BackingOff / Failed ──timer──> Starting   (Failed: a single probe)
+//!       Starting ──spawn failed──> BackingOff (EMFILE...) / Unavailable (no binary)
 //! ```
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::core::Millis;
 
 use proto::admin::SlotState;
 use proto::worker::ExitCode;
 
-/// Every transition the supervisor may make. Anything else is a bug, caught
-/// by [`check_transition`] in tests and logged in production.
+/// Every transition the supervisor may make. Anything else is a bug: the
+/// core refuses to apply it, logs it and records it (the simulation fails).
 pub const TRANSITIONS: &[(SlotState, SlotState)] = {
     use SlotState::{
         BackingOff, Busy, Failed, Idle, Loading, Ready, Starting, Stopping, Unavailable,
@@ -87,8 +90,13 @@ pub enum Reason {
     Hang,
     /// RssAnon above the hard ceiling.
     Memory,
-    /// Killed by the kernel's OOM killer.
+    /// Killed by the kernel's OOM killer (its counters rose).
     Oom,
+    /// Killed by a signal nobody here sent, without the OOM counters rising
+    /// (an operator's `kill -9`, or a kernel too old to count OOM kills).
+    Killed,
+    /// The worker could not be started (a transient error such as EMFILE).
+    SpawnFailed,
     /// `supctl restart`.
     Admin,
     /// Did not become ready within the load timeout.
@@ -105,6 +113,8 @@ impl Reason {
             Self::Hang => "hang",
             Self::Memory => "memory",
             Self::Oom => "oom",
+            Self::Killed => "killed",
+            Self::SpawnFailed => "spawn-failed",
             Self::Admin => "admin",
             Self::LoadTimeout => "load-timeout",
             Self::Shutdown => "shutdown",
@@ -151,18 +161,14 @@ pub struct RestartPolicy {
 /// Recent restarts of one slot, for backoff and intensity.
 #[derive(Debug, Clone, Default)]
 pub struct RestartHistory {
-    recent: VecDeque<Instant>,
+    recent: VecDeque<Millis>,
     /// The current process is a circuit-breaker probe.
     pub probing: bool,
 }
 
 impl RestartHistory {
-    fn prune(&mut self, now: Instant, period: Duration) {
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > period)
-        {
+    fn prune(&mut self, now: Millis, period: Duration) {
+        while self.recent.front().is_some_and(|t| now.since(*t) > period) {
             self.recent.pop_front();
         }
     }
@@ -188,6 +194,14 @@ pub enum Observation {
     TimerDue,
     /// The worker reported ready.
     Ready,
+    /// The process could not be started at all (no exit will follow).
+    SpawnFailed {
+        /// The error will not go away by retrying (binary missing or not
+        /// executable).
+        permanent: bool,
+        /// What the OS said.
+        message: String,
+    },
 }
 
 /// What the supervisor loop must do.
@@ -196,7 +210,7 @@ pub enum Action {
     /// Spawn a new worker process.
     Spawn,
     /// Wake the slot at this time (a `TimerDue` observation).
-    WakeAt(Instant),
+    WakeAt(Millis),
     /// The request being served must go to another worker.
     RescueRequest(Reason),
     /// Count a restart for status and metrics.
@@ -214,6 +228,9 @@ pub struct Decision {
     pub actions: Vec<Action>,
 }
 
+/// SIGKILL's number on Linux (the core names no OS crate).
+pub const SIGKILL: i32 = 9;
+
 /// Classifies an exit: permanent failure, or a restart reason.
 ///
 /// # Errors
@@ -228,11 +245,13 @@ pub fn classify(exit: &Exit) -> Result<Reason, String> {
     if let Some(reason) = exit.stopped_for {
         return Ok(reason);
     }
-    // A SIGKILL nobody here sent is the kernel's OOM killer (or an operator);
-    // the OOM counters tell which only when available, so lean on the signal.
-    let sigkill = exit.signal == Some(nix::sys::signal::Signal::SIGKILL as i32);
-    if exit.oom_counter_rose || sigkill {
+    // Only the kernel's counters make a kill an OOM kill: an operator's
+    // `kill -9` must not show up as memory trouble in status and metrics.
+    if exit.oom_counter_rose {
         return Ok(Reason::Oom);
+    }
+    if exit.signal == Some(SIGKILL) {
+        return Ok(Reason::Killed);
     }
     Ok(Reason::Crash)
 }
@@ -244,7 +263,7 @@ pub fn decide(
     policy: &RestartPolicy,
     history: &mut RestartHistory,
     shutting_down: bool,
-    now: Instant,
+    now: Millis,
 ) -> Decision {
     let stay = Decision {
         next: state,
@@ -295,60 +314,88 @@ pub fn decide(
                     actions,
                 };
             }
-            let reason = match classify(exit) {
-                Err(permanent) => {
-                    return Decision {
-                        next: SlotState::Unavailable,
-                        reason: Some(permanent),
-                        actions,
-                    }
-                }
-                Ok(reason) => reason,
-            };
-            actions.push(Action::CountRestart(reason));
-            if reason == Reason::Admin {
-                // An operator's restart is immediate and does not count
-                // towards the restart intensity.
-                actions.push(Action::Spawn);
+            after_exit(classify(exit), actions, policy, history, now)
+        }
+        Observation::SpawnFailed { permanent, message } => {
+            if shutting_down {
                 return Decision {
-                    next: SlotState::Starting,
+                    next: SlotState::Idle,
                     reason: None,
-                    actions,
+                    actions: Vec::new(),
                 };
             }
-            history.prune(now, policy.period);
-            history.recent.push_back(now);
-            let failed_probe = history.probing;
-            let count = u32::try_from(history.count()).unwrap_or(u32::MAX);
-            if failed_probe || count > policy.intensity {
-                history.probing = false;
-                actions.push(Action::WakeAt(now + policy.cooldown));
-                let why = if failed_probe {
-                    format!(
-                        "probe failed ({reason}); next probe in {}s",
-                        policy.cooldown.as_secs()
-                    )
-                } else {
-                    format!(
-                        "{count} restarts within {}s (last: {reason}); next probe in {}s",
-                        policy.period.as_secs(),
-                        policy.cooldown.as_secs()
-                    )
-                };
-                return Decision {
-                    next: SlotState::Failed,
-                    reason: Some(why),
-                    actions,
-                };
-            }
-            let delay = backoff(policy, count);
-            actions.push(Action::WakeAt(now + delay));
-            Decision {
-                next: SlotState::BackingOff,
-                reason: Some(format!("{reason}; restart in {:.1}s", delay.as_secs_f64())),
+            // Only a missing or unusable binary is for ever; EMFILE, EAGAIN
+            // or ENOMEM pass, so they go through backoff like a crash.
+            let classified = if *permanent {
+                Err(format!("cannot start the worker: {message}"))
+            } else {
+                Ok(Reason::SpawnFailed)
+            };
+            after_exit(classified, Vec::new(), policy, history, now)
+        }
+    }
+}
+
+/// The restart decision once a process is gone (or never started).
+fn after_exit(
+    classified: Result<Reason, String>,
+    mut actions: Vec<Action>,
+    policy: &RestartPolicy,
+    history: &mut RestartHistory,
+    now: Millis,
+) -> Decision {
+    let reason = match classified {
+        Err(permanent) => {
+            return Decision {
+                next: SlotState::Unavailable,
+                reason: Some(permanent),
                 actions,
             }
         }
+        Ok(reason) => reason,
+    };
+    actions.push(Action::CountRestart(reason));
+    if reason == Reason::Admin {
+        // An operator's restart is immediate and does not count
+        // towards the restart intensity.
+        actions.push(Action::Spawn);
+        return Decision {
+            next: SlotState::Starting,
+            reason: None,
+            actions,
+        };
+    }
+    history.prune(now, policy.period);
+    history.recent.push_back(now);
+    let failed_probe = history.probing;
+    let count = u32::try_from(history.count()).unwrap_or(u32::MAX);
+    if failed_probe || count > policy.intensity {
+        history.probing = false;
+        actions.push(Action::WakeAt(now + policy.cooldown));
+        let why = if failed_probe {
+            format!(
+                "probe failed ({reason}); next probe in {}s",
+                policy.cooldown.as_secs()
+            )
+        } else {
+            format!(
+                "{count} restarts within {}s (last: {reason}); next probe in {}s",
+                policy.period.as_secs(),
+                policy.cooldown.as_secs()
+            )
+        };
+        return Decision {
+            next: SlotState::Failed,
+            reason: Some(why),
+            actions,
+        };
+    }
+    let delay = backoff(policy, count);
+    actions.push(Action::WakeAt(now + delay));
+    Decision {
+        next: SlotState::BackingOff,
+        reason: Some(format!("{reason}; restart in {:.1}s", delay.as_secs_f64())),
+        actions,
     }
 }
 
@@ -429,7 +476,7 @@ mod tests {
                     &policy(),
                     &mut RestartHistory::default(),
                     false,
-                    Instant::now(),
+                    Millis(1_000_000),
                 );
                 assert!(
                     check_transition(state, d.next),
@@ -451,7 +498,7 @@ mod tests {
     fn crashes_back_off_then_fail_after_the_intensity() {
         let p = policy();
         let mut h = RestartHistory::default();
-        let t0 = Instant::now();
+        let t0 = Millis(1_000_000);
         for n in 1..=3u32 {
             let d = decide(SlotState::Ready, &crash(), &p, &mut h, false, t0);
             assert_eq!(d.next, SlotState::BackingOff, "restart {n}");
@@ -468,7 +515,7 @@ mod tests {
     fn restarts_outside_the_window_are_forgotten() {
         let p = policy();
         let mut h = RestartHistory::default();
-        let t0 = Instant::now();
+        let t0 = Millis(1_000_000);
         for i in 0..10 {
             let d = decide(
                 SlotState::Ready,
@@ -486,7 +533,7 @@ mod tests {
     fn failed_slot_is_probed_once_and_a_good_probe_closes_the_circuit() {
         let p = policy();
         let mut h = RestartHistory::default();
-        let t0 = Instant::now();
+        let t0 = Millis(1_000_000);
         let d = decide(
             SlotState::Failed,
             &Observation::TimerDue,
@@ -541,7 +588,7 @@ mod tests {
             &policy(),
             &mut RestartHistory::default(),
             false,
-            Instant::now(),
+            Millis(1_000_000),
         );
         assert_eq!(d.next, SlotState::Unavailable);
         assert_eq!(
@@ -561,7 +608,7 @@ mod tests {
             &policy(),
             &mut RestartHistory::default(),
             false,
-            Instant::now(),
+            Millis(1_000_000),
         );
         assert_eq!(d.reason.as_deref(), Some("model file is empty (0 bytes)"));
     }
@@ -575,7 +622,16 @@ mod tests {
             oom_counter_rose: false,
             message: None,
         };
-        assert_eq!(classify(&base), Ok(Reason::Oom));
+        // A SIGKILL nobody here sent, without the OOM counters rising, is an
+        // operator's (or unknown) kill, not the OOM killer.
+        assert_eq!(classify(&base), Ok(Reason::Killed));
+        assert_eq!(
+            classify(&Exit {
+                oom_counter_rose: true,
+                ..base.clone()
+            }),
+            Ok(Reason::Oom)
+        );
         assert_eq!(
             classify(&Exit {
                 stopped_for: Some(Reason::Hang),
@@ -616,7 +672,7 @@ mod tests {
             &policy(),
             &mut RestartHistory::default(),
             false,
-            Instant::now(),
+            Millis(1_000_000),
         );
         assert_eq!(d.actions[0], Action::RescueRequest(Reason::Crash));
     }
@@ -638,7 +694,7 @@ mod tests {
                 &policy(),
                 &mut h,
                 false,
-                Instant::now(),
+                Millis(1_000_000),
             );
             assert_eq!(d.next, SlotState::Starting);
             assert!(d.actions.contains(&Action::Spawn));
@@ -654,7 +710,7 @@ mod tests {
             &policy(),
             &mut RestartHistory::default(),
             true,
-            Instant::now(),
+            Millis(1_000_000),
         );
         assert_eq!(d.next, SlotState::Idle);
         let d = decide(
@@ -663,8 +719,47 @@ mod tests {
             &policy(),
             &mut RestartHistory::default(),
             true,
-            Instant::now(),
+            Millis(1_000_000),
         );
         assert_eq!(d.next, SlotState::BackingOff);
+    }
+
+    #[test]
+    fn transient_spawn_failures_back_off_and_permanent_ones_do_not() {
+        let mut h = RestartHistory::default();
+        let t0 = Millis(1_000_000);
+        let transient = Observation::SpawnFailed {
+            permanent: false,
+            message: "Too many open files (os error 24)".into(),
+        };
+        let d = decide(
+            SlotState::Starting,
+            &transient,
+            &policy(),
+            &mut h,
+            false,
+            t0,
+        );
+        assert_eq!(d.next, SlotState::BackingOff);
+        assert!(d
+            .actions
+            .contains(&Action::CountRestart(Reason::SpawnFailed)));
+        assert!(d
+            .actions
+            .contains(&Action::WakeAt(t0 + backoff(&policy(), 1))));
+        let permanent = Observation::SpawnFailed {
+            permanent: true,
+            message: "No such file or directory (os error 2)".into(),
+        };
+        let d = decide(
+            SlotState::Starting,
+            &permanent,
+            &policy(),
+            &mut h,
+            false,
+            t0,
+        );
+        assert_eq!(d.next, SlotState::Unavailable);
+        assert!(d.reason.unwrap().contains("No such file"));
     }
 }

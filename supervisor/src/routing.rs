@@ -1,9 +1,11 @@
 //! Which slot new requests go to: pure functions over the slots' states.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proto::admin::{Routing, SlotState, ZoneTemp};
 use proto::chat::Backend;
+
+use crate::core::Millis;
 
 /// What routing needs to know about a slot.
 #[derive(Debug, Clone, Copy)]
@@ -13,7 +15,7 @@ pub struct SlotView {
     /// Its lifecycle state.
     pub state: SlotState,
     /// Since when it has been continuously ready or busy.
-    pub healthy_since: Option<Instant>,
+    pub healthy_since: Option<Millis>,
     /// It has been restarted (or failed) since the supervisor started: a
     /// worker that just came back must prove itself before taking traffic back.
     pub recovering: bool,
@@ -37,7 +39,7 @@ pub fn choose(
     routing: Routing,
     previous: Option<usize>,
     failback_hold: Duration,
-    now: Instant,
+    now: Millis,
 ) -> (Option<usize>, String) {
     if let Routing::Pinned(backend) = routing {
         let pick = slots
@@ -57,7 +59,7 @@ pub fn choose(
         let held = !primary.recovering
             || primary
                 .healthy_since
-                .is_some_and(|since| now.duration_since(since) >= failback_hold);
+                .is_some_and(|since| now.since(since) >= failback_hold);
         let on_fallback = previous == Some(1);
         if on_fallback && !held && fallback.is_some() {
             return (
@@ -112,7 +114,7 @@ pub fn cooler(slots: &[SlotView], zones: &[ZoneTemp], chosen: usize) -> Option<u
 mod tests {
     use super::*;
 
-    fn view(backend: Backend, state: SlotState, since: Option<Instant>) -> SlotView {
+    fn view(backend: Backend, state: SlotState, since: Option<Millis>) -> SlotView {
         SlotView {
             backend,
             state,
@@ -123,7 +125,7 @@ mod tests {
 
     #[test]
     fn auto_prefers_primary_and_fails_over_and_back_after_hold() {
-        let t0 = Instant::now();
+        let t0 = Millis(1_000_000);
         let hold = Duration::from_secs(30);
         let fb = view(Backend::Cpu, SlotState::Ready, Some(t0));
         let up = [view(Backend::Npu, SlotState::Busy, Some(t0)), fb];
@@ -174,7 +176,7 @@ mod tests {
 
     #[test]
     fn pinned_uses_only_that_backend() {
-        let t0 = Instant::now();
+        let t0 = Millis(1_000_000);
         let slots = [
             view(Backend::Npu, SlotState::Ready, Some(t0)),
             view(Backend::Cpu, SlotState::Loading, None),
@@ -200,7 +202,7 @@ mod tests {
 
     #[test]
     fn the_cooler_backend_is_found_by_zone_type() {
-        let t0 = Instant::now();
+        let t0 = Millis(1_000_000);
         let slots = [
             view(Backend::Npu, SlotState::Ready, Some(t0)),
             view(Backend::Cpu, SlotState::Ready, Some(t0)),
@@ -229,7 +231,7 @@ mod tests {
     fn nothing_healthy_means_no_slot() {
         let slots = [view(Backend::Cpu, SlotState::Unavailable, None)];
         assert_eq!(
-            choose(&slots, Routing::Auto, None, Duration::ZERO, Instant::now()).0,
+            choose(&slots, Routing::Auto, None, Duration::ZERO, Millis(0)).0,
             None
         );
     }

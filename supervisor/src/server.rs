@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::core::{Event, Expected};
+use crate::driver::{Expected, Input as Event};
 use crate::observe::Observed;
 
 const SOFTWARE: &str = concat!("rocksteady-supervisor ", env!("CARGO_PKG_VERSION"));

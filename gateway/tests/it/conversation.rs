@@ -176,6 +176,7 @@ fn report() -> StatusReport {
             last_decode_tps: None,
             restarts: 2,
             last_restart_reason: Some("crash".into()),
+            chat_template: String::new(),
         }],
         active_backend: Some(Backend::Cpu),
         routing: Routing::Auto,
@@ -190,6 +191,7 @@ fn report() -> StatusReport {
             level: ThermalLevel::Normal,
         },
         mem_available_kb: None,
+        telemetry: Default::default(),
     }
 }
 

@@ -69,6 +69,9 @@ pub fn render(r: &StatusReport) -> String {
                 "          memory pressure: above the soft ceiling or system memory low"
             );
         }
+        if !s.chat_template.is_empty() {
+            let _ = writeln!(out, "          chat template: {}", s.chat_template);
+        }
         let _ = writeln!(
             out,
             "          profile: {}{}",
@@ -114,6 +117,36 @@ pub fn render(r: &StatusReport) -> String {
     if let Some(avail) = r.mem_available_kb {
         let _ = writeln!(out, "memory available: {} MiB", avail / 1024);
     }
+    let t = &r.telemetry;
+    if let Some(ms) = t.blind_ms {
+        let _ = writeln!(
+            out,
+            "telemetry: no thermal zone readable for {}; the level is held at {:?}",
+            duration(ms),
+            r.thermal.level
+        );
+    }
+    if !t.unreadable_zones.is_empty() {
+        let _ = writeln!(
+            out,
+            "telemetry: unreadable zones left out: {}",
+            t.unreadable_zones.join(", ")
+        );
+    }
+    if !t.stuck_zones.is_empty() {
+        let _ = writeln!(
+            out,
+            "telemetry: zones stuck at one value while others change, left out: {}",
+            t.stuck_zones.join(", ")
+        );
+    }
+    if t.memory_read_failures > 0 {
+        let _ = writeln!(
+            out,
+            "telemetry: {} worker memory reads failed (the last sample was kept)",
+            t.memory_read_failures
+        );
+    }
     let _ = writeln!(
         out,
         "supervisor: pid {}, up {}, version {}",
@@ -131,5 +164,48 @@ fn truncate(s: &str, n: usize) -> String {
         let mut t: String = s.chars().take(n - 1).collect();
         t.push('…');
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::admin::{TelemetryStatus, ThermalLevel, ThermalStatus};
+
+    #[test]
+    fn telemetry_that_cannot_be_trusted_is_shown() {
+        let report = StatusReport {
+            version: "0".into(),
+            pid: 1,
+            uptime_ms: 0,
+            slots: Vec::new(),
+            active_backend: None,
+            routing: Routing::Auto,
+            routing_reason: String::new(),
+            queue_depth: 0,
+            in_flight: 0,
+            thermal: ThermalStatus {
+                zones: Vec::new(),
+                level: ThermalLevel::Critical,
+            },
+            mem_available_kb: None,
+            telemetry: TelemetryStatus {
+                unreadable_zones: vec!["soc-thermal".into()],
+                stuck_zones: vec!["gpu-thermal".into()],
+                blind_ms: Some(90_000),
+                memory_read_failures: 3,
+            },
+        };
+        let text = render(&report);
+        assert!(
+            text.contains("no thermal zone readable for 1m30s; the level is held at Critical"),
+            "{text}"
+        );
+        assert!(
+            text.contains("unreadable zones left out: soc-thermal"),
+            "{text}"
+        );
+        assert!(text.contains("left out: gpu-thermal"), "{text}");
+        assert!(text.contains("3 worker memory reads failed"), "{text}");
     }
 }

@@ -174,6 +174,7 @@ pub async fn validate(config: &Config, cv_limit: f64) -> Result<Vec<Row>, Valida
                 hard_mib,
             })
         };
+        let before = slot_status(&mut admin, &slot.name).await?;
         admin.request(&set(1, 0)).await?;
         let started = Instant::now();
         let mut switched = None;
@@ -193,32 +194,18 @@ pub async fn validate(config: &Config, cv_limit: f64) -> Result<Vec<Row>, Valida
                 .is_ok(),
             None => false,
         };
+        let after = slot_status(&mut admin, &slot.name).await?;
         admin
             .request(&set(slot_cfg.memory_soft_mib, slot_cfg.memory_hard_mib))
             .await?;
-        let mut detail = String::new();
-        match switched {
-            Some(t) => {
-                let _ = write!(
-                    detail,
-                    "switched to profile {:?} {:.1}s after pressure; ",
-                    fallback.name,
-                    t.as_secs_f64()
-                );
-            }
-            None => detail.push_str("did not switch within 60s; "),
-        }
-        let _ = write!(
-            detail,
-            "request on it {}; ceilings restored (switches back after {}s calm)",
-            if completed { "completed" } else { "FAILED" },
-            config.policy.profile_hold_s
-        );
-        rows.push(Row {
-            check: "fallback profile under pressure",
-            pass: switched.is_some() && completed,
-            detail,
-        });
+        rows.push(fallback_row(
+            &fallback.name,
+            &before,
+            &after,
+            switched,
+            completed,
+            config.policy.profile_hold_s,
+        ));
     } else {
         rows.push(Row {
             check: "fallback profile under pressure",
@@ -227,6 +214,66 @@ pub async fn validate(config: &Config, cv_limit: f64) -> Result<Vec<Row>, Valida
         });
     }
     Ok(rows)
+}
+
+async fn slot_status(admin: &mut AdminClient, name: &str) -> Result<SlotStatus, ValidateError> {
+    status(admin)
+        .await?
+        .slots
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or(ValidateError::NoWorker)
+}
+
+/// The fallback-profile row: it passes only if the slot switched, a request
+/// completed on the new profile, and the worker was neither stopped nor
+/// restarted on the way (same pid, same restart count): a switch that kills
+/// its worker is the failure this row exists to catch.
+pub fn fallback_row(
+    profile: &str,
+    before: &SlotStatus,
+    after: &SlotStatus,
+    switched: Option<Duration>,
+    completed: bool,
+    hold_s: f64,
+) -> Row {
+    let mut detail = String::new();
+    match switched {
+        Some(t) => {
+            let _ = write!(
+                detail,
+                "switched to profile {profile:?} {:.1}s after pressure; ",
+                t.as_secs_f64()
+            );
+        }
+        None => detail.push_str("did not switch within 60s; "),
+    }
+    let kept = before.pid.is_some() && after.pid == before.pid && after.restarts == before.restarts;
+    if !kept {
+        let _ = write!(
+            detail,
+            "the worker was stopped during the switch (pid {:?} -> {:?}, restarts {} -> {}{}); ",
+            before.pid,
+            after.pid,
+            before.restarts,
+            after.restarts,
+            after
+                .last_restart_reason
+                .as_deref()
+                .map(|r| format!(", last: {r}"))
+                .unwrap_or_default()
+        );
+    }
+    let _ = write!(
+        detail,
+        "request on it {}; ceilings restored (switches back after {hold_s}s calm)",
+        if completed { "completed" } else { "FAILED" },
+    );
+    Row {
+        check: "fallback profile under pressure",
+        pass: switched.is_some() && completed && kept,
+        detail,
+    }
 }
 
 /// Renders the rows as the printed matrix.
@@ -242,4 +289,76 @@ pub fn render(rows: &[Row]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::chat::Backend;
+
+    fn slot(pid: u32, restarts: u32, reason: Option<&str>) -> SlotStatus {
+        SlotStatus {
+            name: "primary".into(),
+            backend: Backend::Cpu,
+            state: SlotState::Ready,
+            state_ms: 0,
+            reason: String::new(),
+            pid: Some(pid),
+            model: "m".into(),
+            profile: "small".into(),
+            profile_reason: String::new(),
+            rss_anon_kb: None,
+            rss_file_kb: None,
+            vm_hwm_kb: None,
+            memory_pressure: true,
+            uptime_ms: None,
+            requests_served: 0,
+            last_decode_tps: None,
+            restarts,
+            last_restart_reason: reason.map(str::to_owned),
+            chat_template: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_fallback_row_fails_when_the_worker_was_restarted_during_the_switch() {
+        let t = Some(Duration::from_millis(900));
+        let ok = fallback_row(
+            "small",
+            &slot(10, 0, None),
+            &slot(10, 0, None),
+            t,
+            true,
+            60.0,
+        );
+        assert!(ok.pass, "{}", ok.detail);
+        let restarted = fallback_row(
+            "small",
+            &slot(10, 0, None),
+            &slot(11, 1, Some("load-timeout")),
+            t,
+            true,
+            60.0,
+        );
+        assert!(!restarted.pass);
+        assert!(
+            restarted.detail.contains("stopped during the switch"),
+            "{}",
+            restarted.detail
+        );
+        assert!(
+            restarted.detail.contains("load-timeout"),
+            "{}",
+            restarted.detail
+        );
+        let counted = fallback_row(
+            "small",
+            &slot(10, 0, None),
+            &slot(10, 1, None),
+            t,
+            true,
+            60.0,
+        );
+        assert!(!counted.pass);
+    }
 }

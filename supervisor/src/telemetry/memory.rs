@@ -10,16 +10,7 @@ use std::path::Path;
 use procfs::process::Process;
 use procfs::FromRead;
 
-/// One sample of a worker's memory, in KiB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MemSample {
-    /// Resident anonymous memory (heap, KV cache, compute buffers).
-    pub rss_anon_kb: u64,
-    /// Resident file-backed memory (mmap'd weights).
-    pub rss_file_kb: u64,
-    /// Peak resident set.
-    pub vm_hwm_kb: u64,
-}
+pub use crate::core::MemSample;
 
 /// Reads `/proc/<pid>/status` under `proc_root`; `None` when the process is
 /// gone or the kernel does not report the fields.

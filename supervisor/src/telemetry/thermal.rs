@@ -1,9 +1,11 @@
-//! Board temperatures from sysfs thermal zones, and the admission level they
-//! imply (with hysteresis).
+//! Board temperatures from sysfs thermal zones (the level they imply is the
+//! core's decision, in [`crate::core::thermal`]).
 
 use std::path::Path;
 
-use proto::admin::{ThermalLevel, ZoneTemp};
+use proto::admin::ZoneTemp;
+
+use crate::core::ZoneReading;
 
 /// Reads every `<sysfs_root>/class/thermal/thermal_zone*/{type,temp}`; zones
 /// whose files are missing or unreadable are skipped (a zone can be disabled).
@@ -44,36 +46,38 @@ pub fn read_zones(sysfs_root: &Path, only: &[String]) -> Vec<ZoneTemp> {
     zones.into_iter().map(|(_, z)| z).collect()
 }
 
-/// The hottest temperature, if any zone was read.
-pub fn hottest(zones: &[ZoneTemp]) -> Option<f64> {
-    zones.iter().map(|z| z.celsius).reduce(f64::max)
-}
+pub use crate::core::thermal::hottest;
 
-/// Thresholds of [`next_level`], in degrees Celsius.
-#[derive(Debug, Clone, Copy)]
-pub struct Thresholds {
-    /// Cap max tokens above this.
-    pub throttle: f64,
-    /// Stop admitting above this.
-    pub critical: f64,
-    /// Leave critical only below this.
-    pub resume: f64,
-}
-
-/// The admission level after a reading. Critical is sticky until the
-/// temperature falls below `resume` (hysteresis, so admission does not flap
-/// around one threshold); no reading at all keeps normal service.
-pub fn next_level(current: ThermalLevel, hottest: Option<f64>, t: Thresholds) -> ThermalLevel {
-    let Some(temp) = hottest else {
-        return ThermalLevel::Normal;
+/// Every zone under `<sysfs_root>/class/thermal`, with `celsius: None` for
+/// a zone whose type is known but whose temperature cannot be read: the core
+/// decides what an unreadable zone means (see [`crate::core::thermal`]).
+pub fn read_zone_readings(sysfs_root: &Path) -> Vec<ZoneReading> {
+    let Ok(entries) = std::fs::read_dir(sysfs_root.join("class/thermal")) else {
+        return Vec::new();
     };
-    if temp >= t.critical || (current == ThermalLevel::Critical && temp >= t.resume) {
-        ThermalLevel::Critical
-    } else if temp >= t.throttle {
-        ThermalLevel::Throttle
-    } else {
-        ThermalLevel::Normal
-    }
+    let mut zones: Vec<(u32, ZoneReading)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n: u32 = name.strip_prefix("thermal_zone")?.parse().ok()?;
+            let dir = e.path();
+            let kind = std::fs::read_to_string(dir.join("type"))
+                .ok()?
+                .trim()
+                .to_owned();
+            let celsius = std::fs::read_to_string(dir.join("temp"))
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .map(|milli| {
+                    #[allow(clippy::cast_precision_loss)] // millidegrees fit f64 exactly
+                    let c = milli as f64 / 1000.0;
+                    c
+                });
+            Some((n, ZoneReading { kind, celsius }))
+        })
+        .collect();
+    zones.sort_by_key(|(n, _)| *n);
+    zones.into_iter().map(|(_, z)| z).collect()
 }
 
 #[cfg(test)]
@@ -104,23 +108,19 @@ mod tests {
     }
 
     #[test]
-    fn critical_holds_until_below_resume() {
-        use ThermalLevel::{Critical, Normal, Throttle};
-        let t = Thresholds {
-            throttle: 80.0,
-            critical: 90.0,
-            resume: 75.0,
-        };
-        let mut level = ThermalLevel::Normal;
-        let mut seen = Vec::new();
-        for temp in [70.0, 85.0, 91.0, 85.0, 76.0, 74.0, 82.0] {
-            level = next_level(level, Some(temp), t);
-            seen.push(level);
-        }
+    fn unreadable_zones_are_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        zone(dir.path(), 1, "npu-thermal", 61_500);
+        let bad = dir.path().join("class/thermal/thermal_zone0");
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::write(bad.join("type"), "soc-thermal\n").unwrap();
+        std::fs::write(bad.join("temp"), "garbage\n").unwrap();
+        let zones = read_zone_readings(dir.path());
+        assert_eq!(zones.len(), 2);
         assert_eq!(
-            seen,
-            [Normal, Throttle, Critical, Critical, Critical, Normal, Throttle]
+            (zones[0].kind.as_str(), zones[0].celsius),
+            ("soc-thermal", None)
         );
-        assert_eq!(next_level(Critical, None, t), Normal);
+        assert_eq!(zones[1].celsius, Some(61.5));
     }
 }

@@ -159,6 +159,12 @@ async fn supctl_ask_streams_and_status_shows_the_worker() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["slots"][0]["state"], "Ready");
     assert_eq!(json["slots"][0]["requests_served"], 1);
+    // The template the worker reported when it loaded: SmolLM2 embeds one
+    // that llama.cpp renders as ChatML.
+    let template = json["slots"][0]["chat_template"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(template.contains("chatml"), "{template:?}");
     sup.stop().await;
 }
 
@@ -206,5 +212,58 @@ async fn supctl_validate_runs_the_matrix() {
     // The ceilings are back as configured.
     let slot = sup.slot("primary").await;
     assert!(!slot.memory_pressure || slot.profile == "small");
+    sup.stop().await;
+}
+
+/// `supctl validate` must not pass its fallback-profile row when the switch
+/// killed the worker: here the worker crashes on the reload (while a marker
+/// file exists) and comes back already on the fallback profile, which used to
+/// look like a clean switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supctl_validate_fails_the_fallback_row_when_the_switch_restarts_the_worker() {
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("crash-on-reload");
+    let slot = cpu_slot(
+        "primary",
+        &model(),
+        &format!(
+            "worker_env = {{ ROCKSTEADY_WORKER_FAULTS = \"crash-on-load-while={}\" }}\nmemory_hard_mib = 2048\n[slots.primary.fallback_profile]\nname = \"small\"\ncontext_size = 512\nbatch_size = 128\nthreads = 1\nkv_cache_type = \"q8_0\"\nmax_new_tokens = 64\n",
+            marker.display()
+        ),
+    );
+    let body = format!("[policy]\nprofile_switch_after_s = 0.5\nprofile_hold_s = 60.0\nmemory_interval_s = 0.2\nbackoff_initial_s = 0.2\nbackoff_max_s = 0.5\n{slot}");
+    let sup = Sup::start(&body).await;
+    sup.wait_state("primary", SlotState::Ready, Duration::from_secs(60))
+        .await;
+    std::fs::write(&marker, "").unwrap();
+    let config = sup.dir.path().join("config.toml");
+    std::fs::write(&config, &sup.text).unwrap();
+    let validate = tokio::task::spawn_blocking(move || {
+        Command::new(bin("supctl"))
+            .arg("--config")
+            .arg(&config)
+            .args(["validate", "--cv-limit", "0.5"])
+            .output()
+            .unwrap()
+    });
+    // The reload crashes the worker; once that counted, let it come back.
+    sup.wait_slot("primary", Duration::from_secs(180), |s| s.restarts >= 1)
+        .await;
+    std::fs::remove_file(&marker).unwrap();
+    let out = validate.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert_eq!(rows.len(), 3, "{stdout}{stderr}");
+    assert!(
+        rows[2].starts_with("FAIL")
+            && rows[2].contains("fallback profile under pressure")
+            && rows[2].contains("stopped during the switch"),
+        "{stdout}"
+    );
+    assert!(
+        !out.status.success(),
+        "validate must exit non-zero on a FAIL row"
+    );
     sup.stop().await;
 }

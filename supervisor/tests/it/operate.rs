@@ -127,7 +127,7 @@ async fn health_and_metrics_follow_failure_and_recovery() {
         (metric(
             &text,
             "rocksteady_restarts_total",
-            &[("slot", "primary"), ("reason", "oom")]
+            &[("slot", "primary"), ("reason", "killed")]
         ) - 1.0)
             .abs()
             < f64::EPSILON

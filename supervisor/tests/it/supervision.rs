@@ -93,8 +93,8 @@ async fn a_reply_survives_kill_9_of_its_worker() {
     let failover = failover.expect("no failover event");
     assert_eq!((failover.from, failover.to), (Backend::Cpu, Backend::Cpu));
     assert_eq!(
-        failover.reason, "oom",
-        "an unexplained SIGKILL counts as the OOM killer"
+        failover.reason, "killed",
+        "a SIGKILL without the kernel's OOM counters rising is not an OOM kill"
     );
     let SupervisorToClient::Done(done) = &events.last().unwrap().1 else {
         panic!("{events:?}")
@@ -116,7 +116,7 @@ async fn a_reply_survives_kill_9_of_its_worker() {
             s.state == SlotState::Ready && s.restarts == 1
         })
         .await;
-    assert_eq!(primary.last_restart_reason.as_deref(), Some("oom"));
+    assert_eq!(primary.last_restart_reason.as_deref(), Some("killed"));
     assert_eq!(sup.slot("fallback").await.requests_served, 1);
     sup.stop().await;
 }
@@ -659,5 +659,145 @@ async fn memory_pressure_switches_to_the_fallback_profile_and_back() {
         })
         .await;
     assert!(back.profile_reason.is_empty());
+    sup.stop().await;
+}
+
+/// The reproduction of issue 10: a worker older than `load_timeout_s` was
+/// put back in Loading for a profile switch, and the next tick compared its
+/// *spawn* time with the load timeout and stopped it ("load-timeout").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_switch_on_a_worker_older_than_the_load_timeout_keeps_it() {
+    use proto::admin::MemoryCeiling;
+    let slot = cpu_slot(
+        "primary",
+        &model(),
+        "[slots.primary.fallback_profile]\nname = \"small\"\ncontext_size = 256\nbatch_size = 64\nthreads = 1\nkv_cache_type = \"q8_0\"\nmax_new_tokens = 64\n",
+    );
+    let policy = format!(
+        "{POLICY}load_timeout_s = 6.0\nprofile_switch_after_s = 0.5\nprofile_hold_s = 60.0\n"
+    );
+    let sup = Sup::start(&format!("{policy}{slot}")).await;
+    let normal = sup
+        .wait_state("primary", SlotState::Ready, Duration::from_secs(60))
+        .await;
+    // Older than the load timeout before the switch.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    sup.admin(AdminToSupervisor::SetMemoryCeiling(MemoryCeiling {
+        slot: "primary".into(),
+        soft_mib: 1,
+        hard_mib: 0,
+    }))
+    .await;
+    sup.wait_slot("primary", Duration::from_secs(30), |s| {
+        s.profile == "small" && s.state == SlotState::Ready
+    })
+    .await;
+    // Several ticks and memory samples later it is still the same process.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = sup.slot("primary").await;
+    assert_eq!(
+        (after.state, after.pid, after.restarts),
+        (SlotState::Ready, normal.pid, 0),
+        "the profile switch stopped or restarted the worker: {after:?}"
+    );
+    sup.stop().await;
+}
+
+/// SIGTERM (every `systemctl stop`) drains: the reply being generated
+/// finishes, a new request is told the service is restarting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_the_running_reply_and_refuses_new_ones() {
+    let slot = cpu_slot(
+        "primary",
+        &model(),
+        "worker_env = { ROCKSTEADY_WORKER_FAULTS = \"token-delay-ms=20\" }",
+    );
+    let sup = Sup::start(&format!("{POLICY}{slot}")).await;
+    sup.wait_state("primary", SlotState::Ready, Duration::from_secs(60))
+        .await;
+    let (mut client, before) = start_long(&sup, 3).await;
+    let mut late = sup.client().await;
+    let stopping = tokio::spawn(sup.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    late.submit(user("What is 2+2?"), greedy(4)).await.unwrap();
+    match late.next_event().await.unwrap() {
+        SupervisorToClient::Error(e) => {
+            assert_eq!(e.kind, proto::client::ErrorKind::ShuttingDown);
+            assert!(e.message.contains("restarting"), "{}", e.message);
+        }
+        other => panic!("a request during the drain was not refused: {other:?}"),
+    }
+    let events = collect(&mut client, Duration::from_secs(60)).await;
+    let SupervisorToClient::Done(done) = &events.last().unwrap().1 else {
+        panic!("the running reply was cut by the shutdown: {events:?}")
+    };
+    assert!(done.text.starts_with(&before));
+    stopping.await.unwrap();
+}
+
+/// A SIGKILL the supervisor did not send is an OOM kill only when the
+/// kernel's counter rose (here a fake `/proc/vmstat`); otherwise "killed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_is_an_oom_kill_only_when_the_kernel_counted_one() {
+    let proc_root = tempfile::tempdir().unwrap();
+    let vmstat = proc_root.path().join("vmstat");
+    std::fs::write(&vmstat, "nr_free_pages 1\noom_kill 5\n").unwrap();
+    let sup = Sup::start(&format!(
+        "{POLICY}[telemetry]\nproc_root = \"{}\"\n{}",
+        proc_root.path().display(),
+        cpu_slot("primary", &model(), "")
+    ))
+    .await;
+    let first = sup
+        .wait_state("primary", SlotState::Ready, Duration::from_secs(60))
+        .await;
+    std::fs::write(&vmstat, "nr_free_pages 1\noom_kill 6\n").unwrap();
+    signal(first.pid.unwrap(), Signal::SIGKILL);
+    let second = sup
+        .wait_slot("primary", Duration::from_secs(60), |s| {
+            s.restarts == 1 && s.state == SlotState::Ready
+        })
+        .await;
+    assert_eq!(second.last_restart_reason.as_deref(), Some("oom"));
+    // The counter stays put: an operator's kill -9.
+    signal(second.pid.unwrap(), Signal::SIGKILL);
+    let third = sup
+        .wait_slot("primary", Duration::from_secs(60), |s| s.restarts == 2)
+        .await;
+    assert_eq!(third.last_restart_reason.as_deref(), Some("killed"));
+    sup.stop().await;
+}
+
+/// Spill-over: with the primary busy, the ready fallback takes the next
+/// request at once instead of idling while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_conversation_spills_over_to_the_ready_fallback() {
+    let sup = pair(40, "").await;
+    let (first, _) = start_long(&sup, 2).await;
+    let mut second = sup.client().await;
+    second
+        .submit(user("What is 2+2?"), greedy(8))
+        .await
+        .unwrap();
+    let events = collect(&mut second, Duration::from_secs(60)).await;
+    let started = events
+        .iter()
+        .find_map(|(_, e)| match e {
+            SupervisorToClient::Started(s) => Some(s.slot.clone()),
+            _ => None,
+        })
+        .expect("never started");
+    assert_eq!(started, "fallback", "{events:?}");
+    assert!(
+        !events
+            .iter()
+            .any(|(_, e)| matches!(e, SupervisorToClient::Queued(_))),
+        "it waited while the fallback was idle: {events:?}"
+    );
+    assert!(matches!(
+        events.last().unwrap().1,
+        SupervisorToClient::Done(_)
+    ));
+    drop(first);
     sup.stop().await;
 }

@@ -167,11 +167,12 @@ impl Sup {
         ChatClient::connect(&self.client_socket()).await.unwrap()
     }
 
-    /// Stops the supervisor and waits for it.
+    /// Stops the supervisor and waits for it (a reply still running is
+    /// drained first: up to `policy.drain_timeout_s`, 30 s by default).
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
+            tokio::time::timeout(Duration::from_secs(45), task)
                 .await
                 .unwrap()
                 .unwrap();

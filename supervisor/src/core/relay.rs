@@ -1,0 +1,174 @@
+//! Relay: what a worker says while it serves (ready, tokens counted from
+//! the frames' `tokens`, done, errors, refusals) reaches the client at once.
+
+use proto::admin::SlotState;
+use proto::chat::GenStats;
+use proto::client::{Done, ErrorKind, SupervisorToClient, Token};
+use proto::worker::{WorkerDone, WorkerErrorKind, WorkerToSupervisor};
+
+use super::dispatch::{MAX_REFUSALS, REFUSAL_PAUSE};
+use super::slot::{fail, send};
+use super::{Core, Level};
+use crate::lifecycle::Reason;
+
+impl Core {
+    pub(super) fn on_worker_message(&mut self, i: usize, msg: WorkerToSupervisor) {
+        let now = self.now;
+        match msg {
+            WorkerToSupervisor::Ready(ready) => self.on_ready(i, &ready),
+            WorkerToSupervisor::LoadFailed(failed) => {
+                let name = self.slots[i].name;
+                self.log(
+                    Level::Error,
+                    "worker cannot load its model",
+                    &[
+                        ("slot", &name),
+                        ("code", &failed.exit_code),
+                        ("message", &failed.message),
+                    ],
+                );
+                self.slots[i].load_failure = Some(failed.message);
+            }
+            WorkerToSupervisor::Heartbeat(_) => self.slots[i].last_heartbeat = now,
+            WorkerToSupervisor::Token(t) => {
+                let s = &mut self.slots[i];
+                if s.job != Some(t.request_id) {
+                    return;
+                }
+                s.last_token_at = Some(now);
+                self.last_tokens_at = Some(now);
+                if let Some(job) = self.jobs.get_mut(&t.request_id) {
+                    job.text.push_str(&t.text);
+                    // The frame says how many model tokens it covers.
+                    job.tokens = job.tokens.saturating_add(t.tokens);
+                    if !job.cancelled {
+                        let event = SupervisorToClient::Token(Token {
+                            request_id: job.client_id,
+                            text: t.text,
+                        });
+                        send(&mut self.out, job, event);
+                    }
+                }
+            }
+            WorkerToSupervisor::Done(done) => self.on_done(i, &done),
+            WorkerToSupervisor::Error(err) => {
+                if self.slots[i].job != Some(err.request_id) {
+                    return;
+                }
+                self.finish_generation(i);
+                match err.kind {
+                    WorkerErrorKind::Busy | WorkerErrorKind::NotLoaded => {
+                        self.on_refused(i, err.request_id);
+                    }
+                    kind => {
+                        if let Some(job) = self.jobs.remove(&err.request_id) {
+                            let client_kind = match kind {
+                                WorkerErrorKind::PromptTooLong | WorkerErrorKind::BadRequest => {
+                                    ErrorKind::BadRequest
+                                }
+                                _ => ErrorKind::WorkerFailed,
+                            };
+                            fail(&mut self.out, &job, client_kind, err.message);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The worker would not start the request: it waits again (at the
+    /// front), the worker is not offered another for a moment, and a request
+    /// refused too often fails instead of looping.
+    fn on_refused(&mut self, i: usize, id: u64) {
+        let now = self.now;
+        self.slots[i].refused_until = Some(now + REFUSAL_PAUSE);
+        let name = self.slots[i].name;
+        self.log(
+            Level::Warn,
+            "worker refused a request",
+            &[("slot", &name), ("request", &id)],
+        );
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.refusals += 1;
+        job.slot = None;
+        if job.cancelled || job.refusals >= MAX_REFUSALS {
+            let refusals = job.refusals;
+            if let Some(job) = self.jobs.remove(&id) {
+                if job.cancelled {
+                    fail(&mut self.out, &job, ErrorKind::Cancelled, "cancelled");
+                } else {
+                    let msg = format!("the workers refused the request {refusals} times (busy or not loaded); giving up");
+                    fail(&mut self.out, &job, ErrorKind::WorkerFailed, msg);
+                }
+            }
+            return;
+        }
+        self.queue.push_front(id);
+    }
+
+    fn on_done(&mut self, i: usize, done: &WorkerDone) {
+        if self.slots[i].job != Some(done.request_id) {
+            return;
+        }
+        self.finish_generation(i);
+        let Some(job) = self.jobs.remove(&done.request_id) else {
+            return;
+        };
+        let s = &mut self.slots[i];
+        if !job.probe {
+            s.requests_served += 1;
+        }
+        let st = &done.stats;
+        if st.prompt_tokens > 0 && st.prefill_ms > 0.0 {
+            s.prefill_tps = Some(f64::from(st.prompt_tokens) / (st.prefill_ms / 1000.0));
+        }
+        if st.generated_tokens > 1 {
+            s.last_decode_tps = Some(st.decode_tps);
+            let g = self
+                .counters
+                .generation
+                .entry(s.cfg.backend.as_str())
+                .or_default();
+            g.0 += st.ttft_ms;
+            g.1 += st.decode_tps;
+            g.2 += 1;
+        }
+        if job.cancelled {
+            fail(&mut self.out, &job, ErrorKind::Cancelled, "cancelled");
+        } else {
+            let event = SupervisorToClient::Done(Done {
+                request_id: job.client_id,
+                text: job.text.clone(),
+                backend: s.cfg.backend,
+                model: s.model.clone(),
+                stats: GenStats {
+                    generated_tokens: job.tokens,
+                    ..done.stats
+                },
+            });
+            send(&mut self.out, &job, event);
+        }
+        if self.shutting_down {
+            self.drain_progress();
+        }
+    }
+
+    /// The slot's generation is over (done or error): back to ready, or on to
+    /// a restart an operator asked for.
+    pub(super) fn finish_generation(&mut self, i: usize) {
+        let s = &mut self.slots[i];
+        s.job = None;
+        s.generate_sent_at = None;
+        s.last_token_at = None;
+        s.last_heartbeat = self.now;
+        if s.state == SlotState::Busy {
+            self.set_state(i, SlotState::Ready, None);
+        }
+        if self.slots[i].restart_after_job {
+            self.slots[i].restart_after_job = false;
+            self.stop(i, Reason::Admin);
+        }
+    }
+}

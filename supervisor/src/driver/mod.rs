@@ -1,0 +1,521 @@
+//! The thin tokio driver around [`crate::core::Core`]: it turns sockets
+//! ([`crate::server`]), processes ([`crate::process`]), timers and `/proc` /
+//! `/sys` reads ([`crate::telemetry`]) into [`Event`]s, and carries out the
+//! core's [`Effect`]s. It decides nothing: every "whether" and "when" is the
+//! core's.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use proto::admin::{AdminToSupervisor, SupervisorToAdmin};
+use proto::client::{Submit, SupervisorToClient};
+use proto::worker::{SupervisorToWorker, WorkerToSupervisor};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::cgroup::WorkerCgroups;
+use crate::config::Config;
+use crate::core::{
+    Core, Effect, Event, Level, Millis, Notify, OomCounters, Readings, SpawnError, TICK,
+};
+use crate::observe::Observed;
+use crate::process;
+use crate::telemetry::{memory, thermal};
+
+/// What the connection tasks and process watchers send the driver.
+#[derive(Debug)]
+pub enum Input {
+    /// A client submitted a request.
+    ClientSubmit {
+        /// Connection id.
+        conn: u64,
+        /// The request.
+        submit: Submit,
+        /// Where the connection's events go.
+        events: UnboundedSender<SupervisorToClient>,
+    },
+    /// A client cancelled a request.
+    ClientCancel {
+        /// Connection id.
+        conn: u64,
+        /// The client's request id.
+        request_id: u64,
+    },
+    /// A client connection closed.
+    ClientGone {
+        /// Connection id.
+        conn: u64,
+    },
+    /// A worker connected and completed the handshake.
+    WorkerConnected {
+        /// Slot index.
+        slot: usize,
+        /// Which process of the slot.
+        incarnation: u64,
+        /// Sends to the worker.
+        tx: UnboundedSender<SupervisorToWorker>,
+    },
+    /// A worker sent a message.
+    WorkerMessage {
+        /// Slot index.
+        slot: usize,
+        /// Which process of the slot.
+        incarnation: u64,
+        /// The message.
+        msg: WorkerToSupervisor,
+    },
+    /// A worker's connection ended.
+    WorkerDisconnected {
+        /// Slot index.
+        slot: usize,
+        /// Which process of the slot.
+        incarnation: u64,
+    },
+    /// A worker process ended.
+    WorkerExited {
+        /// Slot index.
+        slot: usize,
+        /// Which process of the slot.
+        incarnation: u64,
+        /// Exit status.
+        code: Option<i32>,
+        /// Terminating signal.
+        signal: Option<i32>,
+    },
+    /// An admin command, answered on `reply`.
+    Admin {
+        /// The command.
+        cmd: AdminToSupervisor,
+        /// The answer.
+        reply: oneshot::Sender<SupervisorToAdmin>,
+    },
+}
+
+/// The pid a slot's socket may accept, shared with its accept task so an
+/// unknown peer is refused before it can say anything.
+#[derive(Debug, Default)]
+pub struct Expected {
+    /// (pid, incarnation) of the process we spawned last.
+    pub current: Mutex<Option<(u32, u64)>>,
+}
+
+/// Per slot: where its worker connects and what the driver holds for it.
+struct SlotIo {
+    name: &'static str,
+    socket: PathBuf,
+    expected: Arc<Expected>,
+    worker: Option<(u64, UnboundedSender<SupervisorToWorker>)>,
+    alive: Arc<AtomicBool>,
+    cgroup: Option<PathBuf>,
+}
+
+/// The driver's state.
+pub struct Driver {
+    core: Core,
+    cfg: Config,
+    slots: Vec<SlotIo>,
+    clients: HashMap<u64, UnboundedSender<SupervisorToClient>>,
+    replies: HashMap<u64, oneshot::Sender<SupervisorToAdmin>>,
+    next_reply: u64,
+    tx: UnboundedSender<Input>,
+    observed: Arc<Observed>,
+    on_ready: Option<Box<dyn FnOnce() + Send>>,
+    cgroups: Option<WorkerCgroups>,
+    epoch: Instant,
+    exited: bool,
+}
+
+/// Whether retrying a failed spawn can help: a missing or non-executable
+/// binary never will; EMFILE, EAGAIN, ENOMEM and the like may.
+pub fn spawn_error(e: &io::Error) -> SpawnError {
+    const ENOEXEC: i32 = 8;
+    let permanent = matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+    ) || e.raw_os_error() == Some(ENOEXEC);
+    SpawnError {
+        permanent,
+        message: e.to_string(),
+    }
+}
+
+impl Driver {
+    /// A driver for `cfg`; `tx` is the sender of its own input channel
+    /// (handed to the tasks it spawns); `sockets` are the per-slot worker
+    /// socket paths and accept filters, in slot order.
+    pub fn new(
+        cfg: Config,
+        tx: UnboundedSender<Input>,
+        sockets: Vec<(PathBuf, Arc<Expected>)>,
+        observed: Arc<Observed>,
+        on_ready: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Self {
+        let slots = cfg
+            .slot_list()
+            .into_iter()
+            .zip(sockets)
+            .map(|((name, _), (socket, expected))| SlotIo {
+                name,
+                socket,
+                expected,
+                worker: None,
+                alive: Arc::new(AtomicBool::new(false)),
+                cgroup: None,
+            })
+            .collect();
+        Self {
+            core: Core::new(cfg.clone(), std::process::id(), Millis(0)),
+            cfg,
+            slots,
+            clients: HashMap::new(),
+            replies: HashMap::new(),
+            next_reply: 1,
+            tx,
+            observed,
+            on_ready,
+            cgroups: None,
+            epoch: Instant::now(),
+            exited: false,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        Millis(u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Runs until the core says everything is stopped (after `shutdown`).
+    pub async fn run(mut self, mut rx: UnboundedReceiver<Input>, shutdown: CancellationToken) {
+        if self.cfg.supervisor.worker_cgroups {
+            let t = &self.cfg.telemetry;
+            match WorkerCgroups::setup(&t.cgroup_root, &t.proc_root, std::process::id()) {
+                Ok(groups) => {
+                    tracing::info!("workers run in their own cgroups with memory.max from the hard ceiling");
+                    self.cgroups = Some(groups);
+                }
+                Err(e) => tracing::warn!("per-worker cgroups unavailable ({e}); the procfs RssAnon ceiling still applies"),
+            }
+        }
+        self.feed(Event::Start);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut asked_to_stop = false;
+        while !self.exited {
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(input) => self.on_input(input),
+                    None => break,
+                },
+                _ = tick.tick() => self.feed(Event::Tick),
+                () = shutdown.cancelled(), if !asked_to_stop => {
+                    asked_to_stop = true;
+                    self.feed(Event::Shutdown);
+                }
+            }
+        }
+    }
+
+    fn on_input(&mut self, input: Input) {
+        let event = match input {
+            Input::ClientSubmit {
+                conn,
+                submit,
+                events,
+            } => {
+                self.clients.entry(conn).or_insert(events);
+                Event::ClientSubmit { conn, submit }
+            }
+            Input::ClientCancel { conn, request_id } => Event::ClientCancel { conn, request_id },
+            Input::ClientGone { conn } => {
+                self.clients.remove(&conn);
+                Event::ClientGone { conn }
+            }
+            Input::WorkerConnected {
+                slot,
+                incarnation,
+                tx,
+            } => {
+                self.slots[slot].worker = Some((incarnation, tx));
+                Event::WorkerConnected { slot, incarnation }
+            }
+            Input::WorkerMessage {
+                slot,
+                incarnation,
+                msg,
+            } => Event::WorkerMessage {
+                slot,
+                incarnation,
+                msg,
+            },
+            Input::WorkerDisconnected { slot, incarnation } => {
+                if self.slots[slot]
+                    .worker
+                    .as_ref()
+                    .is_some_and(|(inc, _)| *inc == incarnation)
+                {
+                    self.slots[slot].worker = None;
+                }
+                Event::WorkerDisconnected { slot, incarnation }
+            }
+            Input::WorkerExited {
+                slot,
+                incarnation,
+                code,
+                signal,
+            } => {
+                let oom = self.oom_counters(slot);
+                Event::WorkerExited {
+                    slot,
+                    incarnation,
+                    code,
+                    signal,
+                    oom,
+                }
+            }
+            Input::Admin { cmd, reply } => {
+                let id = self.next_reply;
+                self.next_reply += 1;
+                self.replies.insert(id, reply);
+                Event::Admin { id, cmd }
+            }
+        };
+        self.feed(event);
+    }
+
+    /// Hands `event` to the core and carries out the effects; effects that
+    /// answer at once (spawn, telemetry) feed their answer back in order.
+    fn feed(&mut self, event: Event) {
+        let mut pending = VecDeque::from([event]);
+        while let Some(event) = pending.pop_front() {
+            let now = self.now();
+            for effect in self.core.handle(event, now) {
+                if let Some(answer) = self.carry_out(effect) {
+                    pending.push_back(answer);
+                }
+            }
+        }
+    }
+
+    fn oom_counters(&self, slot: usize) -> OomCounters {
+        OomCounters {
+            global: memory::oom_kills(&self.cfg.telemetry.proc_root),
+            cgroup: self.slots[slot]
+                .cgroup
+                .as_deref()
+                .and_then(memory::cgroup_oom_kills),
+        }
+    }
+
+    #[allow(clippy::too_many_lines)] // one arm per effect, each short
+    fn carry_out(&mut self, effect: Effect) -> Option<Event> {
+        match effect {
+            Effect::Spawn {
+                slot,
+                incarnation,
+                memory_max,
+            } => return Some(self.spawn(slot, incarnation, memory_max)),
+            Effect::Stop { slot, pid, grace } => {
+                process::stop_in_background(pid, grace, Arc::clone(&self.slots[slot].alive));
+            }
+            Effect::Kill { pid } => {
+                let _ = process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            Effect::ToWorker {
+                slot,
+                incarnation,
+                msg,
+            } => {
+                if let Some((inc, tx)) = &self.slots[slot].worker {
+                    if *inc == incarnation {
+                        let _ = tx.send(msg);
+                    }
+                }
+            }
+            Effect::ToClient {
+                conn,
+                event,
+                admitted,
+            } => {
+                self.observed.requests.count(&event, admitted);
+                if let Some(tx) = self.clients.get(&conn) {
+                    // A closed channel means the client left; ClientGone follows.
+                    let _ = tx.send(event);
+                }
+            }
+            Effect::AdminReply { id, answer } => {
+                if let Some(reply) = self.replies.remove(&id) {
+                    let _ = reply.send(answer);
+                }
+            }
+            Effect::WritePidFile { slot, pid } => {
+                let dir = &self.cfg.supervisor.state_dir;
+                if let Err(e) = process::write_pid_file(dir, self.slots[slot].name, pid) {
+                    tracing::warn!(
+                        slot = self.slots[slot].name,
+                        "cannot write pid file in {}: {e}",
+                        dir.display()
+                    );
+                }
+            }
+            Effect::RemovePidFile { slot } => {
+                let s = &self.slots[slot];
+                *s.expected
+                    .current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                let _ =
+                    std::fs::remove_file(process::pid_file(&self.cfg.supervisor.state_dir, s.name));
+            }
+            Effect::SetCgroupLimit { slot, max } => {
+                if let Some(dir) = &self.slots[slot].cgroup {
+                    let value = max.map_or_else(|| "max".to_owned(), |b| b.to_string());
+                    if let Err(e) = std::fs::write(dir.join("memory.max"), value) {
+                        tracing::warn!(slot = self.slots[slot].name, "cannot set memory.max: {e}");
+                    }
+                }
+            }
+            Effect::Notify(n) => self.notify(&n),
+            Effect::Publish(snapshot) => {
+                *self
+                    .observed
+                    .snapshot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(*snapshot);
+            }
+            Effect::ReadTelemetry { workers } => {
+                return Some(Event::Telemetry(self.read_telemetry(&workers)))
+            }
+            Effect::Log {
+                level,
+                message,
+                fields,
+            } => log(level, &message, &fields),
+            Effect::Exit => self.exited = true,
+        }
+        None
+    }
+
+    fn notify(&mut self, n: &Notify) {
+        let state = match n {
+            Notify::Ready => {
+                if let Some(f) = self.on_ready.take() {
+                    f();
+                }
+                return;
+            }
+            Notify::Status(s) => sd_notify::NotifyState::Status(s),
+            Notify::Watchdog => sd_notify::NotifyState::Watchdog,
+            Notify::Stopping => sd_notify::NotifyState::Stopping,
+        };
+        let _ = sd_notify::notify(&[state]);
+    }
+
+    fn spawn(&mut self, slot: usize, incarnation: u64, memory_max: Option<u64>) -> Event {
+        let sc = self.cfg.slot_list()[slot].1.clone();
+        let io = &mut self.slots[slot];
+        io.worker = None;
+        let child = match process::spawn_worker(&sc, &io.socket) {
+            Ok(child) => child,
+            Err(e) => {
+                return Event::SpawnFailed {
+                    slot,
+                    incarnation,
+                    error: spawn_error(&e),
+                }
+            }
+        };
+        let Some(pid) = child.id() else {
+            return Event::SpawnFailed {
+                slot,
+                incarnation,
+                error: SpawnError {
+                    permanent: false,
+                    message: "the worker exited before it could be watched".into(),
+                },
+            };
+        };
+        let proc_root = &self.cfg.telemetry.proc_root;
+        if let Err(e) =
+            process::set_oom_score_adj(proc_root, pid, self.cfg.policy.worker_oom_score_adj)
+        {
+            tracing::warn!(
+                slot = io.name,
+                pid,
+                "cannot set the worker's oom_score_adj: {e}"
+            );
+        }
+        *io.expected
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((pid, incarnation));
+        io.cgroup = None;
+        if let Some(groups) = &self.cgroups {
+            match groups.place(io.name, pid, memory_max) {
+                Ok(dir) => io.cgroup = Some(dir),
+                Err(e) => tracing::warn!(
+                    slot = io.name,
+                    "cannot move the worker into its cgroup: {e}"
+                ),
+            }
+        }
+        let alive = Arc::new(AtomicBool::new(true));
+        io.alive = Arc::clone(&alive);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let mut child = child;
+            let status = child.wait().await;
+            alive.store(false, Ordering::Release);
+            let (code, signal) = match status {
+                Ok(st) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    (st.code(), st.signal())
+                }
+                Err(_) => (None, None),
+            };
+            let _ = tx.send(Input::WorkerExited {
+                slot,
+                incarnation,
+                code,
+                signal,
+            });
+        });
+        Event::Spawned {
+            slot,
+            incarnation,
+            pid,
+            oom: self.oom_counters(slot),
+        }
+    }
+
+    fn read_telemetry(&self, workers: &[(usize, u32)]) -> Readings {
+        let t = &self.cfg.telemetry;
+        Readings {
+            mem_available_kb: memory::mem_available_kb(&t.proc_root),
+            workers: workers
+                .iter()
+                .map(|&(slot, pid)| (slot, pid, memory::sample(&t.proc_root, pid)))
+                .collect(),
+            zones: thermal::read_zone_readings(&t.sysfs_root),
+        }
+    }
+}
+
+fn log(level: Level, message: &str, fields: &[(&'static str, String)]) {
+    let mut line = String::from(message);
+    for (k, v) in fields {
+        line.push(' ');
+        line.push_str(k);
+        line.push('=');
+        line.push_str(v);
+    }
+    match level {
+        Level::Error => tracing::error!("{line}"),
+        Level::Warn => tracing::warn!("{line}"),
+        Level::Info => tracing::info!("{line}"),
+        Level::Debug => tracing::debug!("{line}"),
+    }
+}

@@ -1,0 +1,558 @@
+//! Scripted scenarios, one per defect of issue 10: the core driven by hand
+//! through the exact sequence that showed each defect. Each fails on the
+//! code before its fix.
+
+use proto::admin::{AdminToSupervisor, MemoryCeiling, SlotState, ThermalLevel};
+use proto::chat::{ChatMessage, FinishReason, GenParams, GenStats, Role};
+use proto::client::{ErrorKind, Submit, SupervisorToClient};
+use proto::worker::{
+    ModelFacts, Ready, SupervisorToWorker, WorkerDone, WorkerError, WorkerErrorKind,
+    WorkerToSupervisor, WorkerToken,
+};
+
+use crate::config::Config;
+use crate::core::{
+    Core, Effect, Event, MemSample, Millis, OomCounters, Readings, SpawnError, ZoneReading, TICK,
+};
+use crate::lifecycle::Reason;
+
+/// A core with hand-fed events; spawns and telemetry are answered as the
+/// driver would, from the harness's own figures.
+struct H {
+    core: Core,
+    now: Millis,
+    log: Vec<Effect>,
+    next_pid: u32,
+    anon_mib: [u64; 2],
+    zones: Vec<ZoneReading>,
+    mem_unreadable: bool,
+    spawn_error: Option<SpawnError>,
+    oom_kills: u64,
+}
+
+fn config(extra_policy: &str, primary_extra: &str) -> Config {
+    let text = format!(
+        "[slots.primary]\nbackend = \"npu\"\nmodel = \"/m/p.rkllm\"\nworker = \"/w/worker-npu\"\n{primary_extra}\n\
+         [slots.fallback]\nbackend = \"cpu\"\nmodel = \"/m/f.gguf\"\nworker = \"/w/worker-cpu\"\n\
+         [policy]\nheartbeat_interval_s = 0.5\nheartbeat_timeout_s = 60.0\nstall_timeout_s = 2.0\n\
+         first_token_timeout_s = 2.0\nload_timeout_s = 6.0\nbackoff_initial_s = 0.5\nbackoff_max_s = 2.0\n\
+         memory_interval_s = 0.5\nprofile_switch_after_s = 1.0\nprofile_hold_s = 60.0\nstop_grace_s = 1.0\n\
+         drain_timeout_s = 10.0\n{extra_policy}\n[http]\nlisten = \"\"\nprobe_interval_s = 0.0\n"
+    );
+    Config::from_toml(&text, std::path::Path::new("/")).unwrap()
+}
+
+impl H {
+    fn new(cfg: Config) -> Self {
+        let mut h = Self {
+            core: Core::new(cfg, 1, Millis(0)),
+            now: Millis(0),
+            log: Vec::new(),
+            next_pid: 100,
+            anon_mib: [100, 100],
+            zones: vec![ZoneReading {
+                kind: "soc-thermal".into(),
+                celsius: Some(50.0),
+            }],
+            mem_unreadable: false,
+            spawn_error: None,
+            oom_kills: 0,
+        };
+        h.feed(Event::Start);
+        h
+    }
+
+    fn feed(&mut self, event: Event) -> Vec<Effect> {
+        let mut all = Vec::new();
+        let mut pending = vec![event];
+        while let Some(e) = pending.pop() {
+            for effect in self.core.handle(e, self.now) {
+                match &effect {
+                    Effect::Spawn {
+                        slot, incarnation, ..
+                    } => {
+                        let answer = if let Some(error) = self.spawn_error.clone() {
+                            Event::SpawnFailed {
+                                slot: *slot,
+                                incarnation: *incarnation,
+                                error,
+                            }
+                        } else {
+                            self.next_pid += 1;
+                            Event::Spawned {
+                                slot: *slot,
+                                incarnation: *incarnation,
+                                pid: self.next_pid,
+                                oom: self.oom(),
+                            }
+                        };
+                        pending.push(answer);
+                    }
+                    Effect::ReadTelemetry { workers } => {
+                        let workers = workers
+                            .iter()
+                            .map(|&(i, pid)| {
+                                let s = MemSample {
+                                    rss_anon_kb: self.anon_mib[i] << 10,
+                                    ..MemSample::default()
+                                };
+                                (i, pid, (!self.mem_unreadable).then_some(s))
+                            })
+                            .collect();
+                        pending.push(Event::Telemetry(Readings {
+                            mem_available_kb: Some(4 << 20),
+                            workers,
+                            zones: self.zones.clone(),
+                        }));
+                    }
+                    _ => {}
+                }
+                all.push(effect);
+            }
+        }
+        self.log.extend(all.iter().cloned());
+        all
+    }
+
+    fn oom(&self) -> OomCounters {
+        OomCounters {
+            global: Some(self.oom_kills),
+            cgroup: None,
+        }
+    }
+
+    /// Lets `ms` pass in ticks.
+    fn wait(&mut self, ms: u64) {
+        let end = self.now.0 + ms;
+        while self.now.0 < end {
+            self.now = self.now + TICK;
+            self.feed(Event::Tick);
+        }
+    }
+
+    fn inc(&self, slot: usize) -> u64 {
+        self.core.slots()[slot].incarnation
+    }
+
+    fn say(&mut self, slot: usize, msg: WorkerToSupervisor) -> Vec<Effect> {
+        let incarnation = self.inc(slot);
+        self.feed(Event::WorkerMessage {
+            slot,
+            incarnation,
+            msg,
+        })
+    }
+
+    /// Connects slot's process and reports it ready.
+    fn ready(&mut self, slot: usize) {
+        let incarnation = self.inc(slot);
+        self.feed(Event::WorkerConnected { slot, incarnation });
+        self.say(slot, ready());
+        assert_eq!(self.core.slots()[slot].state, SlotState::Ready);
+    }
+
+    fn submit(&mut self, conn: u64, id: u64, chars: usize, params: GenParams) -> Vec<Effect> {
+        self.feed(Event::ClientSubmit {
+            conn,
+            submit: Submit {
+                request_id: id,
+                messages: vec![ChatMessage::new(Role::User, "x".repeat(chars))],
+                params,
+            },
+        })
+    }
+
+    fn exit(&mut self, slot: usize, code: Option<i32>, signal: Option<i32>) {
+        let incarnation = self.inc(slot);
+        self.feed(Event::WorkerDisconnected { slot, incarnation });
+        self.feed(Event::WorkerExited {
+            slot,
+            incarnation,
+            code,
+            signal,
+            oom: self.oom(),
+        });
+    }
+
+    /// Client events sent so far to `conn`.
+    fn client(&self, conn: u64) -> Vec<SupervisorToClient> {
+        self.log
+            .iter()
+            .filter_map(|e| match e {
+                Effect::ToClient { conn: c, event, .. } if *c == conn => Some(event.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Generate requests sent to `slot` so far.
+    fn generates(&self, slot: usize) -> Vec<u64> {
+        self.log
+            .iter()
+            .filter_map(|e| match e {
+                Effect::ToWorker {
+                    slot: s,
+                    msg: SupervisorToWorker::Generate(g),
+                    ..
+                } if *s == slot => Some(g.request_id),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn ready() -> WorkerToSupervisor {
+    WorkerToSupervisor::Ready(Ready {
+        backend: proto::chat::Backend::Cpu,
+        model: ModelFacts {
+            name: "m".into(),
+            file_size: 1,
+            architecture: "a".into(),
+            train_context: 1024,
+            context_size: 1024,
+            parameters: 1,
+            chat_template: String::new(),
+        },
+        profile: "default".into(),
+        load_ms: 1.0,
+        pid: 1,
+    })
+}
+
+fn params(max_tokens: u32) -> GenParams {
+    GenParams {
+        max_tokens,
+        ..GenParams::default()
+    }
+}
+
+fn done(request_id: u64, prompt_tokens: u32, prefill_ms: f64) -> WorkerToSupervisor {
+    WorkerToSupervisor::Done(WorkerDone {
+        request_id,
+        finish: FinishReason::EndOfTurn,
+        stats: GenStats {
+            prompt_tokens,
+            prefill_ms,
+            ..GenStats::default()
+        },
+    })
+}
+
+#[test]
+fn a_profile_switch_on_a_worker_older_than_the_load_timeout_is_not_a_load_timeout() {
+    let fallback = "memory_soft_mib = 200\n[slots.primary.fallback_profile]\nname = \"small\"\ncontext_size = 512\nbatch_size = 128\nmax_new_tokens = 64\n";
+    let mut h = H::new(config("", fallback));
+    h.ready(0);
+    h.ready(1);
+    h.wait(10_000); // older than load_timeout_s = 6
+    h.anon_mib[0] = 300; // pressure
+    h.wait(1_600);
+    let s = &h.core.slots()[0];
+    assert_eq!(
+        (s.state, s.on_fallback_profile),
+        (SlotState::Loading, true),
+        "{}",
+        s.reason
+    );
+    h.wait(500);
+    let s = &h.core.slots()[0];
+    assert_eq!(
+        s.state,
+        SlotState::Loading,
+        "stopped during the switch: {}",
+        s.reason
+    );
+    h.say(0, ready());
+    h.wait(1_000);
+    let s = &h.core.slots()[0];
+    assert_eq!(
+        (s.state, s.restarts, s.profile_name().as_str()),
+        (SlotState::Ready, 0, "small")
+    );
+}
+
+#[test]
+fn a_transient_spawn_failure_backs_off_and_recovers() {
+    let mut h = H::new(config("", ""));
+    h.spawn_error = Some(SpawnError {
+        permanent: false,
+        message: "Too many open files (os error 24)".into(),
+    });
+    h.exit(0, Some(1), None);
+    h.wait(600);
+    assert_eq!(
+        h.core.slots()[0].state,
+        SlotState::BackingOff,
+        "{}",
+        h.core.slots()[0].reason
+    );
+    h.spawn_error = None;
+    h.wait(3_000);
+    assert_eq!(h.core.slots()[0].state, SlotState::Starting);
+    h.ready(0);
+    // Only a missing binary is for ever.
+    h.spawn_error = Some(SpawnError {
+        permanent: true,
+        message: "No such file or directory (os error 2)".into(),
+    });
+    h.exit(0, Some(1), None);
+    h.wait(3_000);
+    let s = &h.core.slots()[0];
+    assert_eq!(s.state, SlotState::Unavailable);
+    assert!(s.reason.contains("No such file"), "{}", s.reason);
+}
+
+#[test]
+fn a_refusing_worker_is_not_offered_the_request_again_at_once_and_the_request_ends() {
+    let mut h = H::new(config("spill_over = false\n", ""));
+    h.ready(0);
+    h.submit(1, 1, 10, params(8));
+    for round in 0..20 {
+        let Some(&id) = h.generates(0).last() else {
+            break;
+        };
+        let before = h.generates(0).len();
+        h.say(
+            0,
+            WorkerToSupervisor::Error(WorkerError {
+                request_id: id,
+                kind: WorkerErrorKind::Busy,
+                message: "busy".into(),
+            }),
+        );
+        assert_eq!(
+            h.generates(0).len(),
+            before,
+            "round {round}: re-sent in the same instant"
+        );
+        h.wait(1_100);
+    }
+    let events = h.client(1);
+    let SupervisorToClient::Error(e) = events.last().unwrap() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(e.kind, ErrorKind::WorkerFailed);
+    assert!(e.message.contains("refused"), "{}", e.message);
+}
+
+#[test]
+fn the_first_token_limit_grows_with_the_prompt_and_a_prefill_hang_is_not_retried() {
+    let mut h = H::new(config("spill_over = false\n", ""));
+    h.ready(0);
+    h.ready(1);
+    // Teach the supervisor the primary's prefill rate: 100 tokens/s.
+    h.submit(1, 1, 40, params(4));
+    h.say(0, done(1, 100, 1_000.0));
+    // 4000 characters ~ 1000 tokens ~ 10 s of prefill: no hang at 2 s.
+    h.submit(1, 2, 4_000, params(4));
+    h.wait(8_000);
+    assert_eq!(
+        h.core.slots()[0].state,
+        SlotState::Busy,
+        "{}",
+        h.core.slots()[0].reason
+    );
+    h.say(
+        0,
+        WorkerToSupervisor::Token(WorkerToken {
+            request_id: 2,
+            text: "ok".into(),
+            tokens: 1,
+        }),
+    );
+    h.say(0, done(2, 1000, 9_000.0));
+    // A prompt that never gets its first token: the worker is stopped and
+    // the request fails instead of hanging the next worker too.
+    h.submit(1, 3, 40, params(4));
+    h.wait(4_000);
+    assert_eq!(h.core.slots()[0].stopped_for, Some(Reason::Hang));
+    let events = h.client(1);
+    let SupervisorToClient::Error(e) = events.last().unwrap() else {
+        panic!("{events:?}")
+    };
+    assert_eq!((e.request_id, e.kind), (3, ErrorKind::WorkerFailed));
+    assert!(e.message.contains("not retried"), "{}", e.message);
+    assert!(
+        h.generates(1).is_empty(),
+        "the suspect request was sent to the fallback"
+    );
+}
+
+#[test]
+fn telemetry_fails_safe() {
+    let mut h = H::new(config("", "memory_soft_mib = 200\nmemory_hard_mib = 400\n"));
+    h.ready(0);
+    h.zones = vec![ZoneReading {
+        kind: "soc-thermal".into(),
+        celsius: Some(95.0),
+    }];
+    h.wait(600);
+    assert_eq!(h.core.thermal_level(), ThermalLevel::Critical);
+    // Unreadable is not cool.
+    h.zones[0].celsius = None;
+    h.wait(2_000);
+    assert_eq!(h.core.thermal_level(), ThermalLevel::Critical);
+    let status = h.core.status();
+    assert_eq!(status.telemetry.unreadable_zones, ["soc-thermal"]);
+    assert!(status.telemetry.blind_ms.is_some());
+    // An unreadable memory sample is not 0 MiB: pressure stays.
+    h.anon_mib[0] = 300;
+    h.wait(600);
+    assert!(h.core.slots()[0].memory_pressure);
+    h.mem_unreadable = true;
+    h.wait(2_000);
+    assert!(h.core.slots()[0].memory_pressure);
+    assert!(h.core.status().telemetry.memory_read_failures > 0);
+}
+
+#[test]
+fn an_unexplained_sigkill_is_killed_and_only_the_counters_make_it_oom() {
+    let mut h = H::new(config("", ""));
+    h.ready(0);
+    h.exit(0, None, Some(9));
+    assert_eq!(h.core.slots()[0].last_restart_reason, Some(Reason::Killed));
+    h.wait(1_000);
+    h.ready(0);
+    h.oom_kills += 1;
+    h.exit(0, None, Some(9));
+    assert_eq!(h.core.slots()[0].last_restart_reason, Some(Reason::Oom));
+}
+
+#[test]
+fn sigterm_drains_running_replies_and_tells_waiting_clients() {
+    let mut h = H::new(config("spill_over = false\n", ""));
+    h.ready(0);
+    h.submit(1, 1, 10, params(8));
+    h.submit(2, 1, 10, params(8));
+    h.feed(Event::Shutdown);
+    let waiting = h.client(2);
+    let SupervisorToClient::Error(e) = waiting.last().unwrap() else {
+        panic!("{waiting:?}")
+    };
+    assert_eq!(e.kind, ErrorKind::ShuttingDown);
+    assert!(e.message.contains("restarting"));
+    h.wait(1_000);
+    assert!(!h.core.exited());
+    assert!(
+        !h.log
+            .iter()
+            .any(|e| matches!(e, Effect::Stop { slot: 0, .. })),
+        "stopped while replying"
+    );
+    h.say(
+        0,
+        WorkerToSupervisor::Token(WorkerToken {
+            request_id: 1,
+            text: "four".into(),
+            tokens: 1,
+        }),
+    );
+    h.say(0, done(1, 5, 10.0));
+    let SupervisorToClient::Done(d) = h.client(1).last().unwrap().clone() else {
+        panic!()
+    };
+    assert_eq!(d.text, "four");
+    assert!(h
+        .log
+        .iter()
+        .any(|e| matches!(e, Effect::Stop { slot: 0, .. })));
+    h.exit(0, Some(0), None);
+    h.exit(1, Some(0), None);
+    h.wait(200);
+    assert!(h.core.exited());
+    // A new request during the drain is refused as restarting.
+    let mut h2 = H::new(config("", ""));
+    h2.feed(Event::Shutdown);
+    h2.submit(3, 1, 10, params(8));
+    let SupervisorToClient::Error(e) = h2.client(3).last().unwrap().clone() else {
+        panic!()
+    };
+    assert_eq!(e.kind, ErrorKind::ShuttingDown);
+}
+
+#[test]
+fn spill_over_puts_the_ready_fallback_to_work_while_the_primary_is_busy() {
+    let mut h = H::new(config("", ""));
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(8));
+    h.submit(2, 1, 10, params(8));
+    assert_eq!(h.generates(0).len(), 1);
+    assert_eq!(
+        h.generates(1).len(),
+        1,
+        "the fallback idles while a request waits"
+    );
+    assert!(
+        h.core.status().routing_reason.contains("spill-over"),
+        "{}",
+        h.core.status().routing_reason
+    );
+    // Off: the second waits for the primary.
+    let mut h = H::new(config("spill_over = false\n", ""));
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(8));
+    h.submit(2, 1, 10, params(8));
+    assert!(h.generates(1).is_empty());
+}
+
+#[test]
+fn bad_parameters_are_refused_at_the_door_and_tokens_are_counted_from_frames() {
+    let mut h = H::new(config("", ""));
+    h.ready(0);
+    let nan = GenParams {
+        temperature: f32::NAN,
+        ..params(8)
+    };
+    h.submit(1, 1, 10, nan);
+    let SupervisorToClient::Error(e) = h.client(1).last().unwrap().clone() else {
+        panic!()
+    };
+    assert_eq!(e.kind, ErrorKind::BadRequest);
+    assert!(e.message.contains("temperature"), "{}", e.message);
+    h.submit(1, 2, 10, params(0));
+    let SupervisorToClient::Error(e) = h.client(1).last().unwrap().clone() else {
+        panic!()
+    };
+    assert!(e.message.contains("max_tokens"), "{}", e.message);
+    assert!(h.generates(0).is_empty());
+    // One frame covering three model tokens counts three.
+    h.submit(1, 3, 10, params(8));
+    let id = *h.generates(0).last().unwrap();
+    h.say(
+        0,
+        WorkerToSupervisor::Token(WorkerToken {
+            request_id: id,
+            text: "abc".into(),
+            tokens: 3,
+        }),
+    );
+    h.say(0, done(id, 5, 10.0));
+    let SupervisorToClient::Done(d) = h.client(1).last().unwrap().clone() else {
+        panic!()
+    };
+    assert_eq!(d.stats.generated_tokens, 3);
+}
+
+#[test]
+fn admin_ceiling_change_reaches_the_cgroup() {
+    let mut h = H::new(config("", ""));
+    h.ready(0);
+    h.feed(Event::Admin {
+        id: 7,
+        cmd: AdminToSupervisor::SetMemoryCeiling(MemoryCeiling {
+            slot: "primary".into(),
+            soft_mib: 100,
+            hard_mib: 200,
+        }),
+    });
+    assert!(h
+        .log
+        .iter()
+        .any(|e| matches!(e, Effect::SetCgroupLimit { slot: 0, max: Some(m) } if *m == 200 << 20)));
+    assert!(h
+        .log
+        .iter()
+        .any(|e| matches!(e, Effect::AdminReply { id: 7, .. })));
+}
