@@ -427,6 +427,158 @@ pub fn request_limit(requested: u32, profile_max: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::chat::{ChatMessage, GenParams, Role};
+    use proto::worker::{
+        BackendOptions, CancelGeneration, CpuOptions, KvCacheType, ModelFacts, Ping, Profile,
+    };
+
+    fn load(profile: &str) -> Load {
+        Load {
+            model_path: "m.gguf".into(),
+            profile: Profile {
+                name: profile.into(),
+                context_size: 256,
+                batch_size: 64,
+                threads: 1,
+                kv_cache_type: KvCacheType::F16,
+                flash_attention: false,
+                max_new_tokens: 50,
+            },
+            backend: BackendOptions::Cpu(CpuOptions::default()),
+        }
+    }
+
+    fn facts() -> ModelFacts {
+        ModelFacts {
+            name: "m".into(),
+            file_size: 1,
+            architecture: String::new(),
+            train_context: 0,
+            context_size: 256,
+            parameters: 0,
+        }
+    }
+
+    fn msg(m: SupervisorToWorker) -> Input {
+        Input::Message(m)
+    }
+
+    fn ready_core(now: Instant) -> Core {
+        let mut core = Core::new(Backend::Cpu, 7);
+        core.handle(msg(SupervisorToWorker::Load(load("a"))), now);
+        core.handle(Input::Engine(EngineEvent::Loaded(Ok(facts()))), now);
+        core
+    }
+
+    fn generate(id: u64, max_tokens: u32) -> Input {
+        msg(SupervisorToWorker::Generate(Generate {
+            request_id: id,
+            messages: vec![ChatMessage::new(Role::User, "hi")],
+            params: GenParams {
+                max_tokens,
+                ..GenParams::default()
+            },
+            assistant_prefix: String::new(),
+        }))
+    }
+
+    #[test]
+    fn loads_during_a_load_wait_and_the_newest_wins() {
+        let now = Instant::now();
+        let mut core = Core::new(Backend::Cpu, 7);
+        let first = core.handle(msg(SupervisorToWorker::Load(load("a"))), now);
+        assert_eq!(first, vec![Effect::Load(load("a"))]);
+        assert!(core
+            .handle(msg(SupervisorToWorker::Load(load("b"))), now)
+            .is_empty());
+        assert!(core
+            .handle(msg(SupervisorToWorker::Load(load("c"))), now)
+            .is_empty());
+        let out = core.handle(Input::Engine(EngineEvent::Loaded(Ok(facts()))), now);
+        assert!(
+            matches!(&out[0], Effect::Send(WorkerToSupervisor::Ready(r)) if r.profile == "a" && r.pid == 7)
+        );
+        assert_eq!(out[1], Effect::Load(load("c")));
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn the_cap_is_the_requests_within_the_profiles() {
+        let now = Instant::now();
+        let mut core = ready_core(now);
+        let out = core.handle(generate(1, 0), now);
+        assert!(matches!(&out[0], Effect::Generate(job) if job.limit == 50));
+    }
+
+    #[test]
+    fn events_of_an_answered_generation_are_dropped() {
+        let now = Instant::now();
+        let mut core = ready_core(now);
+        core.handle(generate(1, 10), now);
+        let out = core.handle(
+            msg(SupervisorToWorker::Cancel(CancelGeneration {
+                request_id: 1,
+            })),
+            now,
+        );
+        assert!(matches!(
+            &out[0],
+            Effect::Send(WorkerToSupervisor::Done(d)) if d.finish == FinishReason::Cancelled
+        ));
+        assert_eq!(
+            out[1],
+            Effect::Stop {
+                request_id: 1,
+                reason: StopReason::Cancel
+            }
+        );
+        let late = EngineEvent::Text {
+            request_id: 1,
+            text: "late".into(),
+            tokens: 1,
+            at: now,
+        };
+        assert!(core.handle(Input::Engine(late), now).is_empty());
+        let finished = EngineEvent::Finished {
+            request_id: 1,
+            result: Ok(Finish::new(FinishReason::EndOfTurn)),
+            tokens: 3,
+        };
+        assert!(core.handle(Input::Engine(finished), now).is_empty());
+        let out = core.handle(msg(SupervisorToWorker::Ping(Ping { seq: 1 })), now);
+        let Effect::Send(WorkerToSupervisor::Heartbeat(hb)) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (hb.busy_with, hb.requests_total, hb.tokens_total),
+            (None, 1, 0)
+        );
+    }
+
+    #[test]
+    fn after_the_exit_nothing_more_happens() {
+        let now = Instant::now();
+        let mut core = ready_core(now);
+        core.handle(generate(1, 10), now);
+        let out = core.handle(Input::Terminate, now);
+        assert_eq!(
+            out,
+            vec![
+                Effect::Stop {
+                    request_id: 1,
+                    reason: StopReason::Shutdown
+                },
+                Effect::Exit(ExitPlan {
+                    code: 0,
+                    drain_engine: true
+                })
+            ]
+        );
+        assert!(core.handle(Input::Hangup, now).is_empty());
+        assert!(core
+            .handle(msg(SupervisorToWorker::Ping(Ping { seq: 2 })), now)
+            .is_empty());
+    }
 
     #[test]
     fn a_request_cap_stays_within_the_profile() {
