@@ -1,8 +1,8 @@
 //! The worker side of the worker conversation as a state machine without IO:
 //! [`Core::handle`] takes one input (a supervisor message, an engine event,
 //! a hang-up, SIGTERM) and the time, and returns what to do ([`Effect`]s).
-//! The driver in [`crate::run`] owns the socket, the engine thread and the
-//! clock; every decision about the conversation is made here.
+//! The driver in [`crate::run`](mod@crate::run) owns the socket, the engine
+//! thread and the clock; every decision about the conversation is made here.
 
 use std::time::Instant;
 

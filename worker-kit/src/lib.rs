@@ -14,7 +14,7 @@
 //! (fault injection lives in `test-kit`'s fake worker, never here).
 //!
 //! - [`core`]: the decisions, a state machine without IO
-//! - [`run`]: the driver (socket, engine thread, SIGTERM, exit)
+//! - [`run`](mod@run): the driver (socket, engine thread, SIGTERM, exit)
 //! - [`engine`]: what a backend implements and is handed
 //! - [`local`]: one generation without a supervisor
 //! - [`utf8`]: token bytes into whole characters
