@@ -4,7 +4,9 @@
 //!
 //! The conversation itself (handshake, Load / Generate / Cancel / Ping /
 //! Shutdown, SIGTERM and EOF, UTF-8 reassembly, figures, exit codes) is
-//! `worker_kit`'s; this crate owns only the runtime and its threads.
+//! `worker_kit`'s; this crate owns only the runtime and its threads. It must
+//! not speak the protocol itself, and carries no test-only behaviour (the
+//! runtime's test double is built from `tests/fake-rkllm` for the tests only).
 //!
 //! - [`worker`]: the runtime as a [`worker_kit::Engine`]
 //! - [`engine`]: loading (checks, runtime, init log) and generation
