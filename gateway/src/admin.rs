@@ -188,7 +188,7 @@ mod tests {
                 level: ThermalLevel::Throttle,
             },
             mem_available_kb: Some(4_194_304),
-            telemetry: Default::default(),
+            telemetry: proto::admin::TelemetryStatus::default(),
         };
         let text = format_status(&report);
         assert!(text.contains("up 1h 2m"), "{text}");

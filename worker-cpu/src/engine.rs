@@ -1,15 +1,12 @@
-//! The llama.cpp engine: owns the model and context on one dedicated thread
-//! and turns `Load`/`Generate` commands into worker events.
+//! The llama.cpp engine behind `worker_kit`: loads a GGUF model and its
+//! context and decodes one generation at a time.
 //!
-//! llama.cpp calls block for milliseconds to seconds and a context borrows
-//! its model, so both live on this thread's stack; the async side only sends
-//! commands and receives events, which is what lets the worker answer pings
-//! while a generation runs.
+//! Both run on the worker runtime's engine thread: llama.cpp calls block for
+//! milliseconds to seconds and a context borrows its model, so both live on
+//! that thread's stack for as long as the model serves.
 
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::{KvCacheType as LlamaKv, LlamaContextParams};
@@ -20,113 +17,64 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use proto::artifact::gguf;
-use proto::chat::{Backend, FinishReason, GenParams, GenStats};
+use proto::chat::{Backend, FinishReason, GenParams};
 use proto::worker::{
-    BackendOptions, ExitCode, Generate, KvCacheType, Load, LoadFailed, ModelFacts, Ready,
-    WorkerDone, WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
+    BackendOptions, ExitCode, Generate, KvCacheType, Load, LoadFailed, ModelFacts, WorkerError,
+    WorkerErrorKind,
+};
+use worker_kit::{
+    Engine, Finish, Flow, GenFailure, Job, LoadFailure, Model, Serve, Served, TokenStream,
 };
 
-use crate::fault::Faults;
 use crate::template;
-use crate::utf8::Utf8Stream;
 
-/// What the async side asks of the engine thread.
-#[derive(Debug)]
-pub enum Command {
-    /// Run one generation.
-    Generate(Generate),
-    /// Drop the current model and load another (profile switch).
-    Reload(Load),
-}
-
-/// Counters and the cancel flag, shared between the engine thread and the
-/// socket side.
+/// llama.cpp as a worker engine. The backend is started at the first load
+/// (llama.cpp allows it once per process) and kept for reloads.
 #[derive(Debug, Default)]
-pub struct Shared {
-    /// Request id to cancel (0 = none); checked between tokens.
-    pub cancel: AtomicU64,
-    /// Tokens generated since start.
-    pub tokens_total: AtomicU64,
-    /// Generations finished since start.
-    pub requests_total: AtomicU64,
+pub struct LlamaEngine {
+    backend: Option<LlamaBackend>,
 }
 
-/// Runs the engine until the command channel closes or a load fails. Every
-/// outcome is reported through `emit`; after a `LoadFailed` the caller exits.
-pub fn run(
-    first: Load,
-    commands: &Receiver<Command>,
-    shared: &Shared,
-    faults: &Faults,
-    emit: &dyn Fn(WorkerToSupervisor),
-) {
-    let backend = match LlamaBackend::init() {
-        Ok(backend) => backend,
-        Err(e) => {
-            emit(load_failed(
-                ExitCode::BadSettings,
-                format!("llama.cpp backend failed to start: {e}"),
-            ));
-            return;
-        }
-    };
-    let mut next = Some(first);
-    while let Some(load) = next.take() {
-        let started = Instant::now();
-        faults.at_load();
-        let loaded = match Loaded::new(&backend, &load) {
-            Ok(loaded) => loaded,
-            Err(failed) => {
-                emit(WorkerToSupervisor::LoadFailed(failed));
-                return;
-            }
+impl Engine for LlamaEngine {
+    fn backend(&self) -> Backend {
+        Backend::Cpu
+    }
+
+    fn load(&mut self, load: &Load, serve: Serve<'_>) -> Result<Served, LoadFailure> {
+        let backend = match self.backend.take() {
+            Some(backend) => backend,
+            None => LlamaBackend::init().map_err(|e| {
+                LoadFailure::broken(
+                    ExitCode::BadSettings,
+                    format!("llama.cpp backend failed to start: {e}"),
+                )
+            })?,
         };
-        let mut ctx = match loaded.context(&backend, &load) {
-            Ok(ctx) => ctx,
-            Err(failed) => {
-                emit(WorkerToSupervisor::LoadFailed(failed));
-                return;
-            }
+        let backend = self.backend.insert(backend);
+        let failure = |f: LoadFailed| LoadFailure {
+            exit_code: f.exit_code,
+            message: f.message,
         };
-        emit(WorkerToSupervisor::Ready(Ready {
-            backend: Backend::Cpu,
-            model: loaded.facts.clone(),
-            profile: load.profile.name.clone(),
-            load_ms: started.elapsed().as_secs_f64() * 1000.0,
-            pid: std::process::id(),
-        }));
-        faults.start_growth();
-        loop {
-            match commands.recv() {
-                Ok(Command::Generate(g)) => {
-                    let id = g.request_id;
-                    let outcome = loaded.generate(&mut ctx, &load, &g, shared, faults, emit);
-                    shared.requests_total.fetch_add(1, Ordering::Relaxed);
-                    // A cancel that arrived for this request is spent now.
-                    let _ =
-                        shared
-                            .cancel
-                            .compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed);
-                    emit(match outcome {
-                        Ok(done) => WorkerToSupervisor::Done(done),
-                        Err(error) => WorkerToSupervisor::Error(error),
-                    });
-                }
-                Ok(Command::Reload(load)) => {
-                    next = Some(load);
-                    break;
-                }
-                Err(_) => return,
-            }
-        }
+        let loaded = Loaded::new(backend, load).map_err(failure)?;
+        let ctx = loaded.context(backend, load).map_err(failure)?;
+        let mut model = Serving {
+            loaded: &loaded,
+            ctx,
+        };
+        Ok(serve.serve(loaded.facts.clone(), &mut model))
     }
 }
 
-fn load_failed(code: ExitCode, message: String) -> WorkerToSupervisor {
-    WorkerToSupervisor::LoadFailed(LoadFailed {
-        exit_code: code.code(),
-        message,
-    })
+/// A model and its context, serving generations.
+struct Serving<'m> {
+    loaded: &'m Loaded,
+    ctx: LlamaContext<'m>,
+}
+
+impl Model for Serving<'_> {
+    fn generate(&mut self, job: &Job, out: &TokenStream) -> Result<Finish, GenFailure> {
+        self.loaded.generate(&mut self.ctx, &job.generate, out)
+    }
 }
 
 /// A loaded model with what we know about it.
@@ -268,60 +216,36 @@ impl Loaded {
     fn generate(
         &self,
         ctx: &mut LlamaContext<'_>,
-        load: &Load,
         g: &Generate,
-        shared: &Shared,
-        faults: &Faults,
-        emit: &dyn Fn(WorkerToSupervisor),
-    ) -> Result<WorkerDone, WorkerError> {
+        out: &TokenStream,
+    ) -> Result<Finish, GenFailure> {
         let t0 = Instant::now();
         let id = g.request_id;
-        let tokens = self.prompt_tokens(g)?;
+        let failure = |e: WorkerError| GenFailure::new(e.kind, e.message);
+        let tokens = self.prompt_tokens(g).map_err(failure)?;
         let n_ctx = ctx.n_ctx() as usize;
         if tokens.len() >= n_ctx {
-            return Err(WorkerError {
-                request_id: id,
-                kind: WorkerErrorKind::PromptTooLong,
-                message: format!(
+            return Err(GenFailure::new(
+                WorkerErrorKind::PromptTooLong,
+                format!(
                     "the prompt is {} tokens and the context window is {n_ctx}: shorten the conversation",
                     tokens.len()
                 ),
-            });
+            ));
         }
-        let budget = (g.params.max_tokens.min(load.profile.max_new_tokens) as usize)
-            .min(n_ctx - tokens.len());
-        let cancelled = || shared.cancel.load(Ordering::Acquire) == id;
-
-        let mut batch = prefill(ctx, &tokens, id)?;
+        let mut batch = prefill(ctx, &tokens, id).map_err(failure)?;
+        let prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
         let prefill_ms = ms(t0.elapsed());
+        out.prompt(prompt_tokens, prefill_ms);
 
         let vocab = self.model.vocab();
         let mut sampler = sampler(&g.params, self.model.n_vocab());
-        let engine_err = |what: &str, e: &dyn std::fmt::Display| engine_error(id, what, e);
-        let mut utf8 = Utf8Stream::default();
+        let engine_err = |what: &str, e: &dyn std::fmt::Display| failure(engine_error(id, what, e));
         let mut pos = tokens.len();
-        let mut generated = 0usize;
-        let mut first_at: Option<Instant> = None;
-        let mut last_at = t0;
-        // Tokens decoded since the last frame: a token that ends inside a
-        // UTF-8 sequence is held back and goes out with the next one.
-        let mut unsent = 0u32;
-        let mut send = |text: String, decoded: u32| {
-            unsent += decoded;
-            if !text.is_empty() {
-                emit(WorkerToSupervisor::Token(WorkerToken {
-                    request_id: id,
-                    text,
-                    tokens: std::mem::take(&mut unsent),
-                }));
-            }
-        };
         let finish = loop {
-            if cancelled() {
+            // Stopped by the runtime (cancel, shutdown): it has answered already.
+            if out.is_stopped() {
                 break FinishReason::Cancelled;
-            }
-            if generated >= budget {
-                break FinishReason::MaxTokens;
             }
             if pos >= n_ctx {
                 break FinishReason::ContextFull;
@@ -330,15 +254,9 @@ impl Loaded {
             if vocab.is_eog(token) {
                 break FinishReason::EndOfTurn;
             }
-            generated += 1;
-            shared.tokens_total.fetch_add(1, Ordering::Relaxed);
-            let now = Instant::now();
-            first_at.get_or_insert(now);
-            last_at = now;
-            // Sent the moment it is decoded: no batching of the stream.
-            send(utf8.push(&vocab.token_to_piece(token, false, None)), 1);
-            if let Some(delay) = faults.token_delay {
-                std::thread::sleep(delay);
+            // Handed over the moment it is decoded: no batching of the stream.
+            if out.token(&vocab.token_to_piece(token, false, None)) == Flow::Stop {
+                break FinishReason::MaxTokens;
             }
             batch.clear();
             batch
@@ -348,26 +266,10 @@ impl Loaded {
             ctx.decode(&mut batch)
                 .map_err(|e| engine_err("decode", &e))?;
         };
-        send(utf8.finish(), 0);
-
-        let first = first_at.unwrap_or(last_at);
-        let decode_s = last_at.duration_since(first).as_secs_f64();
-        let generated_u32 = u32::try_from(generated).unwrap_or(u32::MAX);
-        Ok(WorkerDone {
-            request_id: id,
-            finish,
-            stats: GenStats {
-                prompt_tokens: u32::try_from(tokens.len()).unwrap_or(u32::MAX),
-                generated_tokens: generated_u32,
-                ttft_ms: first_at.map_or(0.0, |f| ms(f.duration_since(t0))),
-                prefill_ms,
-                decode_ms: decode_s * 1000.0,
-                decode_tps: if generated > 1 && decode_s > 0.0 {
-                    f64::from(generated_u32 - 1) / decode_s
-                } else {
-                    0.0
-                },
-            },
+        Ok(Finish {
+            reason: finish,
+            prompt_tokens: Some(prompt_tokens),
+            prefill_ms: Some(prefill_ms),
         })
     }
 }

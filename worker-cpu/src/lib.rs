@@ -1,9 +1,13 @@
 //! rocksteady's CPU worker: serves one GGUF model through llama.cpp to the
-//! supervisor over the worker conversation of [`proto::worker`].
+//! supervisor. The conversation, UTF-8 reassembly, figures and exit codes
+//! are `worker_kit`'s; this crate owns only llama.cpp and its thread.
+//!
+//! It must not carry test-only behaviour: fault injection lives in
+//! `test-kit`'s fake worker, never in the binary installed on the board.
+//!
+//! - [`engine`]: llama.cpp as a [`worker_kit::Engine`]
+//! - [`standalone`]: one generation without a supervisor
 
 pub mod engine;
-pub mod fault;
-pub mod serve;
 pub mod standalone;
 pub mod template;
-pub mod utf8;

@@ -10,8 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use proto::chat::{GenParams, GenStats};
 use proto::worker::{BackendOptions, CpuOptions, KvCacheType, Load, Profile};
-use worker_cpu::fault::Faults;
-use worker_cpu::serve::{serve, Outcome};
+use worker_cpu::engine::LlamaEngine;
 use worker_cpu::standalone;
 
 #[derive(Parser)]
@@ -110,25 +109,16 @@ fn main() -> anyhow::Result<()> {
             }
         }
         (None, Some(socket)) => {
-            let faults = Faults::from_env().context("reading fault settings")?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            match runtime.block_on(serve(&socket, faults)) {
-                Ok(Outcome::Stopped) => Ok(()),
-                Ok(Outcome::LoadFailed(code)) => std::process::exit(code.code()),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    let code = match e {
-                        worker_cpu::serve::ServeError::Protocol {
-                            source: proto::ProtoError::VersionMismatch { .. },
-                        } => proto::worker::ExitCode::ProtocolMismatch.code(),
-                        _ => 1,
-                    };
-                    std::process::exit(code);
-                }
-            }
+            let software = concat!("worker-cpu ", env!("CARGO_PKG_VERSION"));
+            let exit = runtime.block_on(worker_kit::run(&socket, software, LlamaEngine::default()));
+            // The engine thread has stopped and dropped the model, or is stuck
+            // inside llama.cpp: either way, no exit handlers (ggml's static
+            // destructors must not run under a thread still inside it).
+            worker_kit::exit(exit)
         }
         (None, None) => anyhow::bail!("nothing to do: pass --socket PATH (as the supervisor does) or a subcommand; see --help"),
     }

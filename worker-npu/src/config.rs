@@ -190,16 +190,6 @@ impl From<GenParams> for InitSampling {
     }
 }
 
-/// The cap on generated tokens of one request: the request's own, bounded by
-/// the profile's (a request's 0 means "the profile's").
-pub fn request_limit(params: &GenParams, profile_max: i32) -> u32 {
-    let profile_max = profile_max.unsigned_abs().max(1);
-    match params.max_tokens {
-        0 => profile_max,
-        n => n.min(profile_max),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,17 +261,6 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn request_limits() {
-        let p = |n| GenParams {
-            max_tokens: n,
-            ..GenParams::default()
-        };
-        assert_eq!(request_limit(&p(10), 256), 10);
-        assert_eq!(request_limit(&p(1000), 256), 256);
-        assert_eq!(request_limit(&p(0), 256), 256);
     }
 
     #[test]

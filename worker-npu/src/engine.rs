@@ -1,17 +1,16 @@
 //! The model behind the worker: loading it (file checks, runtime library,
 //! layout, `rkllm_init` with its log captured and classified) and running
-//! generations on a thread of their own, with the text handed to the async
-//! side through a channel.
+//! generations, with the text handed to the worker runtime's stream.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use proto::artifact::rkllm::{self, Platform, RkllmError};
-use proto::worker::{ExitCode, ModelFacts};
+use proto::chat::FinishReason;
+use proto::worker::{ExitCode, ModelFacts, WorkerErrorKind};
 use thiserror::Error;
-use tokio::sync::mpsc::UnboundedSender;
+use worker_kit::{Finish, GenFailure, StopReason, TokenStream};
 
 use crate::abi::{self, Abi, AbiError, AbiSetting, RuntimeVersion};
 use crate::capture::OutputCapture;
@@ -19,7 +18,6 @@ use crate::chat::RenderedPrompt;
 use crate::classify::{self, InitCause, InitFacts};
 use crate::config::{LoadSettings, SettingsError};
 use crate::ffi::{raw::RKLLMPerfStat, FfiError, Model, RunEvent, RunSink, Runtime};
-use crate::utf8::Utf8Assembler;
 
 /// Why a load failed; each kind has its own exit code and says what to do.
 #[derive(Debug, Error)]
@@ -285,112 +283,18 @@ fn init_message(
     }
 }
 
-/// What the runtime thread tells the worker's async side. `Debug` leaves
-/// the generated text out (it answers a user's prompt).
-#[derive(Clone, PartialEq)]
-pub enum EngineEvent {
-    /// Complete text; `tokens` counts the runtime's pieces so far.
-    Text {
-        /// The generation.
-        request_id: u64,
-        /// The text.
-        text: String,
-        /// Tokens so far.
-        tokens: u32,
-    },
-    /// The request's token cap was reached; later pieces are dropped.
-    LimitReached {
-        /// The generation.
-        request_id: u64,
-    },
-    /// `RKLLM_RUN_FINISH` with the runtime's figures.
-    Finished {
-        /// The generation.
-        request_id: u64,
-        /// The runtime's figures.
-        perf: RKLLMPerfStat,
-        /// Tokens counted by the worker.
-        tokens: u32,
-    },
-    /// The generation failed (`RKLLM_RUN_ERROR`, or the callback failed).
-    Failed {
-        /// The generation.
-        request_id: u64,
-        /// What happened.
-        message: String,
-    },
-    /// `rkllm_run` returned: the model is free for the next run.
-    Returned {
-        /// The generation.
-        request_id: u64,
-        /// Its return code, or why it could not run.
-        result: Result<i32, String>,
-        /// Tokens counted by the worker.
-        tokens: u32,
-    },
-}
-
-impl std::fmt::Debug for EngineEvent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Text {
-                request_id,
-                text,
-                tokens,
-            } => f
-                .debug_struct("Text")
-                .field("request_id", request_id)
-                .field("bytes", &text.len())
-                .field("tokens", tokens)
-                .finish(),
-            Self::LimitReached { request_id } => f
-                .debug_struct("LimitReached")
-                .field("request_id", request_id)
-                .finish(),
-            Self::Finished {
-                request_id,
-                perf,
-                tokens,
-            } => f
-                .debug_struct("Finished")
-                .field("request_id", request_id)
-                .field("perf", perf)
-                .field("tokens", tokens)
-                .finish(),
-            Self::Failed {
-                request_id,
-                message,
-            } => f
-                .debug_struct("Failed")
-                .field("request_id", request_id)
-                .field("message", message)
-                .finish(),
-            Self::Returned {
-                request_id,
-                result,
-                tokens,
-            } => f
-                .debug_struct("Returned")
-                .field("request_id", request_id)
-                .field("result", result)
-                .field("tokens", tokens)
-                .finish(),
-        }
-    }
-}
-
-/// Per-run state shared with the runtime's callback.
+/// What the runtime's callbacks left behind for the end of a run.
+#[derive(Default)]
 struct SinkState {
-    assembler: Utf8Assembler,
-    tokens: u32,
-    stopped: bool,
+    perf: Option<RKLLMPerfStat>,
+    error: bool,
 }
 
-/// Receives the runtime's callbacks for one generation.
+/// Receives the runtime's callbacks for one generation and puts the text
+/// into the worker runtime's stream (which reassembles characters, counts
+/// tokens and enforces the cap).
 struct GenSink {
-    request_id: u64,
-    limit: u32,
-    tx: UnboundedSender<EngineEvent>,
+    out: TokenStream,
     state: Mutex<SinkState>,
 }
 
@@ -398,67 +302,19 @@ impl GenSink {
     fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    fn send(&self, event: EngineEvent) {
-        // The receiver is gone only when the worker is exiting.
-        let _ = self.tx.send(event);
-    }
-
-    fn stop(&self) {
-        self.lock().stopped = true;
-    }
-
-    fn tokens(&self) -> u32 {
-        self.lock().tokens
-    }
 }
 
 impl RunSink for GenSink {
     fn on_event(&self, event: RunEvent<'_>) {
-        let id = self.request_id;
-        let mut st = self.lock();
         match event {
             RunEvent::Text { bytes, .. } => {
-                if st.stopped {
-                    return;
-                }
-                st.tokens += 1;
-                let tokens = st.tokens;
-                if let Some(text) = st.assembler.push(bytes) {
-                    self.send(EngineEvent::Text {
-                        request_id: id,
-                        text,
-                        tokens,
-                    });
-                }
-                if tokens >= self.limit {
-                    // Bytes of a character cut off by the cap can never complete.
-                    st.stopped = true;
-                    self.send(EngineEvent::LimitReached { request_id: id });
+                // Text after an error belongs to no answer.
+                if !self.lock().error {
+                    self.out.token(bytes);
                 }
             }
-            RunEvent::Finish(perf) => {
-                if !st.stopped {
-                    if let Some(text) = st.assembler.finish() {
-                        let tokens = st.tokens;
-                        self.send(EngineEvent::Text {
-                            request_id: id,
-                            text,
-                            tokens,
-                        });
-                    }
-                }
-                let tokens = st.tokens;
-                self.send(EngineEvent::Finished {
-                    request_id: id,
-                    perf,
-                    tokens,
-                });
-            }
-            RunEvent::Error => self.send(EngineEvent::Failed {
-                request_id: id,
-                message: "the NPU runtime reported an error during generation (RKLLM_RUN_ERROR); the prompt may not fit the context window".into(),
-            }),
+            RunEvent::Finish(perf) => self.lock().perf = Some(perf),
+            RunEvent::Error => self.lock().error = true,
             RunEvent::Unknown(state) => {
                 tracing::warn!(state, "NPU runtime callback with an unknown state; ignored");
             }
@@ -466,54 +322,7 @@ impl RunSink for GenSink {
     }
 
     fn on_panic(&self) {
-        self.send(EngineEvent::Failed {
-            request_id: self.request_id,
-            message: "internal error in the worker's token callback".into(),
-        });
-    }
-}
-
-/// A generation whose `rkllm_run` has not returned yet.
-pub struct Running {
-    sink: Arc<GenSink>,
-    model: Arc<Model>,
-}
-
-impl std::fmt::Debug for Running {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Running")
-            .field("request_id", &self.sink.request_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Running {
-    /// Stops forwarding text at once and asks the runtime to abort. The
-    /// abort call is made on a thread of its own: it must never hold up the
-    /// socket.
-    pub fn stop(&self) {
-        self.sink.stop();
-        self.abort();
-    }
-
-    /// Asks the runtime to abort the run (text keeps flowing until it does).
-    pub fn abort(&self) {
-        let model = Arc::clone(&self.model);
-        let spawned = std::thread::Builder::new()
-            .name("rkllm-abort".into())
-            .spawn(move || {
-                if let Err(err) = model.abort() {
-                    tracing::warn!(%err, "rkllm_abort failed");
-                }
-            });
-        if let Err(err) = spawned {
-            tracing::error!(%err, "cannot start a thread to abort the NPU run");
-        }
-    }
-
-    /// Tokens counted so far.
-    pub fn tokens(&self) -> u32 {
-        self.sink.tokens()
+        self.lock().error = true;
     }
 }
 
@@ -569,71 +378,78 @@ impl Engine {
         self.abi == Abi::V1_3
     }
 
-    /// Starts a generation on a thread of its own. Events arrive on `tx`;
-    /// the last one is always [`EngineEvent::Returned`].
+    /// Runs one generation on the calling thread (the worker runtime's
+    /// engine thread), putting the text into `out`; returns when
+    /// `rkllm_run` does. A stop of `out` (cancel, shutdown, the cap on
+    /// 1.2.x, which has no per-run cap) calls `rkllm_abort` from a thread of
+    /// its own.
     ///
     /// # Errors
-    /// The OS error when the thread cannot be started.
-    pub fn start(
+    /// [`GenFailure`] (`Engine`) when the runtime reports an error or the
+    /// run cannot start.
+    pub fn run(
         &self,
-        request_id: u64,
-        prompt: RenderedPrompt,
+        prompt: &RenderedPrompt,
         limit: u32,
-        tx: UnboundedSender<EngineEvent>,
-    ) -> std::io::Result<Running> {
-        let sink = Arc::new(GenSink {
-            request_id,
-            limit: limit.max(1),
-            tx,
-            state: Mutex::new(SinkState {
-                assembler: Utf8Assembler::new(),
-                tokens: 0,
-                stopped: false,
-            }),
-        });
+        out: &TokenStream,
+    ) -> Result<Finish, GenFailure> {
+        let engine_failure = |message: String| GenFailure::new(WorkerErrorKind::Engine, message);
+        let caps_itself = self.caps_tokens_per_run();
         let model = Arc::clone(&self.model);
-        let per_run_cap = if self.caps_tokens_per_run() {
+        out.on_stop(move |why| {
+            // 1.3.0 stops at the per-run cap by itself and reports FINISH.
+            if why == StopReason::Limit && caps_itself {
+                return;
+            }
+            if let Err(err) = model.abort() {
+                tracing::warn!(%err, "rkllm_abort failed");
+            }
+        });
+        let per_run_cap = if caps_itself {
             i32::try_from(limit).unwrap_or(i32::MAX)
         } else {
             0
         };
-        let thread_sink = Arc::clone(&sink);
-        let thread_model = Arc::clone(&model);
-        std::thread::Builder::new()
-            .name("rkllm-run".into())
-            .spawn(move || {
-                let started = Instant::now();
-                let result = panic::catch_unwind(AssertUnwindSafe(|| {
-                    let t = &prompt.template;
-                    thread_model.set_chat_template(
-                        &t.system_prompt,
-                        &t.prompt_prefix,
-                        &t.prompt_postfix,
-                    )?;
-                    let sink: Arc<dyn RunSink> = Arc::clone(&thread_sink) as Arc<dyn RunSink>;
-                    thread_model.run(&prompt.input, per_run_cap, sink)
-                }));
-                let result = match result {
-                    Ok(Ok(code)) => Ok(code),
-                    Ok(Err(err)) => Err(err.to_string()),
-                    Err(_) => Err("internal error while running the generation".to_owned()),
-                };
-                tracing::debug!(
-                    request_id,
-                    elapsed_ms = started.elapsed().as_millis(),
-                    ?result,
-                    "rkllm_run returned"
-                );
-                // Let go of the model before saying so: after Returned the
-                // worker may destroy it, which needs the last reference.
-                drop(thread_model);
-                let tokens = thread_sink.tokens();
-                thread_sink.send(EngineEvent::Returned {
-                    request_id,
-                    result,
-                    tokens,
-                });
-            })?;
-        Ok(Running { sink, model })
+        let sink = Arc::new(GenSink {
+            out: out.clone(),
+            state: Mutex::new(SinkState::default()),
+        });
+        let started = Instant::now();
+        let t = &prompt.template;
+        self.model
+            .set_chat_template(&t.system_prompt, &t.prompt_prefix, &t.prompt_postfix)
+            .map_err(|e| engine_failure(e.to_string()))?;
+        let result = self.model.run(
+            &prompt.input,
+            per_run_cap,
+            Arc::clone(&sink) as Arc<dyn RunSink>,
+        );
+        tracing::debug!(
+            request_id = out.request_id(),
+            elapsed_ms = started.elapsed().as_millis(),
+            ?result,
+            "rkllm_run returned"
+        );
+        let code = result.map_err(|e| engine_failure(e.to_string()))?;
+        let state = sink.lock();
+        if state.error {
+            return Err(engine_failure("the NPU runtime reported an error during generation (RKLLM_RUN_ERROR); the prompt may not fit the context window".into()));
+        }
+        if code != 0 {
+            return Err(engine_failure(format!("rkllm_run failed with code {code}")));
+        }
+        let context = i64::from(self.settings.context_size());
+        let mut finish = Finish::new(FinishReason::EndOfTurn);
+        if let Some(p) = state
+            .perf
+            .filter(|p| p.prefill_tokens > 0 || p.generate_tokens > 0)
+        {
+            if i64::from(p.prefill_tokens) + i64::from(p.generate_tokens) >= context {
+                finish.reason = FinishReason::ContextFull;
+            }
+            finish.prompt_tokens = u32::try_from(p.prefill_tokens).ok();
+            finish.prefill_ms = Some(f64::from(p.prefill_time_ms));
+        }
+        Ok(finish)
     }
 }

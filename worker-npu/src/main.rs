@@ -37,9 +37,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let exit = runtime.block_on(worker_npu::run(worker_npu::Options {
-        socket: args.socket,
-        sysfs_root: args.sysfs_root,
-    }));
-    worker_npu::exit(exit)
+    let board = worker_npu::telemetry::read_soc(&args.sysfs_root);
+    let software = concat!("worker-npu ", env!("CARGO_PKG_VERSION"));
+    let engine = worker_npu::NpuEngine::new(board);
+    let exit = runtime.block_on(worker_kit::run(&args.socket, software, engine));
+    // Without exit handlers: the runtime's exit-time cleanup can hang while
+    // one of its runs is stuck.
+    worker_kit::exit(exit)
 }

@@ -191,7 +191,7 @@ fn report() -> StatusReport {
             level: ThermalLevel::Normal,
         },
         mem_available_kb: None,
-        telemetry: Default::default(),
+        telemetry: proto::admin::TelemetryStatus::default(),
     }
 }
 

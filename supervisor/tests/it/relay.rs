@@ -5,7 +5,7 @@ use std::time::Duration;
 use proto::admin::SlotState;
 use proto::client::{ErrorKind, SupervisorToClient};
 
-use crate::support::{collect, cpu_slot, greedy, model, streamed_text, user, Sup};
+use crate::support::{collect, cpu_slot, fake_slot, greedy, model, streamed_text, user, Sup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_stream_as_generated_and_two_plus_two_is_four() {
@@ -119,11 +119,7 @@ async fn two_clients_both_complete_and_the_second_is_told_its_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_mid_stream_frees_the_worker() {
     // 40 ms per token: uncancelled, 400 tokens would keep the worker busy 16 s.
-    let slot = cpu_slot(
-        "primary",
-        &model(),
-        "worker_env = { ROCKSTEADY_WORKER_FAULTS = \"token-delay-ms=40\" }",
-    );
+    let slot = fake_slot("primary", "token-ms=40", "");
     let sup = Sup::start(&slot).await;
     sup.wait_state("primary", SlotState::Ready, Duration::from_secs(60))
         .await;

@@ -13,7 +13,7 @@ use proto::admin::{
 use proto::chat::Backend;
 use proto::client::SupervisorToClient;
 
-use crate::support::{bin, collect, cpu_slot, greedy, model, streamed_text, user, Sup};
+use crate::support::{bin, collect, cpu_slot, fake_slot, greedy, model, streamed_text, user, Sup};
 
 /// Fast supervision timings for tests.
 const POLICY: &str = "[policy]\nheartbeat_interval_s = 0.5\nheartbeat_timeout_s = 3.0\nstall_timeout_s = 6.0\nfirst_token_timeout_s = 20.0\nstop_grace_s = 1.0\nbackoff_initial_s = 0.2\nbackoff_max_s = 1.0\nrestart_intensity = 2\nrestart_period_s = 60.0\nfailed_cooldown_s = 2.0\nfailback_hold_s = 1.0\nmemory_interval_s = 0.2\n";
@@ -25,11 +25,7 @@ fn signal(pid: u32, sig: Signal) {
 /// Two CPU slots; the primary slowed to `delay_ms` per token so a test can
 /// act mid-stream.
 async fn pair(delay_ms: u32, primary_extra: &str) -> Sup {
-    let primary = cpu_slot(
-        "primary",
-        &model(),
-        &format!("worker_env = {{ ROCKSTEADY_WORKER_FAULTS = \"token-delay-ms={delay_ms}\" }}\n{primary_extra}"),
-    );
+    let primary = fake_slot("primary", &format!("token-ms={delay_ms}"), primary_extra);
     let sup = Sup::start(&format!(
         "{POLICY}{primary}{}",
         cpu_slot("fallback", &model(), "")
@@ -163,10 +159,10 @@ async fn a_stopped_worker_is_detected_as_hung_and_the_reply_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_growing_past_the_hard_ceiling_is_stopped_for_memory() {
-    let slot = cpu_slot(
+    let slot = fake_slot(
         "primary",
-        &model(),
-        "worker_env = { ROCKSTEADY_WORKER_FAULTS = \"grow-mib-per-s=300\" }\nmemory_soft_mib = 250\nmemory_hard_mib = 400",
+        "grow-mib-per-s=300",
+        "memory_soft_mib = 250\nmemory_hard_mib = 400",
     );
     let sup = Sup::start(&format!("{POLICY}{slot}")).await;
     let first_pid = sup
@@ -268,13 +264,10 @@ async fn a_worker_crashing_on_every_start_fails_then_the_probe_brings_it_back() 
     let dir = tempfile::tempdir().unwrap();
     let flag = dir.path().join("broken");
     std::fs::write(&flag, "").unwrap();
-    let primary = cpu_slot(
+    let primary = fake_slot(
         "primary",
-        &model(),
-        &format!(
-            "worker_env = {{ ROCKSTEADY_WORKER_FAULTS = \"crash-on-load-while={}\" }}",
-            flag.display()
-        ),
+        &format!("crash-on-load-while={}", flag.display()),
+        "",
     );
     let sup = Sup::start(&format!(
         "{POLICY}{primary}{}",
@@ -531,11 +524,7 @@ fn workers_exit_when_the_supervisor_is_killed_and_a_new_one_starts_cleanly() {
 async fn failover_and_hang_detection_latency_figures() {
     use std::io::Write;
     let policy = POLICY.replace("restart_intensity = 2", "restart_intensity = 20");
-    let primary = cpu_slot(
-        "primary",
-        &model(),
-        "worker_env = { ROCKSTEADY_WORKER_FAULTS = \"token-delay-ms=40\" }",
-    );
+    let primary = fake_slot("primary", "token-ms=40", "");
     let sup = Sup::start(&format!(
         "{policy}{primary}{}",
         cpu_slot("fallback", &model(), "")

@@ -49,6 +49,17 @@ pub fn cpu_slot(name: &str, model: &Path, extra: &str) -> String {
     )
 }
 
+/// A `[slots.<name>]` section for test-kit's scripted `fake-worker` (backend
+/// "cpu", no model run), doing what `script` says (items in
+/// test-kit/src/script.rs): for tests of routing, relay and supervision.
+pub fn fake_slot(name: &str, script: &str, extra: &str) -> String {
+    format!(
+        "[slots.{name}]\nbackend = \"cpu\"\nmodel = \"{}\"\nworker = \"{}\"\nworker_env = {{ ROCKSTEADY_FAKE_WORKER = \"{script}\" }}\n{extra}\n[slots.{name}.profile]\ncontext_size = 1024\nbatch_size = 256\nthreads = 1\nmax_new_tokens = 512\n",
+        model().display(),
+        bin("fake-worker").display()
+    )
+}
+
 /// A running supervisor.
 pub struct Sup {
     #[allow(dead_code)] // keeps the directory alive

@@ -1,3 +1,5 @@
-//! worker-cpu on the real model, in-process: one test binary (see STYLE.md).
+//! worker-cpu on the real model, in-process, and checks of the built binary
+//! itself: one test binary (see STYLE.md).
 
+mod binary;
 mod template;

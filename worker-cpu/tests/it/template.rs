@@ -4,7 +4,6 @@
 //! template is in use and where it came from.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Mutex, PoisonError};
 
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -14,10 +13,9 @@ use proto::artifact::template::BUILTIN;
 use proto::chat::{ChatMessage, GenParams, Role};
 use proto::worker::{
     BackendOptions, CpuOptions, ExitCode, Generate, KvCacheType, Load, LoadFailed, Profile, Ready,
-    WorkerToSupervisor,
 };
-use worker_cpu::engine::{self, Command, Shared};
-use worker_cpu::fault::Faults;
+use worker_cpu::engine::LlamaEngine;
+use worker_kit::LocalError;
 
 /// llama.cpp's backend can be initialised once per process at a time.
 static BACKEND: Mutex<()> = Mutex::new(());
@@ -71,51 +69,41 @@ fn load(path: &Path, chat_template: Option<&str>) -> Load {
     }
 }
 
-/// Loads, and on Ready asks `question` (greedy) when given: the load's
-/// outcome and the answer.
+/// Loads, and on Ready asks `question` (greedy; a one-token greeting when
+/// none is given, since the runtime's local path always generates): the
+/// load's outcome and the answer.
 fn run(load: Load, question: Option<&str>) -> (Result<Ready, LoadFailed>, String) {
     let _one = BACKEND.lock().unwrap_or_else(PoisonError::into_inner);
     // llama.cpp's chatter goes to tracing (no subscriber here), not stderr.
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-    let (cmd_tx, cmd_rx) = mpsc::channel();
-    let (ev_tx, ev_rx) = mpsc::channel();
-    let engine = std::thread::spawn(move || {
-        let emit = |e| {
-            let _ = ev_tx.send(e);
-        };
-        engine::run(load, &cmd_rx, &Shared::default(), &Faults::default(), &emit);
-    });
-    let mut outcome = None;
+    let generate = Generate {
+        request_id: 1,
+        messages: vec![ChatMessage::new(Role::User, question.unwrap_or("Hi"))],
+        params: GenParams {
+            max_tokens: if question.is_some() { 48 } else { 1 },
+            temperature: 0.0,
+            ..GenParams::default()
+        },
+        assistant_prefix: String::new(),
+    };
     let mut answer = String::new();
-    while let Ok(event) = ev_rx.recv() {
-        match event {
-            WorkerToSupervisor::Ready(ready) => {
-                outcome = Some(Ok(ready));
-                let Some(q) = question else { break };
-                let _ = cmd_tx.send(Command::Generate(Generate {
-                    request_id: 1,
-                    messages: vec![ChatMessage::new(Role::User, q)],
-                    params: GenParams {
-                        max_tokens: 48,
-                        temperature: 0.0,
-                        ..GenParams::default()
-                    },
-                    assistant_prefix: String::new(),
-                }));
-            }
-            WorkerToSupervisor::LoadFailed(failed) => {
-                outcome = Some(Err(failed));
-                break;
-            }
-            WorkerToSupervisor::Token(t) => answer.push_str(&t.text),
-            WorkerToSupervisor::Done(_) => break,
-            WorkerToSupervisor::Error(e) => panic!("generation failed: {}", e.message),
-            WorkerToSupervisor::Heartbeat(_) => {}
+    let outcome = worker_kit::generate_locally(LlamaEngine::default(), load, generate, &mut |p| {
+        answer.push_str(p);
+    });
+    match outcome {
+        Ok((ready, _)) => (
+            Ok(ready),
+            if question.is_some() {
+                answer
+            } else {
+                String::new()
+            },
+        ),
+        Err(LocalError::Load { exit_code, message }) => {
+            (Err(LoadFailed { exit_code, message }), String::new())
         }
+        Err(e) => panic!("generation failed: {e}"),
     }
-    drop(cmd_tx);
-    engine.join().unwrap();
-    (outcome.expect("the engine answered the load"), answer)
 }
 
 const QUESTION: &str = "What is the capital of France?";

@@ -658,14 +658,6 @@ pub fn flush_c_stdio() {
     }
 }
 
-/// Ends the process at once with `code`, without running exit handlers or
-/// destructors: for exits while the runtime may be stuck inside a run, where
-/// its own exit-time cleanup could wait for that run forever.
-pub fn exit_immediately(code: i32) -> ! {
-    // SAFETY: _exit takes no pointers and does not return.
-    unsafe { libc::_exit(code) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! driven over a socket with the fake RKLLM runtime
 //! (tests/fake-rkllm/fake_rkllm.c, built by build.rs for both layouts),
 //! load failures, the artifact check, the telemetry readers, and the worker
-//! under the real supervisor with the CPU worker as its fallback.
+//! under the real supervisor with a fake CPU worker as its fallback.
 
 mod artifact;
 mod conversation;

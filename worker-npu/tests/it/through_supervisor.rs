@@ -1,8 +1,9 @@
 //! The NPU worker under the real supervisor (run in-process) on the fake
 //! RKLLM runtime: streaming, load failures that leave traffic on the CPU
 //! fallback, cancel reaching `rkllm_abort`, and the supervision rules (hang,
-//! crash, memory) failing a reply over to the CPU worker mid-stream and
-//! restarting the NPU worker without ever running two of them at once.
+//! crash, memory) failing a reply over to the CPU slot (test-kit's fake
+//! worker) mid-stream and restarting the NPU worker without ever running two
+//! of them at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,9 +40,10 @@ fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_owned()
 }
 
-/// The CPU worker binary, which must have been built first.
-fn cpu_worker() -> PathBuf {
-    let path = bin_dir().join("worker-cpu");
+/// test-kit's scripted fake worker, which must have been built first
+/// (`cargo build --workspace --bins`).
+fn fake_worker() -> PathBuf {
+    let path = bin_dir().join("fake-worker");
     assert!(
         path.exists(),
         "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`)",
@@ -50,26 +52,15 @@ fn cpu_worker() -> PathBuf {
     path
 }
 
-/// The default model, fetched by deploy/fetch-model.sh.
-fn cpu_model() -> PathBuf {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run deploy/fetch-model.sh",
-        path.display()
-    );
-    path
-}
-
-/// The fallback slot: the CPU worker on the real default model. One thread:
-/// llama.cpp's threads wait on each other, and on two busy cores (tests run
-/// in parallel) that turns into pauses longer than the stall timeout.
+/// The fallback slot: a CPU slot served by the fake worker (a steady stream
+/// of words, 5 ms apart). These tests are about the NPU worker under
+/// supervision and failing over; what answers on the CPU does not matter,
+/// so no model runs there (llama.cpp on two busy cores would only add
+/// pauses near the stall timeout).
 fn cpu_fallback() -> String {
     format!(
-        "[slots.fallback]\nbackend = \"cpu\"\nmodel = \"{}\"\nworker = \"{}\"\n[slots.fallback.profile]\ncontext_size = 1024\nbatch_size = 256\nthreads = 1\nmax_new_tokens = 256\n",
-        cpu_model().display(),
-        cpu_worker().display()
+        "[slots.fallback]\nbackend = \"cpu\"\nmodel = \"fallback.gguf\"\nworker = \"{}\"\nworker_env = {{ ROCKSTEADY_FAKE_WORKER = \"token-ms=5\" }}\n[slots.fallback.profile]\ncontext_size = 1024\nbatch_size = 256\nthreads = 1\nmax_new_tokens = 256\n",
+        fake_worker().display()
     )
 }
 

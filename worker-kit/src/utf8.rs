@@ -1,10 +1,12 @@
-//! Reassembles the runtime's token pieces into complete UTF-8 text.
+//! Token bytes reassembled into whole UTF-8 characters.
 //!
-//! A token may end inside a multi-byte character (the runtime flags such
-//! pieces `RKLLM_RUN_WAITING`); the protocol only carries whole characters.
-//! The decision is made from the bytes themselves, so a runtime that flags
-//! pieces wrongly still produces correct text; bytes that can never become
-//! valid UTF-8 come out as U+FFFD rather than being dropped silently.
+//! A token may end in the middle of a multi-byte character (emoji, CJK,
+//! accented letters in byte-level vocabularies; the RKLLM runtime flags such
+//! pieces `RKLLM_RUN_WAITING`). The protocol carries only whole characters,
+//! so the incomplete tail is held back until the next token completes it.
+//! The decision is made from the bytes alone, so an engine that flags pieces
+//! wrongly still produces correct text; bytes that can never become valid
+//! UTF-8 come out as U+FFFD rather than being dropped silently.
 
 /// Longest incomplete UTF-8 sequence: a 4-byte character missing its last byte.
 const MAX_PENDING: usize = 3;
@@ -21,8 +23,8 @@ impl Utf8Assembler {
         Self::default()
     }
 
-    /// Adds a piece and returns the text that is now complete, if any.
-    pub fn push(&mut self, bytes: &[u8]) -> Option<String> {
+    /// Adds a piece and returns the text that is now complete (possibly empty).
+    pub fn push(&mut self, bytes: &[u8]) -> String {
         self.pending.extend_from_slice(bytes);
         let mut out = String::new();
         loop {
@@ -30,7 +32,7 @@ impl Utf8Assembler {
                 Ok(text) => {
                     out.push_str(text);
                     self.pending.clear();
-                    break;
+                    return out;
                 }
                 Err(err) => {
                     let valid = err.valid_up_to();
@@ -40,7 +42,7 @@ impl Utf8Assembler {
                     let Some(bad) = err.error_len() else {
                         self.pending.drain(..valid);
                         debug_assert!(self.pending.len() <= MAX_PENDING);
-                        break;
+                        return out;
                     };
                     // Invalid bytes: replace them and go on after them.
                     out.push(char::REPLACEMENT_CHARACTER);
@@ -48,7 +50,6 @@ impl Utf8Assembler {
                 }
             }
         }
-        (!out.is_empty()).then_some(out)
     }
 
     /// Whether bytes are held back.
@@ -56,14 +57,18 @@ impl Utf8Assembler {
         !self.pending.is_empty()
     }
 
-    /// Ends the stream: whatever is held back can no longer complete.
-    pub fn finish(&mut self) -> Option<String> {
-        if self.pending.is_empty() {
-            return None;
-        }
+    /// Ends a stream that ran its course: whatever is held back can no
+    /// longer complete and comes out as U+FFFD (empty when nothing is held).
+    pub fn finish(&mut self) -> String {
         let text = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
-        Some(text)
+        text
+    }
+
+    /// Ends a stream that was cut off (cancel, token cap): the bytes of a
+    /// character cut in half are dropped, not shown as U+FFFD.
+    pub fn discard(&mut self) {
+        self.pending.clear();
     }
 }
 
@@ -73,8 +78,13 @@ mod tests {
 
     fn feed(pieces: &[&[u8]]) -> Vec<String> {
         let mut a = Utf8Assembler::new();
-        let mut out: Vec<String> = pieces.iter().filter_map(|p| a.push(p)).collect();
-        out.extend(a.finish());
+        let mut out: Vec<String> = pieces
+            .iter()
+            .map(|p| a.push(p))
+            .filter(|s| !s.is_empty())
+            .collect();
+        out.push(a.finish());
+        out.retain(|s| !s.is_empty());
         out
     }
 
@@ -87,28 +97,29 @@ mod tests {
 
     #[test]
     fn every_split_of_a_text_reassembles_exactly() {
-        let text = "Naïve café: ☕ and 🎉 done.";
+        let text = "Naïve café: ☕ and 🎉 done, €5.";
         let bytes = text.as_bytes();
         for chunk in 1..=5 {
             let pieces: Vec<&[u8]> = bytes.chunks(chunk).collect();
-            let out = feed(&pieces);
-            assert_eq!(out.concat(), text, "chunk size {chunk}");
-            assert!(out.iter().all(|s| !s.is_empty()));
+            assert_eq!(feed(&pieces).concat(), text, "chunk size {chunk}");
         }
     }
 
     #[test]
-    fn invalid_bytes_become_replacement_characters() {
-        let out = feed(&[b"a\xffb", b"\xc3"]);
-        assert_eq!(out.concat(), "a\u{fffd}b\u{fffd}");
+    fn invalid_bytes_become_replacement_characters_and_do_not_stall() {
+        assert_eq!(feed(&[b"a\xffb", b"\xc3"]).concat(), "a\u{fffd}b\u{fffd}");
     }
 
     #[test]
-    fn an_incomplete_sequence_is_pending() {
+    fn an_incomplete_sequence_is_pending_and_discard_drops_it() {
         let mut a = Utf8Assembler::new();
-        assert_eq!(a.push(&[0xe2, 0x98]), None);
+        assert_eq!(a.push(&[0xe2, 0x98]), "");
         assert!(a.has_pending());
-        assert_eq!(a.push(&[0x95]).as_deref(), Some("☕"));
+        assert_eq!(a.push(&[0x95]), "☕");
         assert!(!a.has_pending());
+        assert_eq!(a.push(&[0xe2]), "");
+        a.discard();
+        assert!(!a.has_pending());
+        assert_eq!(a.finish(), "");
     }
 }

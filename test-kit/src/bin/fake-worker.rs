@@ -1,0 +1,42 @@
+//! `fake-worker`: a worker binary for tests (never shipped). Started by the
+//! supervisor as `fake-worker --socket PATH` in place of `worker-cpu`; does
+//! what the script in `ROCKSTEADY_FAKE_WORKER` says (see `test_kit::script`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use test_kit::{FakeEngine, Script};
+
+/// rocksteady fake worker (tests only).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Unix socket the supervisor listens on for this worker.
+    #[arg(long)]
+    socket: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let args = Args::parse();
+    let script = Script::from_env().context("reading the fake worker's script")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let software = concat!("fake-worker ", env!("CARGO_PKG_VERSION"));
+    let exit = runtime.block_on(worker_kit::run(
+        &args.socket,
+        software,
+        FakeEngine::new(script),
+    ));
+    worker_kit::exit(exit)
+}

@@ -1,0 +1,20 @@
+//! rocksteady's test kit: dev-only, never shipped (`publish = false`; no
+//! production crate depends on it). It holds the scriptable fake worker,
+//! `fake-worker`: a worker binary built on `worker_kit` whose engine follows
+//! a script instead of running a model, so tests of routing, relay and
+//! supervision need neither llama.cpp nor a model, and faults (crash, hang,
+//! slow tokens, memory growth, broken-model exit codes) stay out of the
+//! production workers.
+//!
+//! A slot runs it with `worker = "<path of fake-worker>"`, backend `"cpu"`,
+//! and the script in `worker_env = { ROCKSTEADY_FAKE_WORKER = "..." }`
+//! (see [`script`] for the keys).
+//!
+//! - [`script`]: the script's keys, parsed
+//! - [`fake`]: the scripted engine
+
+pub mod fake;
+pub mod script;
+
+pub use fake::FakeEngine;
+pub use script::{Script, ScriptError, ENV};
