@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proto::admin::SlotState;
 
-use crate::support::{bin, cpu_slot, model, Sup};
+use crate::support::{bin, cpu_slot, fake_slot, model, Sup};
 
 #[test]
 fn bad_config_values_are_refused_naming_the_key() {
@@ -223,13 +223,15 @@ async fn supctl_validate_runs_the_matrix() {
 async fn supctl_validate_fails_the_fallback_row_when_the_switch_restarts_the_worker() {
     let marker_dir = tempfile::tempdir().unwrap();
     let marker = marker_dir.path().join("crash-on-reload");
-    let slot = cpu_slot(
+    let slot = fake_slot(
         "primary",
-        &model(),
+        // A little anonymous memory (validate simulates pressure with a 1 MiB
+        // soft ceiling), and a crash on the reload while the marker exists.
         &format!(
-            "worker_env = {{ ROCKSTEADY_WORKER_FAULTS = \"crash-on-load-while={}\" }}\nmemory_hard_mib = 2048\n[slots.primary.fallback_profile]\nname = \"small\"\ncontext_size = 512\nbatch_size = 128\nthreads = 1\nkv_cache_type = \"q8_0\"\nmax_new_tokens = 64\n",
+            "token-ms=20,grow-mib-per-s=1,crash-on-load-while={}",
             marker.display()
         ),
+        "memory_hard_mib = 2048\n[slots.primary.fallback_profile]\nname = \"small\"\ncontext_size = 512\nbatch_size = 128\nthreads = 1\nkv_cache_type = \"q8_0\"\nmax_new_tokens = 64\n",
     );
     let body = format!("[policy]\nprofile_switch_after_s = 0.5\nprofile_hold_s = 60.0\nmemory_interval_s = 0.2\nbackoff_initial_s = 0.2\nbackoff_max_s = 0.5\n{slot}");
     let sup = Sup::start(&body).await;

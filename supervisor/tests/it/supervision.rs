@@ -696,11 +696,8 @@ async fn a_profile_switch_on_a_worker_older_than_the_load_timeout_keeps_it() {
 /// finishes, a new request is told the service is restarting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_the_running_reply_and_refuses_new_ones() {
-    let slot = cpu_slot(
-        "primary",
-        &model(),
-        "worker_env = { ROCKSTEADY_WORKER_FAULTS = \"token-delay-ms=20\" }",
-    );
+    // A reply that takes seconds: the drain must wait for it.
+    let slot = fake_slot("primary", "token-ms=20", "");
     let sup = Sup::start(&format!("{POLICY}{slot}")).await;
     sup.wait_state("primary", SlotState::Ready, Duration::from_secs(60))
         .await;

@@ -990,7 +990,13 @@ async fn an_npu_worker_growing_past_its_hard_ceiling_is_stopped_for_memory() {
         "memory_hard_mib = 256",
     ))
     .await;
-    let old = sup.slot("primary").await;
+    // The first memory sample comes with the supervisor's next telemetry
+    // tick, not with Ready.
+    let old = sup
+        .wait_slot("primary", Duration::from_secs(10), |s| {
+            s.rss_anon_kb.is_some()
+        })
+        .await;
     assert!(
         old.rss_anon_kb.is_some_and(|kb| kb < 256 * 1024),
         "the idle worker is already above the ceiling: {old:?}"
