@@ -282,7 +282,9 @@ impl Core {
                 }
             }
             EngineEvent::Loaded(Err(failure)) => {
-                tracing::error!(
+                // The supervisor logs it and shows it in status; here it is
+                // only the worker's side of the story.
+                tracing::info!(
                     exit_code = failure.exit_code,
                     "load failed: {}",
                     failure.message

@@ -254,6 +254,7 @@ impl Core {
             message: s.load_failure.take(),
         };
         let (name, pid, stopped_for) = (s.name, s.pid, s.stopped_for);
+        let explained = exit.message.is_some();
         s.pid = None;
         s.connected = false;
         s.mem = None;
@@ -277,7 +278,9 @@ impl Core {
         s.last_token_at = None;
         s.restart_after_job = false;
         let pid = pid.unwrap_or(0);
-        let level = if stopped_for.is_some() {
+        // Expected (we stopped it) or explained (it said why it could not
+        // load, logged already): not a warning.
+        let level = if stopped_for.is_some() || explained {
             Level::Info
         } else {
             Level::Warn

@@ -18,8 +18,11 @@ impl Core {
             WorkerToSupervisor::Ready(ready) => self.on_ready(i, &ready),
             WorkerToSupervisor::LoadFailed(failed) => {
                 let name = self.slots[i].name;
+                // A slot that cannot load is a configuration or artifact
+                // matter (shown in status with this message), not a fault of
+                // the running service: the other slot keeps serving.
                 self.log(
-                    Level::Error,
+                    Level::Warn,
                     "worker cannot load its model",
                     &[
                         ("slot", &name),
