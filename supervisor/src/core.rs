@@ -14,7 +14,8 @@ use proto::admin::{
 };
 use proto::chat::{Backend, ChatMessage, GenParams, GenStats};
 use proto::client::{
-    Done, ErrorEvent, ErrorKind, Failover, Queued, Started, Submit, SupervisorToClient, Token,
+    Done, ErrorEvent, ErrorKind, Failover, ModelList, ModelSlot, Queued, Started, Submit,
+    SupervisorToClient, Token,
 };
 use proto::worker::{
     CancelGeneration, Generate, Ping, SupervisorToWorker, WorkerErrorKind, WorkerToSupervisor,
@@ -54,6 +55,13 @@ pub enum Event {
         conn: u64,
         /// The client's request id.
         request_id: u64,
+    },
+    /// A client asked which models the slots serve.
+    ClientModels {
+        /// The client's query id.
+        request_id: u64,
+        /// Where the answer goes.
+        events: UnboundedSender<SupervisorToClient>,
     },
     /// A client connection closed.
     ClientGone {
@@ -166,6 +174,17 @@ impl Slot {
         }
     }
 
+    /// Whether a request for `model` may run here: any model when empty,
+    /// else the reported model name, the model file name or its stem.
+    fn serves(&self, model: &str) -> bool {
+        let file = self.cfg.model.file_name().map(|n| n.to_string_lossy());
+        let stem = self.cfg.model.file_stem().map(|n| n.to_string_lossy());
+        model.is_empty()
+            || model == self.model
+            || file.is_some_and(|f| f == model)
+            || stem.is_some_and(|f| f == model)
+    }
+
     fn view(&self) -> SlotView {
         SlotView {
             backend: self.cfg.backend,
@@ -178,6 +197,8 @@ impl Slot {
 
 struct Job {
     observed: Arc<Observed>,
+    /// The model asked for; empty = any.
+    model: String,
     conn: u64,
     client_id: u64,
     messages: Vec<ChatMessage>,
@@ -419,6 +440,22 @@ impl Core {
                 if let Some(id) = found {
                     self.cancel_job(id, true);
                 }
+            }
+            Event::ClientModels { request_id, events } => {
+                let slots = self
+                    .slots
+                    .iter()
+                    .map(|s| ModelSlot {
+                        name: s.name.to_owned(),
+                        backend: s.cfg.backend,
+                        model: s.model.clone(),
+                        model_file: s.cfg.model.file_name().map_or_else(String::new, |n| {
+                            n.to_string_lossy().into_owned()
+                        }),
+                        state: s.state,
+                    })
+                    .collect();
+                let _ = events.send(SupervisorToClient::Models(ModelList { request_id, slots }));
             }
             Event::ClientGone { conn } => {
                 let ids: Vec<u64> = self
@@ -960,6 +997,12 @@ impl Core {
                 format!("busy: {waiting} requests are already waiting; try again shortly"),
             );
         }
+        if !self.slots.iter().any(|s| s.serves(&submit.model)) {
+            return refuse(
+                ErrorKind::BadRequest,
+                format!("unknown model {:?}: no slot serves it", submit.model),
+            );
+        }
         if self.nothing_can_serve() {
             return refuse(ErrorKind::NoWorker, self.no_worker_message());
         }
@@ -970,6 +1013,7 @@ impl Core {
             Job {
                 observed: Arc::clone(&self.observed),
                 probe: false,
+                model: submit.model,
                 conn,
                 client_id: submit.request_id,
                 messages: submit.messages,
@@ -1118,7 +1162,15 @@ impl Core {
                 continue;
             };
             let mut target = i;
-            if self.slots[i].memory_pressure && self.is_long(job, i) {
+            if !self.slots[i].serves(&job.model) {
+                // A request pinned to a model waits for a ready slot serving it.
+                match (0..self.slots.len()).find(|&o| {
+                    self.slots[o].state == SlotState::Ready && self.slots[o].serves(&job.model)
+                }) {
+                    Some(o) => target = o,
+                    None => return,
+                }
+            } else if self.slots[i].memory_pressure && self.is_long(job, i) {
                 if let Some(other) = (0..self.slots.len())
                     .find(|&o| o != i && self.slots[o].state == SlotState::Ready)
                 {
@@ -1354,6 +1406,7 @@ impl Core {
             Job {
                 observed: Arc::clone(&self.observed),
                 probe: true,
+                model: String::new(),
                 conn: 0,
                 client_id: 0,
                 messages: vec![ChatMessage::new(proto::chat::Role::User, "Reply with OK.")],

@@ -244,6 +244,12 @@ async fn client_connection(
                     request_id: c.request_id,
                 });
             }
+            Ok(Some(ClientToSupervisor::Models(q))) => {
+                let _ = core.send(Event::ClientModels {
+                    request_id: q.request_id,
+                    events: events_tx.clone(),
+                });
+            }
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         }
