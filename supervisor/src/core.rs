@@ -449,9 +449,11 @@ impl Core {
                         name: s.name.to_owned(),
                         backend: s.cfg.backend,
                         model: s.model.clone(),
-                        model_file: s.cfg.model.file_name().map_or_else(String::new, |n| {
-                            n.to_string_lossy().into_owned()
-                        }),
+                        model_file: s
+                            .cfg
+                            .model
+                            .file_name()
+                            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
                         state: s.state,
                     })
                     .collect();
