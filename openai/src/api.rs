@@ -165,12 +165,14 @@ impl ChatRequest {
                                     "a text part needs 'text'".into(),
                                 ))
                             }
-                            (other, _) => return Err(bad(
-                                &format!("messages[{i}].content[{j}].type"),
-                                format!(
+                            (other, _) => {
+                                return Err(bad(
+                                    &format!("messages[{i}].content[{j}].type"),
+                                    format!(
                                     "content part type {other:?} is not supported; only \"text\""
                                 ),
-                            )),
+                                ))
+                            }
                         }
                     }
                     text

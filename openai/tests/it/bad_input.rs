@@ -26,22 +26,32 @@ async fn bad_requests_get_clear_4xx_and_the_process_keeps_serving() {
     let board = Board::start("", &cpu_slot("primary", ""), "", false).await;
     let ok = br#"{"messages":[{"role":"user","content":"Say hi."}],"max_tokens":3}"#;
 
-    let (status, body) = board.http(&post(b"{\"messages\": [", "application/json")).await;
+    let (status, body) = board
+        .http(&post(b"{\"messages\": [", "application/json"))
+        .await;
     assert_eq!(status, 400, "{body}");
     let e = error(&body);
-    assert!(e["message"].as_str().unwrap().contains("not valid JSON"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("not valid JSON"),
+        "{e}"
+    );
 
     let huge = vec![b'x'; 10 * 1024 * 1024];
     let (status, body) = board.http(&post(&huge, "application/json")).await;
     assert_eq!(status, 413, "{body}");
     error(&body);
 
-    let (status, body) = board.http(&post(br#"{"model":"auto"}"#, "application/json")).await;
+    let (status, body) = board
+        .http(&post(br#"{"model":"auto"}"#, "application/json"))
+        .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(error(&body)["param"], "messages");
 
     let (status, body) = board
-        .http(&post(br#"{"messages":[{"role":"user","content":7}]}"#, "application/json"))
+        .http(&post(
+            br#"{"messages":[{"role":"user","content":7}]}"#,
+            "application/json",
+        ))
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(error(&body)["param"], "messages[0].content", "{body}");
@@ -70,7 +80,9 @@ async fn bad_requests_get_clear_4xx_and_the_process_keeps_serving() {
     error(&body);
 
     // Still serving: a good request after all that.
-    let (status, body) = board.http(&post(ok, "application/json; charset=utf-8")).await;
+    let (status, body) = board
+        .http(&post(ok, "application/json; charset=utf-8"))
+        .await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["object"], "chat.completion");

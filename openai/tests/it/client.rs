@@ -48,7 +48,10 @@ async fn the_openai_client_gets_what_the_supervisor_answers() {
         }
     };
     assert_eq!(result["text"], done.text.as_str(), "{result}");
-    assert_eq!(result["prompt_tokens"], done.stats.prompt_tokens, "{result}");
+    assert_eq!(
+        result["prompt_tokens"], done.stats.prompt_tokens,
+        "{result}"
+    );
     assert_eq!(
         result["completion_tokens"], done.stats.generated_tokens,
         "{result}"
@@ -62,21 +65,41 @@ async fn the_openai_client_gets_what_the_supervisor_answers() {
     assert_eq!(status, 200);
     let key = format!("key=\"{KEY_NAME}\"");
     assert!(
-        metric(&metrics, &["rocksteady_openai_requests_total", &key, "status=\"200\""]) >= 8.0,
+        metric(
+            &metrics,
+            &["rocksteady_openai_requests_total", &key, "status=\"200\""]
+        ) >= 8.0,
         "{metrics}"
     );
     assert_eq!(
-        metric(&metrics, &["rocksteady_openai_requests_total", &key, "status=\"404\""]),
+        metric(
+            &metrics,
+            &["rocksteady_openai_requests_total", &key, "status=\"404\""]
+        ),
         1.0,
         "{metrics}"
     );
     assert_eq!(
-        metric(&metrics, &["rocksteady_openai_requests_total", "unauthenticated", "status=\"401\""]),
+        metric(
+            &metrics,
+            &[
+                "rocksteady_openai_requests_total",
+                "unauthenticated",
+                "status=\"401\""
+            ]
+        ),
         1.0,
         "{metrics}"
     );
     assert!(
-        metric(&metrics, &["rocksteady_openai_tokens_total", &key, "kind=\"completion\""]) > 0.0,
+        metric(
+            &metrics,
+            &[
+                "rocksteady_openai_tokens_total",
+                &key,
+                "kind=\"completion\""
+            ]
+        ) > 0.0,
         "{metrics}"
     );
 }

@@ -39,7 +39,11 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn model() -> PathBuf {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "{} is missing: run deploy/fetch-model.sh", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run deploy/fetch-model.sh",
+        path.display()
+    );
     path
 }
 
@@ -109,7 +113,10 @@ impl Board {
             .await
             .is_err()
         {
-            assert!(Instant::now() < deadline, "supervisor did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "supervisor did not start listening"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut board = Self {
@@ -119,9 +126,19 @@ impl Board {
             sup_http,
             shutdown,
         };
-        let names: Vec<String> = board.status().await.slots.into_iter().map(|s| s.name).collect();
+        let names: Vec<String> = board
+            .status()
+            .await
+            .slots
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
         for name in names {
-            board.wait_slot(&name, Duration::from_secs(90), |s| s.state == SlotState::Ready).await;
+            board
+                .wait_slot(&name, Duration::from_secs(90), |s| {
+                    s.state == SlotState::Ready
+                })
+                .await;
         }
         let openai_text = format!(
             "[openai]\nclient_socket = \"{}\"\n{openai_extra}\n",
@@ -133,7 +150,9 @@ impl Board {
         board.addr = listener.local_addr().unwrap();
         let shutdown = board.shutdown.child_token();
         tokio::spawn(async move {
-            openai_gateway::run(config, keys, listener, shutdown).await.unwrap();
+            openai_gateway::run(config, keys, listener, shutdown)
+                .await
+                .unwrap();
         });
         board
     }
@@ -149,7 +168,12 @@ impl Board {
     }
 
     pub async fn slot(&self, name: &str) -> SlotStatus {
-        self.status().await.slots.into_iter().find(|s| s.name == name).unwrap()
+        self.status()
+            .await
+            .slots
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap()
     }
 
     pub async fn wait_slot(
@@ -181,7 +205,9 @@ impl Board {
     /// this board with the test key; `args` follow the script name.
     pub fn python(&self, script: &str, args: &[&str]) -> Python {
         let python = python();
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(script);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/py")
+            .join(script);
         let mut child = Command::new(python)
             .arg(path)
             .args(args)
@@ -205,8 +231,14 @@ impl Board {
 
     /// GET of `path` on the supervisor's own HTTP endpoint.
     pub async fn sup_get(&self, path: &str) -> (u16, String) {
-        let addr = self.sup_http.expect("board started without the supervisor's HTTP endpoint");
-        raw_http(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await
+        let addr = self
+            .sup_http
+            .expect("board started without the supervisor's HTTP endpoint");
+        raw_http(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
     }
 
     /// A raw HTTP exchange with the front door.
@@ -231,7 +263,10 @@ pub fn python() -> PathBuf {
         PathBuf::from,
     );
     let check = std::process::Command::new(&python)
-        .args(["-c", "import importlib.metadata as m; print(m.version('openai'))"])
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('openai'))",
+        ])
         .current_dir(std::env::temp_dir())
         .output();
     match check {
@@ -327,7 +362,10 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
     (status, body)
 }
 
