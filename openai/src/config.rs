@@ -283,6 +283,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_documented_example_shows_the_defaults() {
+        let c = Config::from_toml(include_str!("../../deploy/config.example.toml")).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
     fn other_sections_are_ignored_and_defaults_apply() {
         let c =
             Config::from_toml("[gateway]\nfoo = 1\n[openai]\nlisten = \"0.0.0.0:9000\"\n").unwrap();
