@@ -136,50 +136,7 @@ impl ChatRequest {
         if raw.is_empty() {
             return Err(bad("messages", "'messages' must not be empty".into()));
         }
-        let mut messages = Vec::with_capacity(raw.len());
-        for (i, m) in raw.into_iter().enumerate() {
-            let role = match m.role.as_str() {
-                "system" | "developer" => Role::System,
-                "user" => Role::User,
-                "assistant" => Role::Assistant,
-                other => {
-                    return Err(bad(
-                        &format!("messages[{i}].role"),
-                        format!(
-                            "role {other:?} is not supported (system, developer, user, assistant)"
-                        ),
-                    ))
-                }
-            };
-            let content = match m.content {
-                None => String::new(),
-                Some(Content::Text(t)) => t,
-                Some(Content::Parts(parts)) => {
-                    let mut text = String::new();
-                    for (j, p) in parts.into_iter().enumerate() {
-                        match (p.kind.as_str(), p.text) {
-                            ("text", Some(t)) => text.push_str(&t),
-                            ("text", None) => {
-                                return Err(bad(
-                                    &format!("messages[{i}].content[{j}].text"),
-                                    "a text part needs 'text'".into(),
-                                ))
-                            }
-                            (other, _) => {
-                                return Err(bad(
-                                    &format!("messages[{i}].content[{j}].type"),
-                                    format!(
-                                    "content part type {other:?} is not supported; only \"text\""
-                                ),
-                                ))
-                            }
-                        }
-                    }
-                    text
-                }
-            };
-            messages.push(ChatMessage::new(role, content));
-        }
+        let messages = convert(raw)?;
         if let Some(n) = self.n {
             if n != 1 {
                 return Err(bad(
@@ -259,6 +216,54 @@ impl ChatRequest {
                     .unwrap_or(false),
         })
     }
+}
+
+/// The conversation in the supervisor's terms.
+fn convert(raw: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
+    let bad = |param: &str, message: String| ApiError::bad_request(param, message);
+    let mut messages = Vec::with_capacity(raw.len());
+    for (i, m) in raw.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => {
+                return Err(bad(
+                    &format!("messages[{i}].role"),
+                    format!("role {other:?} is not supported (system, developer, user, assistant)"),
+                ))
+            }
+        };
+        let content = match m.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t,
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for (j, p) in parts.into_iter().enumerate() {
+                    match (p.kind.as_str(), p.text) {
+                        ("text", Some(t)) => text.push_str(&t),
+                        ("text", None) => {
+                            return Err(bad(
+                                &format!("messages[{i}].content[{j}].text"),
+                                "a text part needs 'text'".into(),
+                            ))
+                        }
+                        (other, _) => {
+                            return Err(bad(
+                                &format!("messages[{i}].content[{j}].type"),
+                                format!(
+                                    "content part type {other:?} is not supported; only \"text\""
+                                ),
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+        };
+        messages.push(ChatMessage::new(role, content));
+    }
+    Ok(messages)
 }
 
 /// Token figures of a completion.

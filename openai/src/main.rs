@@ -37,7 +37,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("rocksteady-openai: {err:#}");
-            if err.chain().any(|c| c.is::<openai_gateway::ConfigError>()) {
+            if err
+                .chain()
+                .any(<dyn std::error::Error>::is::<openai_gateway::ConfigError>)
+            {
                 ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE

@@ -47,7 +47,7 @@ impl Metrics {
         self.with(|c| {
             *c.errors
                 .entry((key.to_owned(), kind.to_owned()))
-                .or_default() += 1
+                .or_default() += 1;
         });
     }
 

@@ -632,7 +632,7 @@ async fn relay_stream(
         match end {
             None => {}
             Some(End::Finished(reason, usage)) => {
-                finish(&relay, reason, usage, include_usage, &mut out)
+                finish(&relay, reason, usage, include_usage, &mut out);
             }
             Some(End::Stopped(usage)) => finish(&relay, "stop", usage, include_usage, &mut out),
             Some(End::Failed(err)) => {

@@ -50,7 +50,7 @@ async fn a_stream_survives_kill_9_of_its_worker() {
     let metrics = front_metrics(&board).await;
     assert_eq!(
         metric(&metrics, &["rocksteady_openai_failovers_total", KEY_NAME]),
-        1.0,
+        1,
         "{metrics}"
     );
 }
@@ -104,7 +104,7 @@ async fn a_client_leaving_mid_stream_cancels_the_request() {
             &sup_metrics,
             &["rocksteady_requests_total", "outcome=\"cancelled\""]
         ),
-        1.0,
+        1,
         "{sup_metrics}"
     );
     let metrics = front_metrics(&board).await;
@@ -113,7 +113,7 @@ async fn a_client_leaving_mid_stream_cancels_the_request() {
             &metrics,
             &["rocksteady_openai_client_disconnects_total", KEY_NAME]
         ),
-        1.0,
+        1,
         "{metrics}"
     );
 }

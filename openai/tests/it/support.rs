@@ -369,11 +369,11 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     (status, body)
 }
 
-/// A value of the front door's or the supervisor's metrics: the sum of the
+/// A counter of the front door's or the supervisor's metrics: the sum of the
 /// samples whose line contains every one of `parts`.
-pub fn metric(text: &str, parts: &[&str]) -> f64 {
+pub fn metric(text: &str, parts: &[&str]) -> u64 {
     text.lines()
         .filter(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
