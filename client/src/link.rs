@@ -322,6 +322,24 @@ impl Request {
         }
     }
 
+    /// Ends the answer early (the caller found a stop string): the
+    /// supervisor stops the generation and still ends with `Done` and its
+    /// figures. Best effort: a lost connection ends the request anyway.
+    pub async fn stop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let mut conn = self.inner.conn.lock().await;
+        if let Some(connected) = conn.as_mut() {
+            let _ = connected
+                .writer
+                .send(&ClientToSupervisor::Stop(Cancel {
+                    request_id: self.id,
+                }))
+                .await;
+        }
+    }
+
     /// The next event if one is waiting (never anything after the end).
     pub fn try_next(&mut self) -> Option<LinkEvent> {
         if self.ended || self.resubmit_due {

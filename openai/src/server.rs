@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use client::link::{LinkEvent, Request as LinkRequest, SupervisorLink};
 use proto::admin::SlotState;
-use proto::client::{ModelSlot, SupervisorToClient};
+use proto::client::{ErrorKind, ModelSlot, SupervisorToClient};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -456,14 +456,14 @@ struct Relay {
 enum End {
     /// Done: finish reason and usage.
     Finished(&'static str, Usage),
-    /// A stop string ended it; the request was cancelled at the supervisor.
-    Stopped(Usage),
     /// The supervisor failed it.
     Failed(ApiError),
 }
 
 impl Relay {
-    /// Applies one event: text to send now, and the end if this was it.
+    /// Applies one event: text to send now, the end if this was it, and
+    /// whether a stop string was found just now (the caller then asks the
+    /// supervisor to stop; its `Done` still brings the usage).
     fn apply(&mut self, event: LinkEvent) -> (String, Option<End>, bool) {
         match event {
             LinkEvent::Event(SupervisorToClient::Started(s)) => {
@@ -473,30 +473,39 @@ impl Relay {
                 (String::new(), None, false)
             }
             LinkEvent::Event(SupervisorToClient::Token(t)) => {
+                if self.filter.stopped() {
+                    // Generated before the stop reached the worker: not sent.
+                    return (String::new(), None, false);
+                }
                 self.tokens_seen += 1;
                 let out = self.filter.push(&t.text);
-                let end = out.stopped.then(|| {
-                    // No Done comes after a cancel: count what was relayed.
-                    End::Stopped(Usage::new(0, self.tokens_seen))
-                });
-                (out.text, end, false)
+                (out.text, None, out.stopped)
             }
             LinkEvent::Event(SupervisorToClient::Failover(_)) => {
                 self.shared.metrics.failover(&self.key);
-                (String::new(), None, true)
+                (String::new(), None, false)
             }
             LinkEvent::Event(SupervisorToClient::Done(d)) => {
                 let text = self.filter.finish();
                 let usage = Usage::new(d.stats.prompt_tokens, d.stats.generated_tokens);
-                let reason = if d.stats.generated_tokens >= self.max_tokens {
-                    "length"
-                } else {
-                    "stop"
-                };
+                let reason =
+                    if !self.filter.stopped() && d.stats.generated_tokens >= self.max_tokens {
+                        "length"
+                    } else {
+                        "stop"
+                    };
                 if self.model.is_empty() {
                     self.model = d.model;
                 }
                 (text, Some(End::Finished(reason, usage)), false)
+            }
+            LinkEvent::Event(SupervisorToClient::Error(e))
+                if self.filter.stopped() && e.kind == ErrorKind::Cancelled =>
+            {
+                // Stopped while it moved between workers: no figures come;
+                // count the tokens relayed.
+                let usage = Usage::new(0, self.tokens_seen);
+                (String::new(), Some(End::Finished("stop", usage)), false)
             }
             LinkEvent::Event(SupervisorToClient::Error(e)) => {
                 let err = ApiError::from_supervisor(
@@ -547,17 +556,17 @@ async fn complete(
     let mut text = String::new();
     let mut event = LinkEvent::Event(first);
     let (finish, usage) = loop {
-        let (piece, end, _) = relay.apply(event);
+        let (piece, end, stop) = relay.apply(event);
         text.push_str(&piece);
+        if stop {
+            request.stop().await;
+        }
         match end {
             None => event = request.next().await,
             Some(End::Finished(reason, usage)) => break (reason, usage),
-            Some(End::Stopped(usage)) => break ("stop", usage),
             Some(End::Failed(err)) => return Err(err),
         }
     };
-    // Dropping an unfinished request (a stop string) cancels it.
-    drop(request);
     relay.count_usage(usage);
     Ok(Json(json!({
         "id": relay.id, "object": "chat.completion", "created": relay.created,
@@ -607,7 +616,10 @@ async fn relay_stream(
             }
             _ => None,
         };
-        let (piece, end, _) = relay.apply(event);
+        let (piece, end, stop) = relay.apply(event);
+        if stop {
+            request.stop().await;
+        }
         let mut out = Vec::new();
         if !sent_role {
             // The role comes first, as OpenAI sends it.
@@ -634,7 +646,6 @@ async fn relay_stream(
             Some(End::Finished(reason, usage)) => {
                 finish(&relay, reason, usage, include_usage, &mut out);
             }
-            Some(End::Stopped(usage)) => finish(&relay, "stop", usage, include_usage, &mut out),
             Some(End::Failed(err)) => {
                 // Headers are gone: the error travels as an event, which the
                 // openai client raises as an APIError.
@@ -649,7 +660,6 @@ async fn relay_stream(
             }
         }
         if ended {
-            // Dropping an unfinished request (a stop string) cancels it.
             return;
         }
         event = tokio::select! {

@@ -9,7 +9,7 @@
 //!    worker produced it), possibly `Failover` followed by `Started` and more
 //!    `Token`s, and finally exactly one of `Done` or `Error`.
 //! 4. The client may send `Cancel`; closing the connection cancels all its
-//!    requests.
+//!    requests. `Stop` ends an answer early but still with `Done`.
 //! 5. At any time the client may send `Models` with an id of its own (from the
 //!    same id space as requests); the supervisor answers with one `Models`
 //!    listing its slots, so a front door can say what it serves.
@@ -28,6 +28,9 @@ pub enum ClientToSupervisor {
     Cancel(Cancel),
     /// Ask which models the slots serve.
     Models(ModelsQuery),
+    /// End a request's answer where it is (the client found a stop string):
+    /// like `Cancel`, but a started answer ends with `Done` and its figures.
+    Stop(Cancel),
 }
 
 /// Body of [`ClientToSupervisor::Submit`].

@@ -56,6 +56,13 @@ pub enum Event {
         /// The client's request id.
         request_id: u64,
     },
+    /// A client ended a request's answer early (a stop string).
+    ClientStop {
+        /// Connection id.
+        conn: u64,
+        /// The client's request id.
+        request_id: u64,
+    },
     /// A client asked which models the slots serve.
     ClientModels {
         /// The client's query id.
@@ -199,6 +206,8 @@ struct Job {
     observed: Arc<Observed>,
     /// The model asked for; empty = any.
     model: String,
+    /// Ended early by the client's `Stop`: a cancel that still ends in `Done`.
+    stopped: bool,
     conn: u64,
     client_id: u64,
     messages: Vec<ChatMessage>,
@@ -438,6 +447,16 @@ impl Core {
                     .find(|(_, j)| j.conn == conn && j.client_id == request_id)
                     .map(|(id, _)| *id);
                 if let Some(id) = found {
+                    self.cancel_job(id, true);
+                }
+            }
+            Event::ClientStop { conn, request_id } => {
+                let found = self
+                    .jobs
+                    .iter_mut()
+                    .find(|(_, j)| j.conn == conn && j.client_id == request_id);
+                if let Some((&id, job)) = found {
+                    job.stopped = true;
                     self.cancel_job(id, true);
                 }
             }
@@ -799,7 +818,7 @@ impl Core {
                 g.1 += done.stats.decode_tps;
                 g.2 += 1;
             }
-            if job.cancelled {
+            if job.cancelled && !job.stopped {
                 job.fail(ErrorKind::Cancelled, "cancelled");
             } else {
                 job.send(SupervisorToClient::Done(Done {
@@ -1016,6 +1035,7 @@ impl Core {
                 observed: Arc::clone(&self.observed),
                 probe: false,
                 model: submit.model,
+                stopped: false,
                 conn,
                 client_id: submit.request_id,
                 messages: submit.messages,
@@ -1409,6 +1429,7 @@ impl Core {
                 observed: Arc::clone(&self.observed),
                 probe: true,
                 model: String::new(),
+                stopped: false,
                 conn: 0,
                 client_id: 0,
                 messages: vec![ChatMessage::new(proto::chat::Role::User, "Reply with OK.")],

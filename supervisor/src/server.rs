@@ -244,6 +244,12 @@ async fn client_connection(
                     request_id: c.request_id,
                 });
             }
+            Ok(Some(ClientToSupervisor::Stop(c))) => {
+                let _ = core.send(Event::ClientStop {
+                    conn,
+                    request_id: c.request_id,
+                });
+            }
             Ok(Some(ClientToSupervisor::Models(q))) => {
                 let _ = core.send(Event::ClientModels {
                     request_id: q.request_id,

@@ -210,7 +210,7 @@ async fn serve_client(
             }
             ClientToSupervisor::Cancel(cancel) => cancels.lock().unwrap().push(cancel.request_id),
             // The gateway never asks for models.
-            ClientToSupervisor::Models(_) => {}
+            ClientToSupervisor::Models(_) | ClientToSupervisor::Stop(_) => {}
         }
     }
 }

@@ -99,16 +99,24 @@ stopped = client.chat.completions.create(
     model=model, messages=messages, max_tokens=40, temperature=0, stop=[stop, "\u2603never"])
 assert stopped.choices[0].message.content == expected, (stopped.choices[0].message.content, expected, stop)
 assert stopped.choices[0].finish_reason == "stop"
+# The supervisor's figures still come after a stop string ends the answer.
+assert stopped.usage.prompt_tokens == r.usage.prompt_tokens, (stopped.usage, r.usage)
+assert 0 < stopped.usage.completion_tokens < r.usage.completion_tokens, (stopped.usage, r.usage)
 parts = []
 finish = None
+stop_usage = None
 for chunk in client.chat.completions.create(
-        model=model, messages=messages, max_tokens=40, temperature=0, stop=stop, stream=True):
+        model=model, messages=messages, max_tokens=40, temperature=0, stop=stop, stream=True,
+        stream_options={"include_usage": True}):
+    if chunk.usage is not None:
+        stop_usage = chunk.usage
     if chunk.choices and chunk.choices[0].delta.content:
         parts.append(chunk.choices[0].delta.content)
     if chunk.choices and chunk.choices[0].finish_reason:
         finish = chunk.choices[0].finish_reason
 assert "".join(parts) == expected, ("".join(parts), expected)
 assert finish == "stop"
+assert stop_usage is not None and stop_usage.prompt_tokens == r.usage.prompt_tokens, stop_usage
 
 print(json.dumps({
     "model": model,

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use proto::admin::{AdminToSupervisor, FailoverCommand, RestartCommand, SlotState};
 use proto::chat::{Backend, ChatMessage, FinishReason, GenParams, GenStats, Role};
 use proto::client::{
-    ClientToSupervisor, Done, ErrorEvent, ErrorKind, ModelList, ModelSlot, ModelsQuery, Queued,
-    Submit, SupervisorToClient,
+    Cancel, ClientToSupervisor, Done, ErrorEvent, ErrorKind, ModelList, ModelSlot, ModelsQuery,
+    Queued, Submit, SupervisorToClient,
 };
 use proto::frame::{decode, encode};
 use proto::hello::Hello;
@@ -79,6 +79,10 @@ fn client_submit() {
 
 #[test]
 fn client_models() {
+    check(
+        "client_stop",
+        &ClientToSupervisor::Stop(Cancel { request_id: 42 }),
+    );
     check(
         "client_models_query",
         &ClientToSupervisor::Models(ModelsQuery { request_id: 7 }),
