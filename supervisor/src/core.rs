@@ -450,34 +450,8 @@ impl Core {
                     self.cancel_job(id, true);
                 }
             }
-            Event::ClientStop { conn, request_id } => {
-                let found = self
-                    .jobs
-                    .iter_mut()
-                    .find(|(_, j)| j.conn == conn && j.client_id == request_id);
-                if let Some((&id, job)) = found {
-                    job.stopped = true;
-                    self.cancel_job(id, true);
-                }
-            }
-            Event::ClientModels { request_id, events } => {
-                let slots = self
-                    .slots
-                    .iter()
-                    .map(|s| ModelSlot {
-                        name: s.name.to_owned(),
-                        backend: s.cfg.backend,
-                        model: s.model.clone(),
-                        model_file: s
-                            .cfg
-                            .model
-                            .file_name()
-                            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                        state: s.state,
-                    })
-                    .collect();
-                let _ = events.send(SupervisorToClient::Models(ModelList { request_id, slots }));
-            }
+            Event::ClientStop { conn, request_id } => self.on_stop(conn, request_id),
+            Event::ClientModels { request_id, events } => self.on_models(request_id, &events),
             Event::ClientGone { conn } => {
                 let ids: Vec<u64> = self
                     .jobs
@@ -986,6 +960,12 @@ impl Core {
         if submit.messages.is_empty() {
             return refuse(ErrorKind::BadRequest, "the request has no messages".into());
         }
+        if !self.slots.iter().any(|s| s.serves(&submit.model)) {
+            return refuse(
+                ErrorKind::BadRequest,
+                format!("unknown model {:?}: no slot serves it", submit.model),
+            );
+        }
         let chars: usize = submit
             .messages
             .iter()
@@ -1018,12 +998,6 @@ impl Core {
                 format!("busy: {waiting} requests are already waiting; try again shortly"),
             );
         }
-        if !self.slots.iter().any(|s| s.serves(&submit.model)) {
-            return refuse(
-                ErrorKind::BadRequest,
-                format!("unknown model {:?}: no slot serves it", submit.model),
-            );
-        }
         if self.nothing_can_serve() {
             return refuse(ErrorKind::NoWorker, self.no_worker_message());
         }
@@ -1052,6 +1026,38 @@ impl Core {
             },
         );
         self.queue.push_back(id);
+    }
+
+    /// A client's `Stop`: cancel, but the answer still ends with `Done`.
+    fn on_stop(&mut self, conn: u64, request_id: u64) {
+        let found = self
+            .jobs
+            .iter_mut()
+            .find(|(_, j)| j.conn == conn && j.client_id == request_id);
+        if let Some((&id, job)) = found {
+            job.stopped = true;
+            self.cancel_job(id, true);
+        }
+    }
+
+    /// Answers a models query from the slots.
+    fn on_models(&self, request_id: u64, events: &UnboundedSender<SupervisorToClient>) {
+        let slots = self
+            .slots
+            .iter()
+            .map(|s| ModelSlot {
+                name: s.name.to_owned(),
+                backend: s.cfg.backend,
+                model: s.model.clone(),
+                model_file: s
+                    .cfg
+                    .model
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                state: s.state,
+            })
+            .collect();
+        let _ = events.send(SupervisorToClient::Models(ModelList { request_id, slots }));
     }
 
     fn cancel_job(&mut self, id: u64, tell_client: bool) {
