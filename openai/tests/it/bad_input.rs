@@ -1,7 +1,9 @@
 //! Bad requests over raw HTTP: each a clear 4xx in OpenAI's error shape, and
 //! the process keeps serving.
 
-use crate::support::{cpu_slot, Board, KEY};
+use tokio::io::AsyncReadExt;
+
+use crate::support::{bin, cpu_slot, raw_http_full, Board, KEY};
 
 fn post(body: &[u8], content_type: &str) -> Vec<u8> {
     let mut req = format!(
@@ -92,4 +94,82 @@ async fn bad_requests_get_clear_4xx_and_the_process_keeps_serving() {
         .http(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_only_for_listed_origins_and_idle_connections_are_closed() {
+    let board = Board::start(
+        "",
+        &cpu_slot("primary", ""),
+        "cors_origins = [\"https://ui.example\"]\nidle_timeout_secs = 2",
+        false,
+    )
+    .await;
+    let models = |origin: &str| {
+        format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nAuthorization: Bearer {KEY}\r\nConnection: close\r\n\r\n")
+    };
+    let (status, head, _) =
+        raw_http_full(board.addr, models("https://ui.example").as_bytes()).await;
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("access-control-allow-origin: https://ui.example"),
+        "{head}"
+    );
+    let (status, head, _) =
+        raw_http_full(board.addr, models("https://evil.example").as_bytes()).await;
+    assert_eq!(status, 200);
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+    // A browser's preflight carries no key: answered without one.
+    let preflight = "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: https://ui.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n";
+    let (status, head, _) = raw_http_full(board.addr, preflight.as_bytes()).await;
+    assert_eq!(status, 204, "{head}");
+    assert!(
+        head.contains("access-control-allow-headers: authorization, content-type"),
+        "{head}"
+    );
+
+    // A connection that says nothing is closed after the idle timeout.
+    let mut silent = tokio::net::TcpStream::connect(board.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("the idle connection was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+}
+
+#[test]
+fn no_keys_on_a_non_loopback_address_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[openai]\nlisten = \"0.0.0.0:0\"\n").unwrap();
+    let out = std::process::Command::new(bin("rocksteady-openai"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no API keys configured"), "{stderr}");
+    // With the credential it starts (checked with --check), and never prints the key.
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("openai-keys"), format!("{KEY} ops\n")).unwrap();
+    let out = std::process::Command::new(bin("rocksteady-openai"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--check")
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("1 API keys") && !all.contains(KEY), "{all}");
 }

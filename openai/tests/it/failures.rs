@@ -117,3 +117,50 @@ async fn a_client_leaving_mid_stream_cancels_the_request() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_concurrency_gets_429_with_retry_after() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let board = Board::start(
+        "",
+        &format!("{POLICY}{}", slow_cpu_slot("primary", 50)),
+        "key_max_concurrent = 1",
+        false,
+    )
+    .await;
+    let body = r#"{"messages":[{"role":"user","content":"Tell a long story."}],"max_tokens":200,"stream":true}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        crate::support::KEY,
+        body.len()
+    );
+    let mut first = tokio::net::TcpStream::connect(board.addr).await.unwrap();
+    first.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let (status, head, body) = crate::support::raw_http_full(board.addr, request.as_bytes()).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert!(body.contains("already has 1 requests running"), "{body}");
+    drop(first);
+    // The slot comes back once the first stream is gone.
+    board
+        .wait_slot("primary", Duration::from_secs(5), |s| {
+            s.state == SlotState::Ready
+        })
+        .await;
+    let metrics = front_metrics(&board).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            &[
+                "rocksteady_openai_requests_total",
+                KEY_NAME,
+                "status=\"429\""
+            ]
+        ),
+        1,
+        "{metrics}"
+    );
+}

@@ -342,6 +342,12 @@ impl Python {
 /// Sends `request` and reads the whole response (the request must say
 /// `Connection: close`): status and body.
 pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let (status, _, body) = raw_http_full(addr, request).await;
+    (status, body)
+}
+
+/// Like [`raw_http`], with the response head (status line and headers) too.
+pub async fn raw_http_full(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut r, mut w) = stream.into_split();
     let request = request.to_vec();
@@ -362,11 +368,8 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
 /// A counter of the front door's or the supervisor's metrics: the sum of the
