@@ -1,10 +1,17 @@
 //! Idle connection timeout: a connection with no bytes read or written for
 //! the configured time fails its next I/O and hyper closes it, so a client
 //! that opens connections and says nothing cannot hold them forever.
+//!
+//! A connection whose request is being answered is not idle, even when no
+//! byte moves (a non-streamed answer generating for minutes): the [`Peer`]
+//! handed to the handlers marks it busy for as long as a handler runs.
 
 use std::future::Future as _;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,22 +32,59 @@ impl IdleListener {
     }
 }
 
+/// The peer of a connection, as handlers see it (`ConnectInfo<Peer>`).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Requests of this connection being answered.
+    busy: Arc<AtomicUsize>,
+}
+
+impl Peer {
+    /// Marks the connection busy until the guard is dropped.
+    pub fn busy(&self) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        BusyGuard(Arc::clone(&self.busy))
+    }
+}
+
+/// Keeps a connection from timing out while it lives.
+#[derive(Debug)]
+pub struct BusyGuard(Arc<AtomicUsize>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, IdleListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, IdleListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
 impl axum::serve::Listener for IdleListener {
     type Io = IdleStream;
-    type Addr = std::net::SocketAddr;
+    type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
+                    let busy = Arc::new(AtomicUsize::new(0));
                     return (
                         IdleStream {
                             inner: stream,
                             idle: self.idle,
                             deadline: Box::pin(tokio::time::sleep(self.idle)),
+                            busy: Arc::clone(&busy),
                         },
-                        addr,
+                        Peer { addr, busy },
                     );
                 }
                 Err(err) => {
@@ -53,7 +97,10 @@ impl axum::serve::Listener for IdleListener {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
+        Ok(Peer {
+            addr: self.inner.local_addr()?,
+            busy: Arc::default(),
+        })
     }
 }
 
@@ -62,6 +109,7 @@ pub struct IdleStream {
     inner: TcpStream,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    busy: Arc<AtomicUsize>,
 }
 
 impl IdleStream {
@@ -71,6 +119,11 @@ impl IdleStream {
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            // Answering: idle time starts when the answer is out.
+            self.active();
+            return false;
+        }
         self.deadline.as_mut().poll(cx).is_ready()
     }
 }

@@ -10,7 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
-mod idle;
+pub mod idle;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
@@ -45,7 +45,10 @@ pub async fn run(
     tracing::info!(listen = %listener.local_addr()?, keys = keys.len(), "serving the OpenAI-compatible API");
     let shared = Arc::new(server::Shared::new(config, keys, link));
     let app = server::router(shared);
-    axum::serve(idle::IdleListener::new(listener, idle), app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    axum::serve(
+        idle::IdleListener::new(listener, idle),
+        app.into_make_service_with_connect_info::<idle::Peer>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }

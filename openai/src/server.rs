@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::api::{Chat, ChatRequest, Usage};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::idle::Peer;
 use crate::keys::Keys;
 use crate::limits::{Limits, Refusal};
 use crate::metrics::Metrics;
@@ -95,6 +96,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), cors))
+        .layer(middleware::from_fn(busy))
         .with_state(shared)
 }
 
@@ -103,6 +105,18 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
         message: format!("no such path {}", uri.path()),
         code: "unknown_url",
     }
+}
+
+/// Marks the connection busy while its request is answered, so a long
+/// non-streamed answer is not cut by the idle timeout.
+async fn busy(req: Request, next: Next) -> Response {
+    let guard = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|ConnectInfo(peer)| peer.busy());
+    let response = next.run(req).await;
+    drop(guard);
+    response
 }
 
 /// Checks the bearer key; counts refusals.

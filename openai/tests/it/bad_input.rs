@@ -3,7 +3,7 @@
 
 use tokio::io::AsyncReadExt;
 
-use crate::support::{bin, cpu_slot, raw_http_full, Board, KEY};
+use crate::support::{bin, cpu_slot, raw_http_full, slow_cpu_slot, Board, KEY};
 
 fn post(body: &[u8], content_type: &str) -> Vec<u8> {
     let mut req = format!(
@@ -58,6 +58,18 @@ async fn bad_requests_get_clear_4xx_and_the_process_keeps_serving() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(error(&body)["param"], "messages[0].content", "{body}");
 
+    // A conversation above the supervisor's max_prompt_chars (16000).
+    let long = format!(
+        r#"{{"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "word ".repeat(4000)
+    );
+    let (status, body) = board.http(&post(long.as_bytes(), "application/json")).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        error(&body)["message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
+
     let (status, body) = board.http(&post(ok, "text/plain")).await;
     assert_eq!(status, 415, "{body}");
     error(&body);
@@ -100,7 +112,7 @@ async fn bad_requests_get_clear_4xx_and_the_process_keeps_serving() {
 async fn cors_only_for_listed_origins_and_idle_connections_are_closed() {
     let board = Board::start(
         "",
-        &cpu_slot("primary", ""),
+        &slow_cpu_slot("primary", 50),
         "cors_origins = [\"https://ui.example\"]\nidle_timeout_secs = 2",
         false,
     )
@@ -138,6 +150,17 @@ async fn cors_only_for_listed_origins_and_idle_connections_are_closed() {
         .unwrap_or(0);
     assert_eq!(n, 0);
     assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+
+    // An answer that takes longer than the idle timeout (60 tokens at 50 ms)
+    // with no byte moving until it is done is not cut off.
+    let long = br#"{"messages":[{"role":"user","content":"Tell a long story."}],"max_tokens":60,"temperature":0}"#;
+    let (status, body) = board.http(&post(long, "application/json")).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() > 40,
+        "{v}"
+    );
 }
 
 #[test]
