@@ -331,7 +331,10 @@ async fn chat(
             err.into_response()
         }
     };
-    shared.metrics.request(&key.0, response.status().as_u16());
+    let status = response.status().as_u16();
+    shared.metrics.request(&key.0, status);
+    // The key's name and the outcome only: never the key or the prompt.
+    tracing::info!(key = %key.0, status, "chat completion");
     response
 }
 
