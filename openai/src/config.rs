@@ -90,6 +90,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The supervisor's client socket.
     pub client_socket: PathBuf,
+    /// The supervisor's HTTP endpoint (`host:port` of its `[http] listen`),
+    /// whose `/health` is passed through; empty = health from the slots'
+    /// states over the client socket.
+    pub supervisor_http: String,
     /// The API keys file; empty = `$CREDENTIALS_DIRECTORY/openai-keys` when it exists.
     pub keys_file: PathBuf,
     /// Largest request body accepted, in bytes.
@@ -123,6 +127,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             client_socket: PathBuf::from("/run/rocksteady/client.sock"),
+            supervisor_http: "127.0.0.1:9464".to_owned(),
             keys_file: PathBuf::new(),
             max_body_bytes: 1024 * 1024,
             idle_timeout_secs: 120,
@@ -188,6 +193,12 @@ impl Config {
                 key,
                 reason: reason.to_owned(),
             })
+        }
+        if !self.supervisor_http.is_empty() && self.supervisor_http.parse::<SocketAddr>().is_err() {
+            return bad(
+                "supervisor_http",
+                "must be host:port with an IP address (the supervisor's http.listen), or empty",
+            );
         }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes", "must be at least 1024");

@@ -194,8 +194,52 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-/// Health as the supervisor sees it: ok while a slot is ready or busy.
+/// The supervisor's own `/health`, passed through (status and JSON body).
+async fn supervisor_health(addr: &str) -> Result<(StatusCode, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: supervisor\r\n\r\n")
+            .await?;
+        let mut raw = Vec::new();
+        // A health answer is small; more is not a health answer.
+        (&mut stream).take(64 * 1024).read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(MODELS_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("the supervisor's /health at {addr} did not answer in time"))?
+        .map_err(|e| format!("the supervisor's /health at {addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("the supervisor's /health at {addr} sent no HTTP answer"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or_else(|| format!("the supervisor's /health at {addr} sent no status"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// Health: the supervisor's `/health` passed through when `supervisor_http`
+/// is set, else ok while a slot is ready or busy.
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let addr = &shared.config.supervisor_http;
+    if !addr.is_empty() {
+        return match supervisor_health(addr).await {
+            Ok((status, body)) => {
+                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+            }
+            Err(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "reason": reason})),
+            )
+                .into_response(),
+        };
+    }
     match shared.link.models(MODELS_TIMEOUT).await {
         Ok(slots) => {
             let ok = slots

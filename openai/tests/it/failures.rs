@@ -107,6 +107,12 @@ async fn a_client_leaving_mid_stream_cancels_the_request() {
         1,
         "{sup_metrics}"
     );
+    // /health is the supervisor's, passed through.
+    let (status, sup_health) = board.sup_get("/health").await;
+    let (front_status, front_health) = board
+        .http(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!((front_status, front_health), (status, sup_health));
     let metrics = front_metrics(&board).await;
     assert_eq!(
         metric(

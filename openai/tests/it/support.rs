@@ -141,8 +141,9 @@ impl Board {
                 .await;
         }
         let openai_text = format!(
-            "[openai]\nclient_socket = \"{}\"\n{openai_extra}\n",
-            board.sup_config.supervisor.client_socket().display()
+            "[openai]\nclient_socket = \"{}\"\nsupervisor_http = \"{}\"\n{openai_extra}\n",
+            board.sup_config.supervisor.client_socket().display(),
+            sup_http.map(|a| a.to_string()).unwrap_or_default()
         );
         let config = Config::from_toml(&openai_text).unwrap();
         let keys = Keys::parse(&format!("{KEY} {KEY_NAME}\n")).unwrap();
