@@ -127,7 +127,7 @@ verify_units() { # DIR-WITH-UNITS
 }
 # Exposure ceilings (0 = fully locked down, 10 = none). Raising one needs a
 # reason in the unit file.
-declare -A SECURITY_CEILING=([rocksteady-supervisor]=2.5 [rocksteady-gateway]=2.0 [rocksteady-board-tune]=2.5)
+declare -A SECURITY_CEILING=([rocksteady-supervisor]=2.5 [rocksteady-gateway]=2.0 [rocksteady-openai]=2.0 [rocksteady-board-tune]=2.5)
 security_units() { # DIR-WITH-UNITS
     local unit score rc=0
     for unit in "${!SECURITY_CEILING[@]}"; do

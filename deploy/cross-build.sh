@@ -34,7 +34,7 @@ readonly SYSROOT=/usr/aarch64-linux-gnu
 
 # The workspace's own binaries, in the order a reader expects; the ones not in
 # the workspace yet are simply not listed at the end.
-readonly KNOWN_BINARIES=(rocksteady-supervisor supctl worker-cpu worker-npu rocksteady-gateway)
+readonly KNOWN_BINARIES=(rocksteady-supervisor supctl worker-cpu worker-npu rocksteady-gateway rocksteady-openai)
 
 step() { printf '\n==> %s\n' "$*"; }
 info() { printf '    %s\n' "$*"; }

@@ -48,7 +48,7 @@ impl ChatClient {
         })
     }
 
-    /// Submits a request; returns its id.
+    /// Submits a request for any model; returns its id.
     ///
     /// # Errors
     /// Socket errors.
@@ -57,6 +57,19 @@ impl ChatClient {
         messages: Vec<ChatMessage>,
         params: GenParams,
     ) -> Result<u64, ClientError> {
+        self.submit_to(messages, params, String::new()).await
+    }
+
+    /// Submits a request for `model` (empty = any); returns its id.
+    ///
+    /// # Errors
+    /// Socket errors.
+    pub async fn submit_to(
+        &mut self,
+        messages: Vec<ChatMessage>,
+        params: GenParams,
+        model: String,
+    ) -> Result<u64, ClientError> {
         let request_id = self.next_id;
         self.next_id += 1;
         self.conn
@@ -64,6 +77,7 @@ impl ChatClient {
                 request_id,
                 messages,
                 params,
+                model,
             }))
             .await
             .map_err(ClientError::protocol(&self.path))?;

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use interprocess::local_socket::tokio::Stream as LocalStream;
 use proto::chat::{ChatMessage, GenParams};
-use proto::client::{Cancel, ClientToSupervisor, Submit, SupervisorToClient};
+use proto::client::{
+    Cancel, ClientToSupervisor, ModelSlot, ModelsQuery, Submit, SupervisorToClient,
+};
 use proto::frame::{FrameReader, FrameWriter};
 use proto::PeerRole;
 use thiserror::Error;
@@ -41,6 +43,9 @@ pub enum LinkError {
     /// The link is shutting down.
     #[error("the link to the supervisor is shutting down")]
     ShuttingDown,
+    /// The supervisor did not answer a query in time.
+    #[error("the supervisor did not answer in time")]
+    NoAnswer,
 }
 
 /// What a request's owner receives. `Debug` leaves out the answer text.
@@ -64,6 +69,7 @@ impl std::fmt::Debug for LinkEvent {
                     SupervisorToClient::Failover(_) => "Failover",
                     SupervisorToClient::Done(_) => "Done",
                     SupervisorToClient::Error(_) => "Error",
+                    SupervisorToClient::Models(_) => "Models",
                 };
                 write!(f, "Event({kind}, request {})", event.request_id())
             }
@@ -119,7 +125,7 @@ pub struct Request {
     /// The request as submitted, kept until the supervisor says anything
     /// about it: a connection lost before that (a supervisor restart racing
     /// the submit) is retried once on a fresh connection.
-    resend: Option<(Vec<ChatMessage>, GenParams)>,
+    resend: Option<(Vec<ChatMessage>, GenParams, String)>,
     /// `try_next` saw such a loss; `next` resubmits.
     resubmit_due: bool,
 }
@@ -156,7 +162,7 @@ impl SupervisorLink {
         &self.inner.path
     }
 
-    /// Submits a request.
+    /// Submits a request for any model.
     ///
     /// # Errors
     /// [`LinkError`] when the supervisor cannot be reached.
@@ -165,15 +171,79 @@ impl SupervisorLink {
         messages: Vec<ChatMessage>,
         params: GenParams,
     ) -> Result<Request, LinkError> {
-        let (id, events) = send_submit(&self.inner, messages.clone(), params).await?;
+        self.submit_to(messages, params, String::new()).await
+    }
+
+    /// Submits a request for `model` (empty = any: the supervisor routes).
+    ///
+    /// # Errors
+    /// [`LinkError`] when the supervisor cannot be reached.
+    pub async fn submit_to(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: GenParams,
+        model: String,
+    ) -> Result<Request, LinkError> {
+        let (id, events) =
+            send_submit(&self.inner, messages.clone(), params, model.clone()).await?;
         Ok(Request {
             id,
             events,
             inner: Arc::clone(&self.inner),
             ended: false,
-            resend: Some((messages, params)),
+            resend: Some((messages, params, model)),
             resubmit_due: false,
         })
+    }
+
+    /// The supervisor's slots and their models, waited for at most `timeout`.
+    ///
+    /// # Errors
+    /// [`LinkError`] when the supervisor cannot be reached or does not
+    /// answer in time.
+    pub async fn models(&self, timeout: Duration) -> Result<Vec<ModelSlot>, LinkError> {
+        let inner = &self.inner;
+        if inner.shutdown.is_cancelled() {
+            return Err(LinkError::ShuttingDown);
+        }
+        let request_id = inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        {
+            let mut conn = inner.conn.lock().await;
+            if conn.is_none() {
+                *conn = Some(connect(inner).await?);
+            }
+            let Some(connected) = conn.as_mut() else {
+                return Err(LinkError::ShuttingDown);
+            };
+            inner.pending_map().insert(
+                request_id,
+                Pending {
+                    generation: connected.generation,
+                    events: tx,
+                },
+            );
+            let query = ClientToSupervisor::Models(ModelsQuery { request_id });
+            if let Err(source) = connected.writer.send(&query).await {
+                inner.pending_map().remove(&request_id);
+                *conn = None;
+                inner.disconnected.notify_one();
+                return Err(LinkError::Supervisor(ClientError::Protocol {
+                    path: inner.path.clone(),
+                    source,
+                }));
+            }
+        }
+        let answer = tokio::time::timeout(timeout, rx.recv()).await;
+        inner.pending_map().remove(&request_id);
+        match answer {
+            Ok(Some(LinkEvent::Event(SupervisorToClient::Models(list)))) => Ok(list.slots),
+            Ok(_) => Err(LinkError::Supervisor(ClientError::Protocol {
+                path: inner.path.clone(),
+                source: proto::ProtoError::Closed,
+            })),
+            Err(_) => Err(LinkError::NoAnswer),
+        }
     }
 }
 
@@ -182,6 +252,7 @@ async fn send_submit(
     inner: &Arc<Inner>,
     messages: Vec<ChatMessage>,
     params: GenParams,
+    model: String,
 ) -> Result<(u64, mpsc::UnboundedReceiver<LinkEvent>), LinkError> {
     if inner.shutdown.is_cancelled() {
         return Err(LinkError::ShuttingDown);
@@ -192,6 +263,7 @@ async fn send_submit(
         request_id,
         messages,
         params,
+        model,
     });
     let mut conn = inner.conn.lock().await;
     if conn.is_none() {
@@ -250,6 +322,24 @@ impl Request {
         }
     }
 
+    /// Ends the answer early (the caller found a stop string): the
+    /// supervisor stops the generation and still ends with `Done` and its
+    /// figures. Best effort: a lost connection ends the request anyway.
+    pub async fn stop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let mut conn = self.inner.conn.lock().await;
+        if let Some(connected) = conn.as_mut() {
+            let _ = connected
+                .writer
+                .send(&ClientToSupervisor::Stop(Cancel {
+                    request_id: self.id,
+                }))
+                .await;
+        }
+    }
+
     /// The next event if one is waiting (never anything after the end).
     pub fn try_next(&mut self) -> Option<LinkEvent> {
         if self.ended || self.resubmit_due {
@@ -270,12 +360,12 @@ impl Request {
 
     /// Submits the kept request again (once); `Some(Lost)` when that fails.
     async fn resubmit(&mut self) -> Option<LinkEvent> {
-        let (messages, params) = self.resend.take()?;
+        let (messages, params, model) = self.resend.take()?;
         tracing::info!(
             request = self.id,
             "supervisor connection lost before the request was taken; submitting it again"
         );
-        match send_submit(&self.inner, messages, params).await {
+        match send_submit(&self.inner, messages, params, model).await {
             Ok((id, events)) => {
                 self.id = id;
                 self.events = events;
@@ -375,7 +465,9 @@ async fn read_events(inner: Arc<Inner>, mut reader: Reader, generation: u64) {
                 let id = event.request_id();
                 let ends = matches!(
                     event,
-                    SupervisorToClient::Done(_) | SupervisorToClient::Error(_)
+                    SupervisorToClient::Done(_)
+                        | SupervisorToClient::Error(_)
+                        | SupervisorToClient::Models(_)
                 );
                 let mut pending = inner.pending_map();
                 if let Some(p) = pending.get(&id) {

@@ -48,6 +48,8 @@ impl AnswerState {
                 self.queued = Some((q.position, q.reason));
             }
             LinkEvent::Event(SupervisorToClient::Started(_)) => self.queued = None,
+            // Answers to a models query never reach a request.
+            LinkEvent::Event(SupervisorToClient::Models(_)) => {}
             LinkEvent::Event(SupervisorToClient::Token(t)) => {
                 self.queued = None;
                 self.text.push_str(&t.text);

@@ -9,10 +9,14 @@
 //!    worker produced it), possibly `Failover` followed by `Started` and more
 //!    `Token`s, and finally exactly one of `Done` or `Error`.
 //! 4. The client may send `Cancel`; closing the connection cancels all its
-//!    requests.
+//!    requests. `Stop` ends an answer early but still with `Done`.
+//! 5. At any time the client may send `Models` with an id of its own (from the
+//!    same id space as requests); the supervisor answers with one `Models`
+//!    listing its slots, so a front door can say what it serves.
 
 use serde::{Deserialize, Serialize};
 
+use crate::admin::SlotState;
 use crate::chat::{Backend, ChatMessage, GenParams, GenStats};
 
 /// Client to supervisor.
@@ -22,6 +26,11 @@ pub enum ClientToSupervisor {
     Submit(Submit),
     /// Give up on a request.
     Cancel(Cancel),
+    /// Ask which models the slots serve.
+    Models(ModelsQuery),
+    /// End a request's answer where it is (the client found a stop string):
+    /// like `Cancel`, but a started answer ends with `Done` and its figures.
+    Stop(Cancel),
 }
 
 /// Body of [`ClientToSupervisor::Submit`].
@@ -33,6 +42,17 @@ pub struct Submit {
     pub messages: Vec<ChatMessage>,
     /// Sampling and limits.
     pub params: GenParams,
+    /// The model to answer with: a slot's model name or model file name.
+    /// Empty means any (the supervisor routes). A model no slot serves is
+    /// refused with [`ErrorKind::BadRequest`].
+    pub model: String,
+}
+
+/// Body of [`ClientToSupervisor::Models`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelsQuery {
+    /// Client-chosen id, echoed in the answer.
+    pub request_id: u64,
 }
 
 /// Body of [`ClientToSupervisor::Cancel`].
@@ -57,6 +77,8 @@ pub enum SupervisorToClient {
     Done(Done),
     /// The request ended without a complete answer.
     Error(ErrorEvent),
+    /// The answer to a [`ClientToSupervisor::Models`] query.
+    Models(ModelList),
 }
 
 impl SupervisorToClient {
@@ -69,6 +91,7 @@ impl SupervisorToClient {
             Self::Failover(e) => e.request_id,
             Self::Done(e) => e.request_id,
             Self::Error(e) => e.request_id,
+            Self::Models(e) => e.request_id,
         }
     }
 }
@@ -132,6 +155,30 @@ pub struct Done {
     pub model: String,
     /// Figures of the final generation, generated tokens counted over the whole answer.
     pub stats: GenStats,
+}
+
+/// Body of [`SupervisorToClient::Models`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelList {
+    /// The query answered.
+    pub request_id: u64,
+    /// Every configured slot, in configuration order.
+    pub slots: Vec<ModelSlot>,
+}
+
+/// One slot as [`ModelList`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSlot {
+    /// Slot name ("primary", "fallback").
+    pub name: String,
+    /// The slot's backend.
+    pub backend: Backend,
+    /// Model name as the worker reported it (the file name before the first load).
+    pub model: String,
+    /// Model file name from the configuration.
+    pub model_file: String,
+    /// Lifecycle state.
+    pub state: SlotState,
 }
 
 /// Body of [`SupervisorToClient::Error`].

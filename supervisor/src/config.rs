@@ -2,8 +2,8 @@
 //! checks that turn a bad value into an error naming the key.
 //!
 //! One file serves the whole installation (`/etc/rocksteady/config.toml`);
-//! the `[gateway]` section belongs to the gateway process and is passed over
-//! here. Relative paths are resolved against the config file's directory.
+//! the `[gateway]` and `[openai]` sections belong to the front-door processes
+//! and are passed over here. Relative paths are resolved against the config file's directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -89,6 +89,9 @@ pub struct Config {
     /// The gateway's section: read by the gateway, ignored here.
     #[serde(default)]
     pub gateway: Option<toml::Table>,
+    /// The OpenAI-compatible API's section: read by rocksteady-openai, ignored here.
+    #[serde(default)]
+    pub openai: Option<toml::Table>,
 }
 
 /// `[supervisor]`.

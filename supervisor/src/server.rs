@@ -244,6 +244,19 @@ async fn client_connection(
                     request_id: c.request_id,
                 });
             }
+            Ok(Some(ClientToSupervisor::Stop(c))) => {
+                let _ = core.send(Event::ClientStop {
+                    conn,
+                    request_id: c.request_id,
+                });
+            }
+            Ok(Some(ClientToSupervisor::Models(q))) => {
+                let _ = core.send(Event::ClientModels {
+                    conn,
+                    request_id: q.request_id,
+                    events: events_tx.clone(),
+                });
+            }
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         }

@@ -88,6 +88,7 @@ fn with_id(event: &SupervisorToClient, id: u64) -> SupervisorToClient {
         SupervisorToClient::Failover(e) => e.request_id = id,
         SupervisorToClient::Done(e) => e.request_id = id,
         SupervisorToClient::Error(e) => e.request_id = id,
+        SupervisorToClient::Models(e) => e.request_id = id,
     }
     event
 }
@@ -208,6 +209,8 @@ async fn serve_client(
                 });
             }
             ClientToSupervisor::Cancel(cancel) => cancels.lock().unwrap().push(cancel.request_id),
+            // The gateway never asks for models.
+            ClientToSupervisor::Models(_) | ClientToSupervisor::Stop(_) => {}
         }
     }
 }

@@ -11,6 +11,7 @@ fn submit(text: &str) -> ClientToSupervisor {
         request_id: 7,
         messages: vec![ChatMessage::new(Role::User, text)],
         params: GenParams::default(),
+        model: String::new(),
     })
 }
 

@@ -8,10 +8,11 @@
 use std::fmt::Debug;
 use std::path::PathBuf;
 
-use proto::admin::{AdminToSupervisor, FailoverCommand, RestartCommand};
+use proto::admin::{AdminToSupervisor, FailoverCommand, RestartCommand, SlotState};
 use proto::chat::{Backend, ChatMessage, FinishReason, GenParams, GenStats, Role};
 use proto::client::{
-    ClientToSupervisor, Done, ErrorEvent, ErrorKind, Queued, Submit, SupervisorToClient,
+    Cancel, ClientToSupervisor, Done, ErrorEvent, ErrorKind, ModelList, ModelSlot, ModelsQuery,
+    Queued, Submit, SupervisorToClient,
 };
 use proto::frame::{decode, encode};
 use proto::hello::Hello;
@@ -71,6 +72,41 @@ fn client_submit() {
             request_id: 42,
             messages: messages(),
             params: GenParams::default(),
+            model: "SmolLM2-135M-Instruct".into(),
+        }),
+    );
+}
+
+#[test]
+fn client_models() {
+    check(
+        "client_stop",
+        &ClientToSupervisor::Stop(Cancel { request_id: 42 }),
+    );
+    check(
+        "client_models_query",
+        &ClientToSupervisor::Models(ModelsQuery { request_id: 7 }),
+    );
+    check(
+        "client_models",
+        &SupervisorToClient::Models(ModelList {
+            request_id: 7,
+            slots: vec![
+                ModelSlot {
+                    name: "primary".into(),
+                    backend: Backend::Npu,
+                    model: "qwen2.5-1.5b".into(),
+                    model_file: "qwen2.5-1.5b.rkllm".into(),
+                    state: SlotState::Ready,
+                },
+                ModelSlot {
+                    name: "fallback".into(),
+                    backend: Backend::Cpu,
+                    model: "SmolLM2-135M-Instruct".into(),
+                    model_file: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+                    state: SlotState::Idle,
+                },
+            ],
         }),
     );
 }

@@ -104,7 +104,9 @@ pub async fn request(
         match event {
             SupervisorToClient::Token(_) => token_ms.push(at),
             SupervisorToClient::Failover(_) => failed_over = true,
-            SupervisorToClient::Queued(_) | SupervisorToClient::Started(_) => {}
+            SupervisorToClient::Queued(_)
+            | SupervisorToClient::Started(_)
+            | SupervisorToClient::Models(_) => {}
             SupervisorToClient::Done(done) => {
                 return Ok(Request {
                     text: done.text,

@@ -63,7 +63,7 @@ pub async fn ask(
                     let _ = writeln!(note, "[queued, position {}{why}]", q.position);
                 }
             }
-            SupervisorToClient::Started(_) => {}
+            SupervisorToClient::Started(_) | SupervisorToClient::Models(_) => {}
             SupervisorToClient::Failover(f) => {
                 if !json {
                     let _ = writeln!(

@@ -41,6 +41,14 @@ impl Core {
                 "the request has no messages".into(),
             );
         }
+        if !self.slots.iter().any(|s| s.serves(&submit.model)) {
+            return self.refuse(
+                conn,
+                id,
+                ErrorKind::BadRequest,
+                format!("unknown model {:?}: no slot serves it", submit.model),
+            );
+        }
         if let Err(e) = submit.params.validate() {
             return self.refuse(
                 conn,
@@ -89,6 +97,9 @@ impl Core {
             return self.refuse(conn, id, ErrorKind::NoWorker, message);
         }
         let job = self.new_job(conn, id, submit.messages, submit.params, false);
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.model = submit.model;
+        }
         self.queue.push_back(job);
     }
 
@@ -122,9 +133,48 @@ impl Core {
                 probe,
                 failovers: 0,
                 refusals: 0,
+                model: String::new(),
+                stopped: false,
             },
         );
         id
+    }
+
+    /// A client's `Stop` (it met a stop string): the generation is
+    /// cancelled, but the answer still ends with `Done` and its figures.
+    pub(super) fn on_stop(&mut self, conn: u64, request_id: u64) {
+        let found = self
+            .jobs
+            .iter_mut()
+            .find(|(_, j)| j.conn == conn && j.client_id == request_id && !j.probe);
+        if let Some((&id, job)) = found {
+            job.stopped = true;
+            self.cancel_job(id, true);
+        }
+    }
+
+    /// Answers a client's question of which models the slots serve.
+    pub(super) fn on_models(&mut self, conn: u64, request_id: u64) {
+        let slots = self
+            .slots
+            .iter()
+            .map(|s| proto::client::ModelSlot {
+                name: s.name.to_owned(),
+                backend: s.cfg.backend,
+                model: s.model.clone(),
+                model_file: s
+                    .cfg
+                    .model
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                state: s.state,
+            })
+            .collect();
+        self.out.push(Effect::ToClient {
+            conn,
+            event: SupervisorToClient::Models(proto::client::ModelList { request_id, slots }),
+            admitted: false,
+        });
     }
 
     pub(super) fn on_cancel(&mut self, conn: u64, request_id: u64) {

@@ -150,15 +150,27 @@ impl Core {
                 self.queue.pop_front();
                 continue;
             };
-            let free = self.candidates(active);
+            let mut free = self.candidates(active);
+            if !job.model.is_empty() {
+                // A request for a named model goes only where that model is
+                // served (whatever the routing), and waits for such a slot.
+                free.retain(|&j| self.slots[j].serves(&job.model));
+                if free.is_empty() {
+                    free.extend(
+                        (0..self.slots.len()).filter(|&j| {
+                            self.slots[j].can_take() && self.slots[j].serves(&job.model)
+                        }),
+                    );
+                }
+            }
             let Some(&first) = free.first() else { return };
             let mut target = first;
             // A long request is not admitted to a slot under memory pressure
             // while another can take it.
             if self.slots[first].memory_pressure && self.is_long(job, first) {
-                if let Some(other) =
-                    (0..self.slots.len()).find(|&o| o != first && self.slots[o].can_take())
-                {
+                if let Some(other) = (0..self.slots.len()).find(|&o| {
+                    o != first && self.slots[o].can_take() && self.slots[o].serves(&job.model)
+                }) {
                     target = other;
                 }
             }

@@ -98,6 +98,20 @@ pub enum Event {
         /// Connection id.
         conn: u64,
     },
+    /// A client ended a request's answer early (it met a stop string).
+    ClientStop {
+        /// Connection id.
+        conn: u64,
+        /// The client's request id.
+        request_id: u64,
+    },
+    /// A client asked which models the slots serve.
+    ClientModels {
+        /// Connection id.
+        conn: u64,
+        /// The client's query id.
+        request_id: u64,
+    },
     /// The process of [`Effect::Spawn`] runs.
     Spawned {
         /// Slot index.

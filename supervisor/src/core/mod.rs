@@ -165,6 +165,8 @@ impl Core {
             Event::ClientSubmit { conn, submit } => self.on_submit(conn, submit),
             Event::ClientCancel { conn, request_id } => self.on_cancel(conn, request_id),
             Event::ClientGone { conn } => self.on_client_gone(conn),
+            Event::ClientStop { conn, request_id } => self.on_stop(conn, request_id),
+            Event::ClientModels { conn, request_id } => self.on_models(conn, request_id),
             Event::Spawned {
                 slot,
                 incarnation,

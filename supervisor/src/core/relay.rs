@@ -138,7 +138,7 @@ impl Core {
             g.1 += st.decode_tps;
             g.2 += 1;
         }
-        if job.cancelled {
+        if job.cancelled && !job.stopped {
             fail(&mut self.out, &job, ErrorKind::Cancelled, "cancelled");
         } else {
             let event = SupervisorToClient::Done(Done {

@@ -181,10 +181,22 @@ impl Slot {
             && self.job.is_none()
             && self.refused_until.is_none()
     }
+
+    /// Whether a request for `model` may run here: any model when empty,
+    /// else the reported model name, the model file's name or its stem.
+    pub fn serves(&self, model: &str) -> bool {
+        let file = self.cfg.model.file_name().map(|n| n.to_string_lossy());
+        let stem = self.cfg.model.file_stem().map(|n| n.to_string_lossy());
+        model.is_empty()
+            || model == self.model
+            || file.is_some_and(|f| f == model)
+            || stem.is_some_and(|f| f == model)
+    }
 }
 
 /// One admitted request (or the supervisor's own health probe).
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_excessive_bools)] // independent facts about one request
 pub struct Job {
     /// Client connection.
     pub conn: u64,
@@ -220,6 +232,11 @@ pub struct Job {
     pub failovers: u32,
     /// Times a worker refused it (Busy/NotLoaded).
     pub refusals: u32,
+    /// The model asked for; empty = any (the supervisor routes).
+    pub model: String,
+    /// Ended early by the client's `Stop` (a stop string): a cancel whose
+    /// answer still ends with `Done` and its figures.
+    pub stopped: bool,
 }
 
 impl Job {

@@ -51,6 +51,22 @@ pub enum Input {
         /// Connection id.
         conn: u64,
     },
+    /// A client ended a request's answer early (a stop string).
+    ClientStop {
+        /// Connection id.
+        conn: u64,
+        /// The client's request id.
+        request_id: u64,
+    },
+    /// A client asked which models the slots serve.
+    ClientModels {
+        /// Connection id.
+        conn: u64,
+        /// The client's query id.
+        request_id: u64,
+        /// Where the connection's events go.
+        events: UnboundedSender<SupervisorToClient>,
+    },
     /// A worker connected and completed the handshake.
     WorkerConnected {
         /// Slot index.
@@ -230,6 +246,15 @@ impl Driver {
                 Event::ClientSubmit { conn, submit }
             }
             Input::ClientCancel { conn, request_id } => Event::ClientCancel { conn, request_id },
+            Input::ClientStop { conn, request_id } => Event::ClientStop { conn, request_id },
+            Input::ClientModels {
+                conn,
+                request_id,
+                events,
+            } => {
+                self.clients.entry(conn).or_insert(events);
+                Event::ClientModels { conn, request_id }
+            }
             Input::ClientGone { conn } => {
                 self.clients.remove(&conn);
                 Event::ClientGone { conn }

@@ -49,6 +49,8 @@ impl Tracker {
             SupervisorToClient::Failover(e) => e.request_id,
             SupervisorToClient::Done(e) => e.request_id,
             SupervisorToClient::Error(e) => e.request_id,
+            // An answer to a models query, not a request's event.
+            SupervisorToClient::Models(_) => return None,
         };
         let r = self.requests.entry((conn, id)).or_default();
         if r.gone {

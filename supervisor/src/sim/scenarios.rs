@@ -72,6 +72,7 @@ impl Clients {
                         request_id: id,
                         messages: vec![ChatMessage::new(Role::User, "x".repeat(chars))],
                         params,
+                        model: String::new(),
                     },
                 })
             }

@@ -158,6 +158,7 @@ impl H {
                 request_id: id,
                 messages: vec![ChatMessage::new(Role::User, "x".repeat(chars))],
                 params,
+                model: String::new(),
             },
         })
     }

@@ -373,6 +373,7 @@ fn outline(events: &[(Instant, SupervisorToClient)]) -> String {
                 }
                 SupervisorToClient::Done(d) => format!("done on {}", d.backend),
                 SupervisorToClient::Error(e) => format!("error {:?}: {}", e.kind, e.message),
+                SupervisorToClient::Models(_) => "models".to_owned(),
             };
             format!("{ms:>6} ms {what}")
         })
@@ -415,7 +416,7 @@ fn split_at_failover(events: &[(Instant, SupervisorToClient)]) -> FailedOver {
             SupervisorToClient::Token(t) => after.push_str(&t.text),
             SupervisorToClient::Failover(f) => failover = Some((f.clone(), *at)),
             SupervisorToClient::Done(d) => done = Some(d.clone()),
-            SupervisorToClient::Queued(_) => {}
+            SupervisorToClient::Queued(_) | SupervisorToClient::Models(_) => {}
             SupervisorToClient::Error(e) => {
                 panic!("the request failed: {e:?}\n{}", outline(events))
             }
