@@ -213,7 +213,8 @@ impl Tracker {
                 }
             }
         }
-        let deadline = secs(cfg.supervisor.queue_timeout_s) + Duration::from_millis(200);
+        // Expiry is checked on the tick (200 ms in the simulation).
+        let deadline = secs(cfg.supervisor.queue_timeout_s) + Duration::from_millis(250);
         for id in core.queue() {
             if let Some(j) = core.jobs().get(id) {
                 if now.since(j.waiting_since) > deadline {
