@@ -109,6 +109,9 @@ impl Core {
             }
             return;
         }
+        // Back in the queue with a fresh deadline, as after a failover: the
+        // refusals are bounded by MAX_REFUSALS, not by the clock.
+        job.waiting_since = self.now;
         self.queue.push_front(id);
     }
 
