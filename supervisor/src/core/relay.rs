@@ -7,6 +7,7 @@ use proto::client::{Done, ErrorKind, SupervisorToClient, Token};
 use proto::worker::{WorkerDone, WorkerErrorKind, WorkerToSupervisor};
 
 use super::dispatch::{MAX_REFUSALS, REFUSAL_PAUSE};
+use super::drain::RESTARTING;
 use super::slot::{fail, send};
 use super::{Core, Level};
 use crate::lifecycle::Reason;
@@ -96,11 +97,14 @@ impl Core {
         };
         job.refusals += 1;
         job.slot = None;
-        if job.cancelled || job.refusals >= MAX_REFUSALS {
+        if job.cancelled || job.refusals >= MAX_REFUSALS || self.shutting_down {
             let refusals = job.refusals;
             if let Some(job) = self.jobs.remove(&id) {
                 if job.cancelled {
                     fail(&mut self.out, &job, ErrorKind::Cancelled, "cancelled");
+                } else if self.shutting_down {
+                    // Nothing new starts during a drain.
+                    fail(&mut self.out, &job, ErrorKind::ShuttingDown, RESTARTING);
                 } else {
                     let msg = format!("the workers refused the request {refusals} times (busy or not loaded); giving up");
                     fail(&mut self.out, &job, ErrorKind::WorkerFailed, msg);
@@ -108,6 +112,9 @@ impl Core {
             }
             return;
         }
+        // Back in the queue with a fresh deadline, as after a failover: the
+        // refusals are bounded by MAX_REFUSALS, not by the clock.
+        job.waiting_since = self.now;
         self.queue.push_front(id);
     }
 

@@ -544,3 +544,22 @@ fn log(level: Level, message: &str, fields: &[(&'static str, String)]) {
         Level::Debug => tracing::debug!("{line}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use nix::errno::Errno;
+
+    use super::*;
+
+    #[test]
+    fn only_a_missing_or_unusable_binary_is_a_permanent_spawn_failure() {
+        let os = |e: Errno| spawn_error(&io::Error::from_raw_os_error(e as i32));
+        assert!(os(Errno::ENOENT).permanent);
+        assert!(os(Errno::EACCES).permanent);
+        assert!(os(Errno::ENOEXEC).permanent);
+        assert!(!os(Errno::EMFILE).permanent);
+        assert!(!os(Errno::EAGAIN).permanent);
+        assert!(!os(Errno::ENOMEM).permanent);
+        assert!(os(Errno::EMFILE).message.contains("Too many open files"));
+    }
+}

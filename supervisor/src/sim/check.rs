@@ -203,7 +203,20 @@ impl Tracker {
                 cfg.supervisor.queue_capacity
             ));
         }
-        let deadline = secs(cfg.supervisor.queue_timeout_s) + Duration::from_millis(200);
+        // Every waiting client knows where it stands.
+        for (pos, id) in core.queue().iter().enumerate() {
+            if let Some(j) = core.jobs().get(id).filter(|j| !j.probe && !j.silent) {
+                if j.last_position as usize != pos + 1 {
+                    v.push(format!(
+                        "request {id} is at {} but was told {}",
+                        pos + 1,
+                        j.last_position
+                    ));
+                }
+            }
+        }
+        // Expiry is checked on the tick (200 ms in the simulation).
+        let deadline = secs(cfg.supervisor.queue_timeout_s) + Duration::from_millis(250);
         for id in core.queue() {
             if let Some(j) = core.jobs().get(id) {
                 if now.since(j.waiting_since) > deadline {
