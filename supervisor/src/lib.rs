@@ -131,6 +131,7 @@ pub async fn run(
         tx.clone(),
         Arc::clone(&observed),
         Arc::clone(&access),
+        Arc::new(server::ClientLimits::from_config(&config)),
         tasks.clone(),
     )));
     joins.push(tokio::spawn(server::serve_admin(

@@ -14,13 +14,16 @@ use proto::frame::{FrameReader, FrameWriter};
 use proto::hello::server_handshake;
 use proto::worker::{SupervisorToWorker, WorkerToSupervisor};
 use proto::PeerRole;
+use std::time::{Duration, Instant};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+use proto::client::{ErrorEvent, ErrorKind};
+use tokio::sync::mpsc::{self, unbounded_channel, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::driver::{Expected, Input as Event};
+use crate::driver::{conns, ClientLink, Expected, Input as Event};
 use crate::observe::Observed;
 
 const SOFTWARE: &str = concat!("rocksteady-supervisor ", env!("CARGO_PKG_VERSION"));
@@ -48,6 +51,13 @@ pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
+
+/// Admin connections at once: `supctl` opens one per command, so a few are
+/// plenty, and the cap keeps a looping script from exhausting descriptors.
+pub const ADMIN_CAPS: conns::Caps = conns::Caps {
+    total: 16,
+    per_uid: 16,
+};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -180,28 +190,138 @@ async fn next_peer(
     }
 }
 
+/// The limits a client connection lives under, from the config.
+#[derive(Debug)]
+pub struct ClientLimits {
+    /// Open connections by user.
+    pub table: Arc<conns::Table>,
+    /// Quiet time after which a connection is closed.
+    pub idle: Duration,
+    /// Events waiting for one client's writer.
+    pub backlog: usize,
+    /// Longest one write may take.
+    pub write_timeout: Duration,
+    /// Longest conversation, in characters.
+    pub max_prompt_chars: usize,
+}
+
+impl ClientLimits {
+    /// The limits of `config`.
+    pub fn from_config(config: &Config) -> Self {
+        let s = &config.supervisor;
+        Self {
+            table: conns::Table::new(conns::Caps {
+                total: s.max_client_connections,
+                per_uid: s.max_client_connections_per_user,
+            }),
+            idle: Duration::from_secs_f64(s.client_idle_timeout_s),
+            backlog: s.client_event_backlog,
+            write_timeout: Duration::from_secs_f64(s.client_write_timeout_s),
+            max_prompt_chars: s.max_prompt_chars,
+        }
+    }
+}
+
+/// A place in `table` for the peer of `stream`, or `None` (counted and
+/// logged) when a cap is reached; the connection is then dropped unread.
+fn place(
+    stream: &UnixStream,
+    table: &Arc<conns::Table>,
+    which: &str,
+    observed: &Observed,
+) -> Option<conns::Ticket> {
+    let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
+    match table.open(uid) {
+        Ok(ticket) => Some(ticket),
+        Err(refusal) => {
+            let (counter, why) = match refusal {
+                conns::CapRefusal::Total => (
+                    &observed.connections.over_total_cap,
+                    "the socket holds its maximum of connections (supervisor.max_client_connections)",
+                ),
+                conns::CapRefusal::PerUid => (
+                    &observed.connections.over_uid_cap,
+                    "this user holds its maximum of connections (supervisor.max_client_connections_per_user)",
+                ),
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(uid, "refused a connection on the {which} socket: {why}");
+            None
+        }
+    }
+}
+
 /// Accepts chat clients until `shutdown`.
 pub async fn serve_clients(
     listener: UnixListener,
     core: UnboundedSender<Event>,
     observed: Arc<Observed>,
     access: Arc<Access>,
+    limits: Arc<ClientLimits>,
     shutdown: CancellationToken,
 ) {
     while let Some(stream) = next_peer(&listener, &shutdown, "client").await {
         if !admitted(&stream, &access, false, &observed) {
             continue;
         }
+        let Some(ticket) = place(&stream, &limits.table, "client", &observed) else {
+            continue;
+        };
         let core = core.clone();
         let shutdown = shutdown.clone();
         let observed = Arc::clone(&observed);
+        let limits = Arc::clone(&limits);
         tokio::spawn(async move {
+            let _ticket = ticket;
             let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = client_connection(conn, stream, &core, shutdown).await {
+            if let Err(e) =
+                client_connection(conn, stream, &core, shutdown, &limits, &observed).await
+            {
                 connection_failed("client", &e, &observed);
             }
             let _ = core.send(Event::ClientGone { conn });
         });
+    }
+}
+
+/// Milliseconds from `start` to now, for the shared last-activity mark.
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Writes events to the client until the channel closes or the connection is
+/// kicked; a write that takes longer than the limit kicks it.
+async fn client_writer(
+    mut writer: FrameWriter<tokio::net::unix::OwnedWriteHalf>,
+    mut events: mpsc::Receiver<SupervisorToClient>,
+    kick: CancellationToken,
+    write_timeout: Duration,
+    activity: (Instant, Arc<AtomicU64>),
+    observed: Arc<Observed>,
+) {
+    loop {
+        let event = tokio::select! {
+            () = kick.cancelled() => break,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        match tokio::time::timeout(write_timeout, writer.send(&event)).await {
+            Ok(Ok(())) => activity
+                .1
+                .store(millis_since(activity.0), Ordering::Relaxed),
+            Ok(Err(_)) => break,
+            Err(_) => {
+                observed
+                    .connections
+                    .write_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("disconnected a client: a write took longer than supervisor.client_write_timeout_s");
+                kick.cancel();
+                break;
+            }
+        }
     }
 }
 
@@ -210,32 +330,74 @@ async fn client_connection(
     stream: UnixStream,
     core: &UnboundedSender<Event>,
     shutdown: CancellationToken,
+    limits: &ClientLimits,
+    observed: &Arc<Observed>,
 ) -> Result<(), proto::ProtoError> {
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r);
     let mut writer = FrameWriter::new(w);
     server_handshake(&mut reader, &mut writer, &[PeerRole::Client], SOFTWARE).await?;
-    let (events_tx, mut events_rx) = unbounded_channel::<SupervisorToClient>();
+    let (events_tx, events_rx) = mpsc::channel::<SupervisorToClient>(limits.backlog);
+    let kick = CancellationToken::new();
+    let link = ClientLink {
+        events: events_tx,
+        kick: kick.clone(),
+    };
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
     // Events go out from their own task, so a slow client reader never
     // delays the supervisor loop, and tokens are written as they come.
-    let writer_task = tokio::spawn(async move {
-        while let Some(event) = events_rx.recv().await {
-            if writer.send(&event).await.is_err() {
-                break;
-            }
-        }
-    });
+    let writer_task = tokio::spawn(client_writer(
+        writer,
+        events_rx,
+        kick.clone(),
+        limits.write_timeout,
+        (start, Arc::clone(&last)),
+        Arc::clone(observed),
+    ));
     let result = loop {
+        let quiet = start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+        if conns::idle_too_long(quiet, limits.idle) {
+            observed.connections.idle.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(conn, "closed an idle client connection");
+            break Ok(());
+        }
         let msg = tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
+            () = kick.cancelled() => break Ok(()),
+            () = tokio::time::sleep(limits.idle.saturating_sub(quiet)) => continue,
             msg = reader.recv::<ClientToSupervisor>() => msg,
         };
+        last.store(millis_since(start), Ordering::Relaxed);
         match msg {
             Ok(Some(ClientToSupervisor::Submit(submit))) => {
+                // Checked here, so an oversized conversation never reaches the queue.
+                if let Some(chars) =
+                    conns::prompt_too_long(&submit.messages, limits.max_prompt_chars)
+                {
+                    observed
+                        .connections
+                        .prompts_too_long
+                        .fetch_add(1, Ordering::Relaxed);
+                    let refusal = SupervisorToClient::Error(ErrorEvent {
+                        request_id: submit.request_id,
+                        kind: ErrorKind::BadRequest,
+                        message: format!(
+                            "the conversation is {chars} characters; the limit is {}",
+                            limits.max_prompt_chars
+                        ),
+                    });
+                    if link.events.try_send(refusal).is_err() {
+                        break Ok(());
+                    }
+                    continue;
+                }
                 let _ = core.send(Event::ClientSubmit {
                     conn,
                     submit,
-                    events: events_tx.clone(),
+                    events: link.clone(),
                 });
             }
             Ok(Some(ClientToSupervisor::Cancel(c))) => {
@@ -248,13 +410,22 @@ async fn client_connection(
             Err(e) => break Err(e),
         }
     };
-    drop(events_tx);
-    // Let queued events (the last error or done) flush unless the peer is gone.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer_task).await;
+    drop(link);
+    // The driver drops its end at once, so the writer stops once the queued
+    // events (the last error or done) are out, and the connection's place is
+    // free without waiting for a timeout.
+    let _ = core.send(Event::ClientGone { conn });
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
     result
 }
 
-/// Accepts `supctl` connections until `shutdown`.
+/// Accepts `supctl` connections until `shutdown`, at most [`ADMIN_CAPS`] at once.
 pub async fn serve_admin(
     listener: UnixListener,
     core: UnboundedSender<Event>,
@@ -262,13 +433,18 @@ pub async fn serve_admin(
     access: Arc<Access>,
     shutdown: CancellationToken,
 ) {
+    let table = conns::Table::new(ADMIN_CAPS);
     while let Some(stream) = next_peer(&listener, &shutdown, "admin").await {
         if !admitted(&stream, &access, true, &observed) {
             continue;
         }
+        let Some(ticket) = place(&stream, &table, "admin", &observed) else {
+            continue;
+        };
         let core = core.clone();
         let observed = Arc::clone(&observed);
         tokio::spawn(async move {
+            let _ticket = ticket;
             if let Err(e) = admin_connection(stream, &core).await {
                 connection_failed("admin", &e, &observed);
             }

@@ -4,6 +4,7 @@
 mod bench;
 mod broken_models;
 mod cli;
+mod limits;
 mod operate;
 mod relay;
 mod supervision;
