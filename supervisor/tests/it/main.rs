@@ -4,6 +4,7 @@
 mod bench;
 mod broken_models;
 mod cli;
+mod instance;
 mod limits;
 mod operate;
 mod relay;
