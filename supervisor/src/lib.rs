@@ -133,7 +133,10 @@ pub async fn run(
             tasks.clone(),
         )));
     }
-    let access = Arc::new(server::Access::from_config(&config));
+    let access = Arc::new(
+        server::Access::from_config(&config)
+            .refusing_workers(sockets.iter().map(|(_, e)| Arc::clone(e)).collect()),
+    );
     joins.push(tokio::spawn(server::serve_clients(
         client_listener,
         tx.clone(),

@@ -56,6 +56,8 @@ pub struct LoopCounters {
 pub struct ConnectionCounters {
     /// Peers refused by their credentials.
     pub refused_peers: AtomicU64,
+    /// Worker processes (or their children) refused on the client or admin socket.
+    pub worker_peers: AtomicU64,
     /// Frames above the size limit.
     pub oversized_frames: AtomicU64,
     /// Bytes that were not a valid frame or message.
@@ -313,6 +315,7 @@ pub fn render_metrics(snap: &Snapshot, observed: &Observed) -> String {
     );
     for (cause, v) in [
         ("peer_credentials", &conns.refused_peers),
+        ("worker_peer", &conns.worker_peers),
         ("oversized_frame", &conns.oversized_frames),
         ("malformed", &conns.malformed_frames),
         ("version_mismatch", &conns.version_mismatches),

@@ -72,6 +72,27 @@ pub struct Access {
     client_gids: Vec<u32>,
     admin_uids: Vec<u32>,
     admin_gids: Vec<u32>,
+    workers: Vec<Arc<Expected>>,
+}
+
+/// The parent pid and process group of a process, from its
+/// `/proc/<pid>/stat` line (the command name may hold spaces and parentheses,
+/// so the fields are counted after its last `)`).
+pub fn stat_ids(stat: &str) -> Option<(u32, u32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let _state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((ppid, pgrp))
+}
+
+/// Whether a peer belongs to a worker: `lineage` is the peer's pid, its
+/// process group and its ancestors; `workers` the pids of the live workers.
+/// Workers lead their own process group, so a helper a worker forks is
+/// caught by its group or its parent chain.
+pub fn from_worker(lineage: &[u32], workers: &[u32]) -> bool {
+    lineage.iter().any(|p| workers.contains(p))
 }
 
 impl Access {
@@ -86,7 +107,62 @@ impl Access {
             client_gids: s.client_allowed_gids.clone(),
             admin_uids: s.admin_allowed_uids.clone(),
             admin_gids: s.admin_allowed_gids.clone(),
+            workers: Vec::new(),
         }
+    }
+
+    /// The same rules, refusing peers that belong to these slots' workers:
+    /// workers run as the supervisor's user, which passes the uid check.
+    #[must_use]
+    pub fn refusing_workers(mut self, workers: Vec<Arc<Expected>>) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// The peer's pid, process group and ancestors (up to 32, stopping at
+    /// init or at this process).
+    fn lineage(&self, peer: u32) -> Vec<u32> {
+        let me = std::process::id();
+        let mut lineage = vec![peer];
+        let mut at = peer;
+        for _ in 0..32 {
+            let Some((ppid, pgrp)) =
+                std::fs::read_to_string(self.proc_root.join(at.to_string()).join("stat"))
+                    .ok()
+                    .and_then(|s| stat_ids(&s))
+            else {
+                break;
+            };
+            lineage.push(pgrp);
+            if ppid <= 1 || ppid == me {
+                break;
+            }
+            lineage.push(ppid);
+            at = ppid;
+        }
+        lineage
+    }
+
+    /// Whether the peer with `pid` is one of our workers or descends from one.
+    pub fn is_worker(&self, pid: Option<i32>) -> bool {
+        let workers: Vec<u32> = self
+            .workers
+            .iter()
+            .filter_map(|e| {
+                e.current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .map(|(pid, _)| pid)
+            })
+            .collect();
+        if workers.is_empty() {
+            return false;
+        }
+        // A peer whose pid we cannot read is refused: it cannot be cleared.
+        let Some(pid) = pid.and_then(|p| u32::try_from(p).ok()) else {
+            return true;
+        };
+        from_worker(&self.lineage(pid), &workers)
     }
 
     /// Primary and supplementary groups of a peer process.
@@ -128,9 +204,20 @@ impl Access {
 }
 
 /// Checks the peer of a fresh connection; logs and counts a refusal.
-fn admitted(stream: &UnixStream, access: &Access, admin: bool, observed: &Observed) -> bool {
+pub fn admitted(stream: &UnixStream, access: &Access, admin: bool, observed: &Observed) -> bool {
     let which = if admin { "admin" } else { "client" };
     match stream.peer_cred() {
+        Ok(cred) if access.is_worker(cred.pid()) => {
+            observed
+                .connections
+                .worker_peers
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                pid = ?cred.pid(),
+                "refused a worker process on the {which} socket: workers may only use their own socket"
+            );
+            false
+        }
         Ok(cred) if access.allows(&cred, admin) => true,
         Ok(cred) => {
             observed
@@ -572,4 +659,69 @@ async fn worker_connection(
     }
     writer_task.abort();
     let _ = core.send(Event::WorkerDisconnected { slot, incarnation });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(workers: Vec<Arc<Expected>>) -> Access {
+        Access {
+            own_uid: nix::unistd::getuid().as_raw(),
+            own_gid: nix::unistd::getgid().as_raw(),
+            proc_root: "/proc".into(),
+            client_uids: Vec::new(),
+            client_gids: Vec::new(),
+            admin_uids: Vec::new(),
+            admin_gids: Vec::new(),
+            workers,
+        }
+    }
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        let line = "4242 (a) b (c)) S 17 4000 4000 0 -1 4194560";
+        assert_eq!(stat_ids(line), Some((17, 4000)));
+        assert_eq!(stat_ids("garbage"), None);
+    }
+
+    #[test]
+    fn a_peer_is_a_worker_by_pid_group_or_ancestor() {
+        assert!(from_worker(&[10, 10], &[10]));
+        assert!(from_worker(&[11, 10, 10], &[10]));
+        assert!(!from_worker(&[12, 12, 1], &[10]));
+        assert!(!from_worker(&[12], &[]));
+    }
+
+    /// A real process the "worker" started connects to the admin socket: it
+    /// runs as our own user, so only the pid check can refuse it.
+    #[tokio::test]
+    async fn a_workers_child_is_refused_on_the_admin_socket_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let listener = bind(&path, 0o600).unwrap();
+        // sh stands for the worker; python, its child, connects twice.
+        let script = format!(
+            "import socket,time\nfor _ in range(2):\n    s=socket.socket(socket.AF_UNIX)\n    s.connect({:?})\n    time.sleep(1)\n",
+            path.display().to_string()
+        );
+        let mut worker = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("python3 -c '{script}'; true"))
+            .spawn()
+            .unwrap();
+        let expected = Arc::new(Expected::default());
+        *expected.current.lock().unwrap() = Some((worker.id(), 1));
+        let access = access(vec![Arc::clone(&expected)]);
+        let observed = Observed::default();
+        let (stream, _) = listener.accept().await.unwrap();
+        assert!(!admitted(&stream, &access, true, &observed));
+        assert_eq!(observed.connections.worker_peers.load(Ordering::Relaxed), 1);
+        // The same process once the worker record names someone else: allowed.
+        *expected.current.lock().unwrap() = Some((u32::MAX - 1, 2));
+        let (stream, _) = listener.accept().await.unwrap();
+        assert!(admitted(&stream, &access, true, &observed));
+        assert_eq!(observed.connections.worker_peers.load(Ordering::Relaxed), 1);
+        worker.wait().unwrap();
+    }
 }
