@@ -399,9 +399,9 @@ impl Driver {
                     std::fs::remove_file(process::pid_file(&self.cfg.supervisor.state_dir, s.name));
             }
             Effect::SetCgroupLimit { slot, max } => {
+                let max = self.cgroup_max(slot, max);
                 if let Some(dir) = &self.slots[slot].cgroup {
-                    let value = max.map_or_else(|| "max".to_owned(), |b| b.to_string());
-                    if let Err(e) = std::fs::write(dir.join("memory.max"), value) {
+                    if let Err(e) = crate::cgroup::set_memory_max(dir, max) {
                         tracing::warn!(slot = self.slots[slot].name, "cannot set memory.max: {e}");
                     }
                 }
@@ -442,7 +442,16 @@ impl Driver {
         let _ = sd_notify::notify(&[state]);
     }
 
+    /// The group limit for a hard RssAnon ceiling: the ceiling plus the
+    /// model file's size (see [`crate::cgroup::memory_max`]).
+    fn cgroup_max(&self, slot: usize, ceiling: Option<u64>) -> Option<u64> {
+        let model = &self.cfg.slot_list()[slot].1.model;
+        let bytes = std::fs::metadata(model).map_or(0, |m| m.len());
+        crate::cgroup::memory_max(ceiling, bytes)
+    }
+
     fn spawn(&mut self, slot: usize, incarnation: u64, memory_max: Option<u64>) -> Event {
+        let memory_max = self.cgroup_max(slot, memory_max);
         let sc = self.cfg.slot_list()[slot].1.clone();
         let io = &mut self.slots[slot];
         io.worker = None;
