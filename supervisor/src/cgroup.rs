@@ -86,6 +86,7 @@ impl WorkerCgroups {
     }
 
     /// Puts `pid` into the slot's group with `memory.max` = `max_bytes`
+    /// (see [`memory_max`] for the figure)
     /// (`None`: no limit).
     ///
     /// # Errors
@@ -93,11 +94,32 @@ impl WorkerCgroups {
     pub fn place(&self, slot: &str, pid: u32, max_bytes: Option<u64>) -> io::Result<PathBuf> {
         let dir = self.dir(slot);
         std::fs::create_dir_all(&dir)?;
-        let limit = max_bytes.map_or_else(|| "max".to_owned(), |b| b.to_string());
-        std::fs::write(dir.join("memory.max"), limit)?;
+        set_memory_max(&dir, max_bytes)?;
         std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
         Ok(dir)
     }
+}
+
+/// The `memory.max` of a worker's group for a hard ceiling on its anonymous
+/// memory (RssAnon, bytes; `None`: no ceiling) and the size of its model file.
+///
+/// The cgroup charges page cache too, and the weights are mmap'd: a limit of
+/// the bare ceiling would let the kernel evict weight pages on every token
+/// once RssAnon nears it, and the worker would crawl until killed as a hang.
+/// So the group gets room for the whole file on top; the RssAnon ceiling
+/// itself stays the supervisor's (procfs) check. `memory.high` is not used:
+/// throttling would hit the same page cache.
+pub fn memory_max(hard_ceiling: Option<u64>, model_bytes: u64) -> Option<u64> {
+    hard_ceiling.map(|c| c.saturating_add(model_bytes))
+}
+
+/// Writes a group's `memory.max` (`None`: "max", no limit).
+///
+/// # Errors
+/// Writing the file failed.
+pub fn set_memory_max(dir: &Path, max_bytes: Option<u64>) -> io::Result<()> {
+    let limit = max_bytes.map_or_else(|| "max".to_owned(), |b| b.to_string());
+    std::fs::write(dir.join("memory.max"), limit)
 }
 
 #[cfg(test)]
@@ -118,6 +140,38 @@ mod tests {
         std::fs::create_dir_all(&base).unwrap();
         std::fs::write(base.join("cgroup.controllers"), controllers).unwrap();
         (dir, proc_root, cg)
+    }
+
+    #[test]
+    fn memory_max_leaves_room_for_the_mapped_model() {
+        assert_eq!(memory_max(None, 1 << 30), None);
+        assert_eq!(memory_max(Some(512 << 20), 0), Some(512 << 20));
+        assert_eq!(memory_max(Some(512 << 20), 100 << 20), Some(612 << 20));
+        assert_eq!(memory_max(Some(u64::MAX), 1), Some(u64::MAX));
+    }
+
+    #[test]
+    fn a_changed_ceiling_rewrites_the_group_limit() {
+        let (_d, proc_root, cg) = fake("memory\n");
+        let groups = WorkerCgroups::setup(&cg, &proc_root, 42).unwrap();
+        let model = 300 << 20;
+        let dir = groups
+            .place("primary", 4242, memory_max(Some(512 << 20), model))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("memory.max")).unwrap(),
+            (812u64 << 20).to_string()
+        );
+        set_memory_max(&dir, memory_max(Some(1 << 30), model)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("memory.max")).unwrap(),
+            ((1u64 << 30) + model).to_string()
+        );
+        set_memory_max(&dir, memory_max(None, model)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("memory.max")).unwrap(),
+            "max"
+        );
     }
 
     #[test]

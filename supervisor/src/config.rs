@@ -124,6 +124,18 @@ pub struct SupervisorSection {
     pub admin_allowed_uids: Vec<u32>,
     /// Groups allowed on the admin socket.
     pub admin_allowed_gids: Vec<u32>,
+    /// Client connections open at once, all users together; more are refused.
+    pub max_client_connections: usize,
+    /// Client connections one user (uid) may hold open at once.
+    pub max_client_connections_per_user: usize,
+    /// A client connection with nothing received or sent for this long is
+    /// closed (seconds); must exceed `queue_timeout_s`.
+    pub client_idle_timeout_s: f64,
+    /// Events waiting for one client's writer; a client that falls this far
+    /// behind is disconnected and its requests cancelled.
+    pub client_event_backlog: usize,
+    /// Longest one write to a client may take before it is disconnected (seconds).
+    pub client_write_timeout_s: f64,
 }
 
 impl Default for SupervisorSection {
@@ -141,6 +153,11 @@ impl Default for SupervisorSection {
             client_allowed_gids: Vec::new(),
             admin_allowed_uids: Vec::new(),
             admin_allowed_gids: Vec::new(),
+            max_client_connections: 256,
+            max_client_connections_per_user: 64,
+            client_idle_timeout_s: 600.0,
+            client_event_backlog: 4096,
+            client_write_timeout_s: 10.0,
         }
     }
 }
@@ -633,6 +650,35 @@ impl Config {
             return Err(invalid("supervisor.max_prompt_chars", "must be at least 1"));
         }
         positive("supervisor.queue_timeout_s", s.queue_timeout_s)?;
+        for (key, v) in [
+            (
+                "supervisor.max_client_connections",
+                s.max_client_connections,
+            ),
+            (
+                "supervisor.max_client_connections_per_user",
+                s.max_client_connections_per_user,
+            ),
+            ("supervisor.client_event_backlog", s.client_event_backlog),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        positive(
+            "supervisor.client_write_timeout_s",
+            s.client_write_timeout_s,
+        )?;
+        positive("supervisor.client_idle_timeout_s", s.client_idle_timeout_s)?;
+        if s.client_idle_timeout_s <= s.queue_timeout_s {
+            return Err(invalid(
+                "supervisor.client_idle_timeout_s",
+                format!(
+                    "must exceed supervisor.queue_timeout_s ({} s): a request waiting in the queue sends nothing",
+                    s.queue_timeout_s
+                ),
+            ));
+        }
         parse_mode(&s.client_socket_mode).ok_or_else(|| {
             invalid(
                 "supervisor.client_socket_mode",

@@ -45,6 +45,10 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// Another supervisor holds the runtime directory, or its lock file
+    /// cannot be used.
+    #[error(transparent)]
+    Lock(#[from] process::LockError),
     /// A socket could not be bound.
     #[error("cannot listen on {path}: {source}")]
     Bind {
@@ -67,7 +71,8 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), StartError> {
         })
 }
 
-/// Runs the supervisor until `shutdown` is cancelled: binds the sockets,
+/// Runs the supervisor until `shutdown` is cancelled: locks the runtime
+/// directory (one supervisor per directory), binds the sockets,
 /// reaps a previous run's workers, starts the workers, serves, and on
 /// shutdown stops the workers and removes the sockets. `on_ready` is called
 /// once the sockets are bound and a worker is ready (or none can be).
@@ -81,6 +86,9 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let sup = &config.supervisor;
     make_dir(&sup.runtime_dir, 0o750)?;
+    // Before any socket or pid file is touched: a second instance must leave
+    // the live one's sockets and workers alone.
+    let _instance = process::lock_instance(&sup.runtime_dir)?;
     make_dir(&sup.state_dir, 0o750)?;
     make_dir(&sup.worker_socket_dir(), 0o700)?;
     let bind = |path: std::path::PathBuf, mode: u32| {
@@ -125,12 +133,16 @@ pub async fn run(
             tasks.clone(),
         )));
     }
-    let access = Arc::new(server::Access::from_config(&config));
+    let access = Arc::new(
+        server::Access::from_config(&config)
+            .refusing_workers(sockets.iter().map(|(_, e)| Arc::clone(e)).collect()),
+    );
     joins.push(tokio::spawn(server::serve_clients(
         client_listener,
         tx.clone(),
         Arc::clone(&observed),
         Arc::clone(&access),
+        Arc::new(server::ClientLimits::from_config(&config)),
         tasks.clone(),
     )));
     joins.push(tokio::spawn(server::serve_admin(

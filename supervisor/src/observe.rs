@@ -56,12 +56,26 @@ pub struct LoopCounters {
 pub struct ConnectionCounters {
     /// Peers refused by their credentials.
     pub refused_peers: AtomicU64,
+    /// Worker processes (or their children) refused on the client or admin socket.
+    pub worker_peers: AtomicU64,
     /// Frames above the size limit.
     pub oversized_frames: AtomicU64,
     /// Bytes that were not a valid frame or message.
     pub malformed_frames: AtomicU64,
     /// Handshakes with another protocol version.
     pub version_mismatches: AtomicU64,
+    /// Connections refused because the socket held its total cap.
+    pub over_total_cap: AtomicU64,
+    /// Connections refused because the peer's user held its cap.
+    pub over_uid_cap: AtomicU64,
+    /// Requests refused in the connection task for their prompt's size.
+    pub prompts_too_long: AtomicU64,
+    /// Connections closed after the idle timeout.
+    pub idle: AtomicU64,
+    /// Clients disconnected because their event backlog was full.
+    pub too_slow: AtomicU64,
+    /// Clients disconnected because a write did not finish in time.
+    pub write_timeouts: AtomicU64,
 }
 
 impl ConnectionCounters {
@@ -301,15 +315,42 @@ pub fn render_metrics(snap: &Snapshot, observed: &Observed) -> String {
     );
     for (cause, v) in [
         ("peer_credentials", &conns.refused_peers),
+        ("worker_peer", &conns.worker_peers),
         ("oversized_frame", &conns.oversized_frames),
         ("malformed", &conns.malformed_frames),
         ("version_mismatch", &conns.version_mismatches),
+        ("connection_cap_total", &conns.over_total_cap),
+        ("connection_cap_user", &conns.over_uid_cap),
     ] {
         lines.push((
             n.clone(),
             format!("{n}{{cause=\"{cause}\"}} {}", v.load(Ordering::Relaxed)),
         ));
     }
+    let n = family(
+        "rocksteady_connections_closed_total",
+        "counter",
+        "Connections the supervisor closed, by cause.",
+    );
+    for (cause, v) in [
+        ("idle", &conns.idle),
+        ("too_slow", &conns.too_slow),
+        ("write_timeout", &conns.write_timeouts),
+    ] {
+        lines.push((
+            n.clone(),
+            format!("{n}{{cause=\"{cause}\"}} {}", v.load(Ordering::Relaxed)),
+        ));
+    }
+    let n = family(
+        "rocksteady_prompts_refused_total",
+        "counter",
+        "Requests refused by the connection task because the conversation was too long.",
+    );
+    lines.push((
+        n.clone(),
+        format!("{n} {}", conns.prompts_too_long.load(Ordering::Relaxed)),
+    ));
     // Samples of a family must follow its HELP/TYPE lines: group them.
     let mut body = String::new();
     for header in out.split("# HELP ").filter(|h| !h.is_empty()) {

@@ -125,3 +125,119 @@ pub fn reap_leftover(state_dir: &Path, proc_root: &Path, slot: &str, socket: &Pa
     }
     Some(pid)
 }
+
+/// Name of the lock file in the runtime directory.
+pub const LOCK_FILE: &str = "supervisor.lock";
+
+/// The exclusive lock of one runtime directory, held for the whole run: a
+/// second supervisor on the same directory must not unlink the live one's
+/// sockets or kill its workers from the pid files. Dropping it releases the
+/// lock (the kernel also releases it when the process dies, however it dies).
+#[derive(Debug)]
+pub struct InstanceLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Why the lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds it.
+    #[error("another supervisor{} already runs on {dir} (it holds {lock}); stop it first, or give this one another runtime_dir", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Held {
+        /// The runtime directory.
+        dir: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// The pid written in the lock file by its holder, when readable.
+        holder: Option<u32>,
+    },
+    /// The lock file could not be opened, locked or written.
+    #[error("cannot lock {path}: {source}")]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The pid a lock file names, if it names one.
+pub fn lock_holder(text: &str) -> Option<u32> {
+    text.trim().parse().ok().filter(|p| *p > 0)
+}
+
+/// Takes the exclusive lock of `runtime_dir` (without waiting) and writes
+/// this process's pid into the lock file, so a second instance can say who
+/// holds it.
+///
+/// # Errors
+/// [`LockError::Held`] when another process holds it, [`LockError::Io`]
+/// when the file cannot be used.
+pub fn lock_instance(runtime_dir: &Path) -> Result<InstanceLock, LockError> {
+    use std::io::{Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = runtime_dir.join(LOCK_FILE);
+    let io_err = |source| LockError::Io {
+        path: path.clone(),
+        source,
+    };
+    // Not truncated on open: the holder's pid must stay readable for the
+    // instance that fails to lock.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o640)
+        .open(&path)
+        .map_err(io_err)?;
+    let mut lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| lock_holder(&t));
+            return Err(LockError::Held {
+                dir: runtime_dir.to_owned(),
+                lock: path.clone(),
+                holder,
+            });
+        }
+        Err((_, errno)) => return Err(io_err(errno.into())),
+    };
+    lock.set_len(0).map_err(io_err)?;
+    lock.rewind().map_err(io_err)?;
+    writeln!(lock, "{}", std::process::id()).map_err(io_err)?;
+    Ok(InstanceLock { _lock: lock })
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_one_directory_is_refused_and_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_instance(dir.path()).unwrap();
+        let err = lock_instance(dir.path()).unwrap_err();
+        match &err {
+            LockError::Held { holder, .. } => assert_eq!(*holder, Some(std::process::id())),
+            LockError::Io { .. } => panic!("expected Held, got {err}"),
+        }
+        assert!(err
+            .to_string()
+            .contains(&format!("pid {}", std::process::id())));
+        drop(first);
+        lock_instance(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_lock_file_without_a_pid_names_nobody() {
+        assert_eq!(lock_holder("1234\n"), Some(1234));
+        assert_eq!(lock_holder(""), None);
+        assert_eq!(lock_holder("0"), None);
+        assert_eq!(lock_holder("garbage"), None);
+    }
+}

@@ -67,6 +67,13 @@ fn main() -> anyhow::Result<()> {
         let result = supervisor::run(config, shutdown, Some(on_ready)).await;
         handle.close();
         signal_task.abort();
+        if let Err(e @ supervisor::StartError::Lock(supervisor::process::LockError::Held { .. })) =
+            &result
+        {
+            // EX_TEMPFAIL: not a broken config, and nothing to restart.
+            eprintln!("rocksteady-supervisor: {e}");
+            std::process::exit(75);
+        }
         result.context("supervisor failed")
     })
 }

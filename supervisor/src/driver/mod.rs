@@ -4,6 +4,8 @@
 //! core's [`Effect`]s. It decides nothing: every "whether" and "when" is the
 //! core's.
 
+pub mod conns;
+
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::PathBuf;
@@ -37,7 +39,7 @@ pub enum Input {
         /// The request.
         submit: Submit,
         /// Where the connection's events go.
-        events: UnboundedSender<SupervisorToClient>,
+        events: ClientLink,
     },
     /// A client cancelled a request.
     ClientCancel {
@@ -112,6 +114,16 @@ pub enum Input {
     },
 }
 
+/// The driver's way to a client connection: a bounded event channel, and a
+/// token that ends the connection when the client falls too far behind.
+#[derive(Debug, Clone)]
+pub struct ClientLink {
+    /// Events for the connection's writer.
+    pub events: tokio::sync::mpsc::Sender<SupervisorToClient>,
+    /// Cancelled to disconnect the client.
+    pub kick: CancellationToken,
+}
+
 /// The pid a slot's socket may accept, shared with its accept task so an
 /// unknown peer is refused before it can say anything.
 #[derive(Debug, Default)]
@@ -135,7 +147,7 @@ pub struct Driver {
     core: Core,
     cfg: Config,
     slots: Vec<SlotIo>,
-    clients: HashMap<u64, UnboundedSender<SupervisorToClient>>,
+    clients: HashMap<u64, ClientLink>,
     replies: HashMap<u64, oneshot::Sender<SupervisorToAdmin>>,
     next_reply: u64,
     tx: UnboundedSender<Input>,
@@ -366,9 +378,25 @@ impl Driver {
                 admitted,
             } => {
                 self.observed.requests.count(&event, admitted);
-                if let Some(tx) = self.clients.get(&conn) {
+                if let Some(link) = self.clients.get(&conn) {
                     // A closed channel means the client left; ClientGone follows.
-                    let _ = tx.send(event);
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
+                        link.events.try_send(event)
+                    {
+                        // The client stopped reading: its backlog is full.
+                        // Disconnect it and cancel its requests; nobody else waits.
+                        link.kick.cancel();
+                        self.clients.remove(&conn);
+                        self.observed
+                            .connections
+                            .too_slow
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            conn,
+                            "disconnected a client that stopped reading its answers"
+                        );
+                        return Some(Event::ClientGone { conn });
+                    }
                 }
             }
             Effect::AdminReply { id, answer } => {
@@ -396,9 +424,9 @@ impl Driver {
                     std::fs::remove_file(process::pid_file(&self.cfg.supervisor.state_dir, s.name));
             }
             Effect::SetCgroupLimit { slot, max } => {
+                let max = self.cgroup_max(slot, max);
                 if let Some(dir) = &self.slots[slot].cgroup {
-                    let value = max.map_or_else(|| "max".to_owned(), |b| b.to_string());
-                    if let Err(e) = std::fs::write(dir.join("memory.max"), value) {
+                    if let Err(e) = crate::cgroup::set_memory_max(dir, max) {
                         tracing::warn!(slot = self.slots[slot].name, "cannot set memory.max: {e}");
                     }
                 }
@@ -439,7 +467,16 @@ impl Driver {
         let _ = sd_notify::notify(&[state]);
     }
 
+    /// The group limit for a hard RssAnon ceiling: the ceiling plus the
+    /// model file's size (see [`crate::cgroup::memory_max`]).
+    fn cgroup_max(&self, slot: usize, ceiling: Option<u64>) -> Option<u64> {
+        let model = &self.cfg.slot_list()[slot].1.model;
+        let bytes = std::fs::metadata(model).map_or(0, |m| m.len());
+        crate::cgroup::memory_max(ceiling, bytes)
+    }
+
     fn spawn(&mut self, slot: usize, incarnation: u64, memory_max: Option<u64>) -> Event {
+        let memory_max = self.cgroup_max(slot, memory_max);
         let sc = self.cfg.slot_list()[slot].1.clone();
         let io = &mut self.slots[slot];
         io.worker = None;

@@ -4,6 +4,8 @@
 mod bench;
 mod broken_models;
 mod cli;
+mod instance;
+mod limits;
 mod operate;
 mod relay;
 mod supervision;
