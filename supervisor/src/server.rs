@@ -503,7 +503,7 @@ async fn client_connection(
                 let _ = core.send(Event::ClientModels {
                     conn,
                     request_id: q.request_id,
-                    events: events_tx.clone(),
+                    events: link.clone(),
                 });
             }
             Ok(None) => break Ok(()),

@@ -67,7 +67,7 @@ pub enum Input {
         /// The client's query id.
         request_id: u64,
         /// Where the connection's events go.
-        events: UnboundedSender<SupervisorToClient>,
+        events: ClientLink,
     },
     /// A worker connected and completed the handshake.
     WorkerConnected {
