@@ -13,8 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use proto::frame::{FrameReader, FrameWriter};
-use proto::hello::{client_handshake, connect_path};
-use proto::worker::{ExitCode, SupervisorToWorker};
+use proto::worker::{ExitCode, SupervisorToWorker, WorkerToSupervisor};
 use proto::{PeerRole, ProtoError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc::unbounded_channel, oneshot};
@@ -49,29 +48,34 @@ pub async fn run<E: Engine>(socket: &Path, software: &str, engine: E) -> Exit {
             None => std::future::pending::<()>().await,
         }
     };
-    let stream = match connect_path(socket).await {
-        Ok(stream) => stream,
-        Err(err) => {
-            tracing::error!(socket = %socket.display(), %err, "cannot connect to the supervisor");
-            return Exit::FAILURE;
-        }
-    };
-    let (read_half, write_half) = tokio::io::split(stream);
-    let mut reader = FrameReader::new(read_half);
-    let mut writer = FrameWriter::new(write_half);
-    match client_handshake(&mut reader, &mut writer, PeerRole::Worker, software).await {
-        Ok(accepted) => tracing::debug!(supervisor = %accepted.software, "handshake done"),
-        Err(err @ ProtoError::VersionMismatch { .. }) => {
-            tracing::error!(%err, "the supervisor refused the handshake");
+    // The one connect-and-handshake of the tree (the client library's),
+    // as the worker role.
+    let conn = match client::connect::<SupervisorToWorker, WorkerToSupervisor>(
+        socket,
+        PeerRole::Worker,
+        software,
+        client::CONNECT_TIMEOUT,
+    )
+    .await
+    {
+        Ok(conn) => conn,
+        Err(
+            err @ client::ClientError::Protocol {
+                source: ProtoError::VersionMismatch { .. },
+                ..
+            },
+        ) => {
+            tracing::error!(err = %err.chain(), "the supervisor refused the handshake");
             return Exit {
                 code: ExitCode::ProtocolMismatch.code(),
             };
         }
         Err(err) => {
-            tracing::error!(%err, "handshake with the supervisor failed");
+            tracing::error!(err = %err.chain(), "cannot connect to the supervisor");
             return Exit::FAILURE;
         }
-    }
+    };
+    let (reader, writer) = conn.into_parts();
     serve(reader, writer, engine, terminated).await
 }
 
