@@ -2,8 +2,8 @@
 //! checks that turn a bad value into an error naming the key.
 //!
 //! One file serves the whole installation (`/etc/rocksteady/config.toml`);
-//! the `[gateway]` section belongs to the gateway process and is passed over
-//! here. Relative paths are resolved against the config file's directory.
+//! the `[gateway]` section belongs to the gateway process and `[bench]` to
+//! `supctl`; both are passed over here. Relative paths are resolved against the config file's directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,9 +83,9 @@ pub struct Config {
     /// The local HTTP endpoint (/health, /metrics).
     #[serde(default)]
     pub http: HttpConfig,
-    /// `supctl bench`: limits and profiles.
+    /// `supctl bench`'s section: read by supctl, ignored here.
     #[serde(default)]
-    pub bench: crate::bench::BenchConfig,
+    pub bench: Option<toml::Table>,
     /// The gateway's section: read by the gateway, ignored here.
     #[serde(default)]
     pub gateway: Option<toml::Table>,
@@ -584,12 +584,6 @@ impl Config {
         };
         fix(&mut self.supervisor.runtime_dir);
         fix(&mut self.supervisor.state_dir);
-        if let Some(dir) = &mut self.bench.output_dir {
-            fix(dir);
-        }
-        for model in self.bench.profiles.values_mut().flat_map(|p| &mut p.models) {
-            fix(model);
-        }
         for slot in self.slot_configs_mut() {
             fix(&mut slot.model);
             if let Some(w) = &mut slot.worker {
@@ -690,7 +684,6 @@ impl Config {
         if t.throttle_max_tokens == 0 {
             return Err(invalid("thermal.throttle_max_tokens", "must be at least 1"));
         }
-        self.bench.validate()?;
         Ok(())
     }
 }
@@ -1023,5 +1016,22 @@ mod tests {
         )
         .unwrap();
         assert!(c.gateway.is_some());
+    }
+
+    #[test]
+    fn the_bench_section_is_left_to_supctl() {
+        // Keys the daemon knows nothing of, and a value supctl would refuse:
+        // neither is the daemon's business.
+        let c = Config::from_toml(
+            &format!(
+                "[bench]
+regression_pct = -1
+anything = 1
+{MINIMAL}"
+            ),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert!(c.bench.is_some());
     }
 }

@@ -1,5 +1,11 @@
-//! Test fixture: a supervisor running in-process on a temporary directory,
-//! with real worker binaries from the build and the real default model.
+//! The shared integration-test harness: the built binaries and the default
+//! model, a supervisor running in-process on a private temporary runtime
+//! directory, waiting for a slot's state, and collecting a reply's stream.
+//! Every crate's tests use this one copy.
+//!
+//! A fixture that cannot do its job fails the test on the spot, so these
+//! panic instead of returning errors.
+#![allow(clippy::missing_panics_doc)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -62,10 +68,12 @@ pub fn fake_slot(name: &str, script: &str, extra: &str) -> String {
 
 /// A running supervisor.
 pub struct Sup {
-    #[allow(dead_code)] // keeps the directory alive
+    /// The private directory (runtime and state directories inside); kept
+    /// alive as long as the supervisor.
     pub dir: tempfile::TempDir,
     /// The config file's text (tests write it out for the binaries).
     pub text: String,
+    /// The parsed config the supervisor runs with.
     pub config: Config,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -119,14 +127,17 @@ impl Sup {
         sup
     }
 
+    /// The client socket.
     pub fn client_socket(&self) -> PathBuf {
         self.config.supervisor.client_socket()
     }
 
+    /// The admin socket.
     pub fn admin_socket(&self) -> PathBuf {
         self.config.supervisor.admin_socket()
     }
 
+    /// The admin `Status` report.
     pub async fn status(&self) -> StatusReport {
         let mut admin = AdminClient::connect(&self.admin_socket()).await.unwrap();
         match admin.request(&AdminToSupervisor::Status).await.unwrap() {
@@ -135,11 +146,13 @@ impl Sup {
         }
     }
 
+    /// Sends one admin command on a fresh connection.
     pub async fn admin(&self, cmd: AdminToSupervisor) -> SupervisorToAdmin {
         let mut admin = AdminClient::connect(&self.admin_socket()).await.unwrap();
         admin.request(&cmd).await.unwrap()
     }
 
+    /// The status of slot `name`.
     pub async fn slot(&self, name: &str) -> SlotStatus {
         self.status()
             .await
@@ -170,10 +183,12 @@ impl Sup {
         }
     }
 
+    /// Waits until slot `name` is in `state`.
     pub async fn wait_state(&self, name: &str, state: SlotState, limit: Duration) -> SlotStatus {
         self.wait_slot(name, limit, |s| s.state == state).await
     }
 
+    /// A new client connection.
     pub async fn client(&self) -> ChatClient {
         ChatClient::connect(&self.client_socket()).await.unwrap()
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use proto::admin::ZoneTemp;
 use serde::{Deserialize, Serialize};
 
-use crate::telemetry::{memory, thermal};
+use supervisor::telemetry::{memory, thermal};
 
 /// How a checklist item came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use proto::artifact::rkllm::{self, Platform};
 use proto::artifact::template::{self, InUse, Plan};
 use proto::chat::Backend;
 
-use crate::config::Config;
+use supervisor::config::Config;
 
 pub use proto::artifact::rkllm::Verdict;
 

@@ -192,7 +192,7 @@ pub enum BenchError {
     Private {
         /// Why.
         #[source]
-        source: crate::StartError,
+        source: supervisor::StartError,
     },
     /// A temporary directory could not be made.
     #[error("cannot create a temporary directory: {source}")]
