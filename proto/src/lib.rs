@@ -16,7 +16,6 @@
 //! accidental changes of the wire format.
 
 pub mod admin;
-pub mod artifact;
 pub mod chat;
 pub mod client;
 pub mod error;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proto::artifact::template;
+use model_check::template;
 use proto::chat::Backend;
 use proto::worker::{BackendOptions, CpuOptions, KvCacheType, Load, NpuOptions, Profile};
 use serde::Deserialize;

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::path::Path;
 
-use proto::artifact::rkllm::Platform;
+use model_check::rkllm::Platform;
 
 /// Load of one NPU core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

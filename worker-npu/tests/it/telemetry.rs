@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use proto::artifact::rkllm::Platform;
+use model_check::rkllm::Platform;
 use worker_npu::telemetry::{
     read_driver_version, read_npu_freq_hz, read_npu_load, read_soc, CoreLoad, NpuTelemetry,
 };

@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-use crate::worker::ExitCode;
+use proto::worker::ExitCode;
 
 /// Below this size a file cannot hold any language model converted for the
 /// NPU (the smallest ones are well over 100 MB): a cut-off download or not a
