@@ -545,6 +545,16 @@ impl fmt::Display for RkllmReport {
     }
 }
 
+/// The Rockchip SoC named in `<sysfs_root>/firmware/devicetree/base/compatible`
+/// (NUL-separated strings such as `radxa,rock-5b\0rockchip,rk3588\0`).
+pub fn read_soc(sysfs_root: &Path) -> Option<Platform> {
+    let bytes = std::fs::read(sysfs_root.join("firmware/devicetree/base/compatible")).ok()?;
+    bytes
+        .split(|b| *b == 0)
+        .filter_map(|s| std::str::from_utf8(s).ok())
+        .find_map(|s| s.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 
 mod broken_models;
 mod config;
+mod npu_telemetry;
 mod operate;
 mod relay;
 mod supervision;
