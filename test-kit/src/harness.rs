@@ -88,7 +88,12 @@ impl Sup {
 
     /// Like `start`, with extra lines for the `[supervisor]` section.
     pub async fn start_with(supervisor_extra: &str, body: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), supervisor_extra, body).await
+    }
+
+    /// Like `start_with`, in a directory of the caller's (whose paths, e.g.
+    /// [`Sup::worker_socket_in`], a test needs before the start).
+    pub async fn start_in(dir: tempfile::TempDir, supervisor_extra: &str, body: &str) -> Self {
         // No HTTP endpoint unless the test asks: tests run side by side.
         let http = if body.contains("[http]") {
             ""
@@ -125,6 +130,12 @@ impl Sup {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         sup
+    }
+
+    /// The socket slot `slot`'s worker is started on (it is in the worker's
+    /// command line) for a supervisor started in `dir`.
+    pub fn worker_socket_in(dir: &Path, slot: &str) -> PathBuf {
+        dir.join("run/workers").join(format!("{slot}.sock"))
     }
 
     /// The client socket.
@@ -200,9 +211,11 @@ impl Sup {
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(45), task)
                 .await
-                .unwrap()
+                .expect("the supervisor did not stop")
                 .unwrap();
         }
+        // Nothing of the run is left listening.
+        assert!(!self.client_socket().exists());
     }
 }
 
@@ -236,7 +249,7 @@ pub async fn collect(
     loop {
         let event = tokio::time::timeout_at(deadline.into(), client.next_event())
             .await
-            .expect("request did not end in time")
+            .unwrap_or_else(|_| panic!("request did not end in time; so far: {events:?}"))
             .unwrap();
         let end = matches!(
             event,
