@@ -21,6 +21,7 @@ pub mod client;
 pub mod error;
 pub mod frame;
 pub mod hello;
+pub mod role;
 pub mod worker;
 
 pub use error::ProtoError;

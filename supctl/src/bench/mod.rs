@@ -28,6 +28,7 @@ pub mod result;
 mod runner;
 pub mod stats;
 pub mod svg;
+pub mod text;
 
 use std::path::PathBuf;
 
