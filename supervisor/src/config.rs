@@ -545,17 +545,42 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// Reads the config file at `path`: its text, and the directory its
+/// relative paths are taken from. (Shared with `supctl`, which reads its own
+/// `[bench]` section of the same file.)
+///
+/// # Errors
+/// [`ConfigError::Read`] naming the file.
+pub fn read_file(path: &Path) -> Result<(String, PathBuf), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base = path.parent().map(Path::to_owned).unwrap_or_default();
+    Ok((text, base))
+}
+
+/// Deserializes a whole config file's TOML text into `T`; an error names the
+/// dotted key at fault.
+///
+/// # Errors
+/// [`ConfigError::Syntax`] or [`ConfigError::Key`].
+pub fn deserialize<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|source| ConfigError::Syntax { source })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.inner().message().to_owned();
+        ConfigError::Key { key, message }
+    })
+}
+
 impl Config {
     /// Reads, parses and checks the file at `path`.
     ///
     /// # Errors
     /// [`ConfigError`] naming the key at fault.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let (text, base) = read_file(path)?;
         Self::from_toml(&text, &base)
     }
 
@@ -564,13 +589,7 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the key at fault.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|source| ConfigError::Syntax { source })?;
-        let mut config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.inner().message().to_owned();
-            ConfigError::Key { key, message }
-        })?;
+        let mut config: Self = deserialize(text)?;
         config.resolve_paths(base);
         config.validate()?;
         Ok(config)

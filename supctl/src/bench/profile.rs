@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use proto::chat::Backend;
 use serde::Deserialize;
 
-use supervisor::config::ConfigError;
+use supervisor::config::{self, ConfigError};
 
 /// Name of the profile built into the binary.
 pub const EDGE: &str = "edge";
@@ -204,11 +204,7 @@ impl BenchConfig {
     /// # Errors
     /// [`ConfigError`] naming the file or the key at fault.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let (text, base) = config::read_file(path)?;
         Self::from_toml(&text, &base)
     }
 
@@ -218,14 +214,7 @@ impl BenchConfig {
     /// # Errors
     /// [`ConfigError`] naming the key at fault.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|source| ConfigError::Syntax { source })?;
-        let file: BenchFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.inner().message().to_owned();
-            ConfigError::Key { key, message }
-        })?;
-        let mut bench = file.bench;
+        let mut bench = config::deserialize::<BenchFile>(text)?.bench;
         let fix = |p: &mut PathBuf| {
             if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p);
