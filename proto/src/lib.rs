@@ -14,6 +14,10 @@
 //! parameters, statistics, backends). bincode is not self-describing: new enum
 //! variants go at the end, and the golden files under `proto/tests/data/` catch
 //! accidental changes of the wire format.
+//!
+//! It must hold nothing but the wire protocol: no model-file parsing (that is
+//! `model-check`), no client logic (`client`), no decisions of any process,
+//! and it depends on no other rocksteady crate.
 
 pub mod admin;
 pub mod chat;
