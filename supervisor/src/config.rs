@@ -55,7 +55,8 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+/// A [`ConfigError::Invalid`] for `key` (also used for supctl's `[bench]`).
+pub fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         problem: problem.into(),
@@ -707,7 +708,11 @@ impl Config {
     }
 }
 
-fn positive(key: &str, v: f64) -> Result<(), ConfigError> {
+/// Checks a number of seconds: finite, above 0 and below 1e9.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `key`.
+pub fn positive(key: &str, v: f64) -> Result<(), ConfigError> {
     if v.is_finite() && v > 0.0 && v < 1e9 {
         Ok(())
     } else {

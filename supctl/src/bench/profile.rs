@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use proto::chat::Backend;
 use serde::Deserialize;
 
-use supervisor::config::{self, ConfigError};
+use supervisor::config::{self, invalid, positive as seconds, ConfigError};
 
 /// Name of the profile built into the binary.
 pub const EDGE: &str = "edge";
@@ -169,24 +169,6 @@ pub fn edge() -> BenchProfile {
             },
         ],
         ..BenchProfile::default()
-    }
-}
-
-fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        problem: problem.into(),
-    }
-}
-
-fn seconds(key: &str, v: f64) -> Result<(), ConfigError> {
-    if v.is_finite() && v > 0.0 && v < 1e9 {
-        Ok(())
-    } else {
-        Err(invalid(
-            key,
-            format!("must be a positive number of seconds, not {v}"),
-        ))
     }
 }
 
