@@ -63,6 +63,13 @@ pub struct Bot {
     commands_registered: OnceLock<()>,
 }
 
+impl Bot {
+    /// A writer of one answer or notice to `target`.
+    fn writer(&self, target: Target) -> Writer<'_> {
+        Writer::new(&self.http, &self.pacer, &self.shutdown, target)
+    }
+}
+
 impl std::fmt::Debug for Bot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bot")
@@ -241,7 +248,7 @@ impl Bot {
                 channel: message.channel_id,
                 reply_to: message.id,
             };
-            if Writer::new(self, target).notice(text).await {
+            if self.writer(target).notice(text).await {
                 return;
             }
         }
@@ -398,7 +405,7 @@ impl Bot {
         );
         let sent = self
             .answer(
-                Writer::new(self, target),
+                self.writer(target),
                 context.turns,
                 context.truncated,
                 permit,
@@ -574,9 +581,7 @@ impl Bot {
             channel: origin.channel,
         };
         let turns = vec![ChatMessage::new(Role::User, prompt.clone())];
-        let sent = self
-            .answer(Writer::new(self, target), turns, false, permit)
-            .await;
+        let sent = self.answer(self.writer(target), turns, false, permit).await;
         let mut parent = None;
         let mut first_prompt = Some(prompt);
         for (id, body) in sent {
@@ -618,6 +623,6 @@ impl Bot {
             token: interaction.token.clone(),
             channel,
         };
-        Writer::new(self, target).say(&text).await;
+        self.writer(target).say(&text).await;
     }
 }

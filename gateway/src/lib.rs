@@ -5,6 +5,11 @@
 //! connects the shard (twilight-gateway), the REST client (twilight-http) and
 //! the supervisor link, and handles events until `shutdown` is cancelled or
 //! Discord refuses the bot for good.
+//!
+//! It is a client of the supervisor like any other: it must not open the
+//! sockets by hand (that is the `client` crate), must not read other
+//! programs' config sections (only `[gateway]`), and must not log a prompt,
+//! an answer or a token.
 
 pub mod access;
 pub mod admin;

@@ -7,6 +7,7 @@
 //! never sends stale text; everything that arrived meanwhile goes out in one
 //! edit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -15,8 +16,8 @@ use twilight_model::id::marker::{ApplicationMarker, ChannelMarker, MessageMarker
 use twilight_model::id::Id;
 
 use crate::access::UserPermit;
-use crate::bot::Bot;
 use crate::link::Request;
+use crate::pacer::Pacer;
 use crate::render::AnswerState;
 use crate::split::Chunk;
 
@@ -87,16 +88,28 @@ struct Shown {
 pub type Sent = Vec<(Id<MessageMarker>, String)>;
 
 /// Writes one answer.
+///
+/// It holds only what writing needs (the REST client, the pacer, the
+/// shutdown token), not the whole bot, so the bot can own writers without
+/// the writer depending back on it.
 pub struct Writer<'a> {
-    bot: &'a Bot,
+    http: &'a Arc<twilight_http::Client>,
+    pacer: &'a Pacer,
+    shutdown: &'a CancellationToken,
     target: Target,
     shown: Vec<Shown>,
     no_mentions: AllowedMentions,
 }
 
 impl<'a> Writer<'a> {
-    /// A writer for `target`.
-    pub fn new(bot: &'a Bot, target: Target) -> Self {
+    /// A writer for `target` through `http`, paced by `pacer`, giving up
+    /// when `shutdown` is cancelled.
+    pub fn new(
+        http: &'a Arc<twilight_http::Client>,
+        pacer: &'a Pacer,
+        shutdown: &'a CancellationToken,
+        target: Target,
+    ) -> Self {
         // A deferred interaction already has its (empty) original response.
         let shown = match target {
             Target::Interaction { .. } => vec![Shown {
@@ -106,7 +119,9 @@ impl<'a> Writer<'a> {
             Target::Channel { .. } => Vec::new(),
         };
         Self {
-            bot,
+            http,
+            pacer,
+            shutdown,
             target,
             shown,
             no_mentions: AllowedMentions::default(),
@@ -115,7 +130,7 @@ impl<'a> Writer<'a> {
 
     /// Shows `content` as message `index` (creating it if it is the next one).
     async fn put(&mut self, index: usize, content: &str) -> Result<(), WriteError> {
-        let http = &self.bot.http;
+        let http = self.http;
         let existing = self.shown.get(index).map(|s| s.id);
         let id = match (&self.target, existing) {
             (Target::Channel { channel, .. }, Some(Some(id))) => {
@@ -231,10 +246,10 @@ impl<'a> Writer<'a> {
         let _stop_typing = typing.clone().drop_guard();
         if let Target::Channel { channel, .. } = &self.target {
             if !state.has_output() {
-                tokio::spawn(keep_typing(self.bot.http.clone(), *channel, typing.clone()));
+                tokio::spawn(keep_typing(self.http.clone(), *channel, typing.clone()));
             }
         }
-        let shutdown = self.bot.shutdown.clone();
+        let shutdown = self.shutdown.clone();
         let mut failures = 0;
         loop {
             drain(&mut request, &mut state);
@@ -257,7 +272,7 @@ impl<'a> Writer<'a> {
                 }
                 continue;
             }
-            let permit = self.bot.pacer.acquire(channel).await;
+            let permit = self.pacer.acquire(channel).await;
             // Take the newest state only now that it is our turn.
             drain(&mut request, &mut state);
             if state.finished {
@@ -297,7 +312,7 @@ impl<'a> Writer<'a> {
     /// Posts one short message that is the whole answer (e.g. `/status`)
     /// through the lane, with an answer's priority.
     pub async fn say(mut self, text: &str) {
-        let permit = self.bot.pacer.acquire(self.target.channel()).await;
+        let permit = self.pacer.acquire(self.target.channel()).await;
         if let Err(err) = self.put(0, text).await {
             tracing::warn!(error = %err, "could not post a message");
         }
@@ -311,7 +326,7 @@ impl<'a> Writer<'a> {
     pub async fn notice(mut self, text: &str) -> bool {
         let channel = self.target.channel();
         let Ok(permit) =
-            tokio::time::timeout(NOTICE_MAX_WAIT, self.bot.pacer.acquire_notice(channel)).await
+            tokio::time::timeout(NOTICE_MAX_WAIT, self.pacer.acquire_notice(channel)).await
         else {
             tracing::debug!(channel, "notice dropped: the channel was busy with answers");
             return false;

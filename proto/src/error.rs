@@ -4,7 +4,7 @@ use std::io;
 
 use thiserror::Error;
 
-use crate::hello::PeerRole;
+use crate::role::PeerRole;
 
 /// Everything that can go wrong on a protocol connection.
 #[derive(Debug, Error)]

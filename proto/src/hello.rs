@@ -9,7 +9,6 @@
 //! [`HelloPrefix`] and refuse with a clear "version mismatch" instead of a
 //! garbled decode error.
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::ProtoError;
 use crate::frame::{decode, FrameReader, FrameWriter};
+pub use crate::role::PeerRole;
 
 /// Version of the whole wire protocol; bump it on any incompatible change.
 pub const PROTOCOL_VERSION: u16 = 3;
@@ -28,27 +28,6 @@ pub const MAGIC: [u8; 4] = *b"RSTD";
 
 /// How long a listening side waits for the hello before dropping the peer.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the connecting peer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerRole {
-    /// A chat client (the Discord gateway, `supctl ask`): client conversation.
-    Client,
-    /// The admin CLI: admin conversation.
-    Admin,
-    /// A worker process connecting back to its supervisor: worker conversation.
-    Worker,
-}
-
-impl fmt::Display for PeerRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Client => "client",
-            Self::Admin => "admin",
-            Self::Worker => "worker",
-        })
-    }
-}
 
 /// The first frame on every connection, sent by the connecting side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

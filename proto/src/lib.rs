@@ -14,14 +14,18 @@
 //! parameters, statistics, backends). bincode is not self-describing: new enum
 //! variants go at the end, and the golden files under `proto/tests/data/` catch
 //! accidental changes of the wire format.
+//!
+//! It must hold nothing but the wire protocol: no model-file parsing (that is
+//! `model-check`), no client logic (`client`), no decisions of any process,
+//! and it depends on no other rocksteady crate.
 
 pub mod admin;
-pub mod artifact;
 pub mod chat;
 pub mod client;
 pub mod error;
 pub mod frame;
 pub mod hello;
+pub mod role;
 pub mod worker;
 
 pub use error::ProtoError;

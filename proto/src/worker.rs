@@ -101,7 +101,7 @@ pub struct CpuOptions {
     /// The slot's `chat_template`: a llama.cpp built-in template name, or
     /// the path of a template file (a value with a `/`); `None` = the model
     /// file's own template, else its architecture's default (see
-    /// [`artifact::template`](crate::artifact::template)).
+    /// `model_check::template`).
     pub chat_template: Option<String>,
 }
 

@@ -3,13 +3,14 @@
 //!
 //! One file serves the whole installation (`/etc/rocksteady/config.toml`);
 //! the `[gateway]` and `[openai]` sections belong to the front-door processes
-//! and are passed over here. Relative paths are resolved against the config file's directory.
+//! and `[bench]` to `supctl`; all are passed over here. Relative paths are
+//! resolved against the config file's directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proto::artifact::template;
+use model_check::template;
 use proto::chat::Backend;
 use proto::worker::{BackendOptions, CpuOptions, KvCacheType, Load, NpuOptions, Profile};
 use serde::Deserialize;
@@ -55,7 +56,8 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+/// A [`ConfigError::Invalid`] for `key` (also used for supctl's `[bench]`).
+pub fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         problem: problem.into(),
@@ -83,9 +85,9 @@ pub struct Config {
     /// The local HTTP endpoint (/health, /metrics).
     #[serde(default)]
     pub http: HttpConfig,
-    /// `supctl bench`: limits and profiles.
+    /// `supctl bench`'s section: read by supctl, ignored here.
     #[serde(default)]
-    pub bench: crate::bench::BenchConfig,
+    pub bench: Option<toml::Table>,
     /// The gateway's section: read by the gateway, ignored here.
     #[serde(default)]
     pub gateway: Option<toml::Table>,
@@ -565,17 +567,42 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// Reads the config file at `path`: its text, and the directory its
+/// relative paths are taken from. (Shared with `supctl`, which reads its own
+/// `[bench]` section of the same file.)
+///
+/// # Errors
+/// [`ConfigError::Read`] naming the file.
+pub fn read_file(path: &Path) -> Result<(String, PathBuf), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base = path.parent().map(Path::to_owned).unwrap_or_default();
+    Ok((text, base))
+}
+
+/// Deserializes a whole config file's TOML text into `T`; an error names the
+/// dotted key at fault.
+///
+/// # Errors
+/// [`ConfigError::Syntax`] or [`ConfigError::Key`].
+pub fn deserialize<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|source| ConfigError::Syntax { source })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.inner().message().to_owned();
+        ConfigError::Key { key, message }
+    })
+}
+
 impl Config {
     /// Reads, parses and checks the file at `path`.
     ///
     /// # Errors
     /// [`ConfigError`] naming the key at fault.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let (text, base) = read_file(path)?;
         Self::from_toml(&text, &base)
     }
 
@@ -584,13 +611,7 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the key at fault.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|source| ConfigError::Syntax { source })?;
-        let mut config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.inner().message().to_owned();
-            ConfigError::Key { key, message }
-        })?;
+        let mut config: Self = deserialize(text)?;
         config.resolve_paths(base);
         config.validate()?;
         Ok(config)
@@ -604,12 +625,6 @@ impl Config {
         };
         fix(&mut self.supervisor.runtime_dir);
         fix(&mut self.supervisor.state_dir);
-        if let Some(dir) = &mut self.bench.output_dir {
-            fix(dir);
-        }
-        for model in self.bench.profiles.values_mut().flat_map(|p| &mut p.models) {
-            fix(model);
-        }
         for slot in self.slot_configs_mut() {
             fix(&mut slot.model);
             if let Some(w) = &mut slot.worker {
@@ -739,12 +754,15 @@ impl Config {
         if t.throttle_max_tokens == 0 {
             return Err(invalid("thermal.throttle_max_tokens", "must be at least 1"));
         }
-        self.bench.validate()?;
         Ok(())
     }
 }
 
-fn positive(key: &str, v: f64) -> Result<(), ConfigError> {
+/// Checks a number of seconds: finite, above 0 and below 1e9.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming `key`.
+pub fn positive(key: &str, v: f64) -> Result<(), ConfigError> {
     if v.is_finite() && v > 0.0 && v < 1e9 {
         Ok(())
     } else {
@@ -1072,5 +1090,22 @@ mod tests {
         )
         .unwrap();
         assert!(c.gateway.is_some());
+    }
+
+    #[test]
+    fn the_bench_section_is_left_to_supctl() {
+        // Keys the daemon knows nothing of, and a value supctl would refuse:
+        // neither is the daemon's business.
+        let c = Config::from_toml(
+            &format!(
+                "[bench]
+regression_pct = -1
+anything = 1
+{MINIMAL}"
+            ),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert!(c.bench.is_some());
     }
 }

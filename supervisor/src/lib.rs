@@ -1,13 +1,15 @@
-//! rocksteady's supervisor: starts and watches the inference workers, routes
-//! chat requests to them, and relays their token streams; plus the client
-//! code that `supctl` (and the tests) use to talk to it.
+//! rocksteady's supervisor daemon: starts and watches the inference workers,
+//! routes chat requests to them, and relays their token streams.
+//!
+//! It holds the daemon only: the admin command line is the `supctl` crate
+//! (which reads this crate's [`config`]), and talking to the sockets is the
+//! `client` crate's job. It must not grow client tools or the sections of
+//! other programs' config (`[gateway]`, `[bench]` are passed over unread).
 //!
 //! [`run`] is the whole daemon; the binary only parses arguments and sets up
 //! logging around it.
 
-pub mod bench;
 pub mod cgroup;
-pub mod cli;
 /// The client side of the sockets, re-exported for `supctl` and the tests.
 pub use client;
 pub mod config;

@@ -12,8 +12,15 @@
 //!
 //! - [`script`]: the script's keys, parsed
 //! - [`fake`]: the scripted engine
+//! - [`harness`]: the integration tests' shared fixtures (binary and model
+//!   paths, a supervisor on a private runtime directory, waiting for a
+//!   slot, collecting a stream)
+//!
+//! It must never become a dependency of a production crate (only
+//! `[dev-dependencies]`), and holds no production logic of its own.
 
 pub mod fake;
+pub mod harness;
 pub mod script;
 
 pub use fake::FakeEngine;

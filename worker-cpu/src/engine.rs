@@ -16,7 +16,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
-use proto::artifact::gguf;
+use model_check::gguf;
 use proto::chat::{Backend, FinishReason, GenParams};
 use proto::worker::{
     BackendOptions, ExitCode, Generate, KvCacheType, Load, LoadFailed, ModelFacts, WorkerError,

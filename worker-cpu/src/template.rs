@@ -1,6 +1,6 @@
 //! The chat template the CPU worker renders prompts with: chosen at load
 //! time (slot setting, else the model's own, else its architecture's
-//! default; see [`proto::artifact::template`]) and proved there, by
+//! default; see [`model_check::template`]) and proved there, by
 //! rendering a sample conversation, so an unusable template is a load error
 //! that names the fix rather than a failure of every request.
 
@@ -8,8 +8,8 @@ use std::io::Read;
 use std::path::Path;
 
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
-use proto::artifact::gguf::GgufInfo;
-use proto::artifact::template::{self, InUse, Origin, Plan, TemplateError, BUILTIN, MAX_FILE};
+use model_check::gguf::GgufInfo;
+use model_check::template::{self, InUse, Origin, Plan, TemplateError, BUILTIN, MAX_FILE};
 use proto::worker::{ExitCode, LoadFailed};
 
 /// The template to render with, and how to describe it.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use proto::artifact::rkllm::{self, Platform, RkllmError};
+use model_check::rkllm::{self, Platform, RkllmError};
 use proto::chat::FinishReason;
 use proto::worker::{ExitCode, ModelFacts, WorkerErrorKind};
 use thiserror::Error;

@@ -16,7 +16,6 @@
 //! - [`capture`]: capturing the runtime's output during init
 //! - [`chat`]: conversations rendered into the runtime's prompt and template
 //! - [`config`]: settings from the supervisor's `Load`
-//! - [`telemetry`]: NPU load, clock and driver version readers (also for the supervisor)
 
 pub mod abi;
 pub mod capture;
@@ -25,7 +24,6 @@ pub mod classify;
 pub mod config;
 pub mod engine;
 pub mod ffi;
-pub mod telemetry;
 pub mod worker;
 
 use std::fs::File;

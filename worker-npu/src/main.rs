@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let board = worker_npu::telemetry::read_soc(&args.sysfs_root);
+    let board = model_check::rkllm::read_soc(&args.sysfs_root);
     let software = concat!("worker-npu ", env!("CARGO_PKG_VERSION"));
     let engine = worker_npu::NpuEngine::new(board);
     let exit = runtime.block_on(worker_kit::run(&args.socket, software, engine));

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use proto::artifact::rkllm::Platform;
+use model_check::rkllm::Platform;
 use proto::chat::Backend;
 use proto::worker::{Load, WorkerErrorKind};
 use worker_kit::{Finish, GenFailure, Job, LoadFailure, Model, Serve, Served, TokenStream};

@@ -11,35 +11,13 @@ use std::time::Duration;
 use proto::client::SupervisorToClient;
 use proto::frame::FrameReader;
 use proto::hello::HelloReply;
+use test_kit::harness::{bin, model};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::fake_discord::{FakeDiscord, CHANNEL};
 use crate::harness::{self, INTERVAL};
 use crate::{assert_paced, finished_answer};
-
-/// Directory of the built binaries (target/debug), next to the test binary.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`)",
-        path.display()
-    );
-    path
-}
-
-fn model() -> PathBuf {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run deploy/fetch-model.sh",
-        path.display()
-    );
-    path
-}
 
 /// Bytes the supervisor sent on each relayed connection.
 type Recorded = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;

@@ -2,4 +2,5 @@
 //! under a configurable root so tests can supply their own files.
 
 pub mod memory;
+pub mod npu;
 pub mod thermal;

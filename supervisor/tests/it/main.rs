@@ -1,12 +1,13 @@
 //! Integration tests: the real supervisor, real worker processes and the
 //! real default model.
 
-mod bench;
 mod broken_models;
-mod cli;
+mod config;
 mod instance;
 mod limits;
+mod npu_telemetry;
 mod operate;
 mod relay;
 mod supervision;
-mod support;
+
+use test_kit::harness as support;

@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
-use proto::artifact::template::BUILTIN;
+use model_check::template::BUILTIN;
 use proto::chat::{ChatMessage, GenParams, Role};
 use proto::worker::{
     BackendOptions, CpuOptions, ExitCode, Generate, KvCacheType, Load, LoadFailed, Profile, Ready,

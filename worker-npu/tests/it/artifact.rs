@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 
-use proto::artifact::rkllm::{check, inspect, Platform, RkllmError, Verdict, Warning};
+use model_check::rkllm::{check, inspect, Platform, RkllmError, Verdict, Warning};
 use proto::worker::ExitCode;
 
 fn sized(dir: &std::path::Path, name: &str, len: u64) -> std::path::PathBuf {

@@ -1,7 +1,7 @@
 //! Integration tests of the NPU worker: struct layouts, the real binary
 //! driven over a socket with the fake RKLLM runtime
 //! (tests/fake-rkllm/fake_rkllm.c, built by build.rs for both layouts),
-//! load failures, the artifact check, the telemetry readers, and the worker
+//! load failures, the artifact check, and the worker
 //! under the real supervisor with a fake CPU worker as its fallback.
 
 mod artifact;
@@ -9,5 +9,4 @@ mod conversation;
 mod failures;
 mod layout;
 mod support;
-mod telemetry;
 mod through_supervisor;

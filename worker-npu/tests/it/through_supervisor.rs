@@ -11,14 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use proto::admin::{
-    AdminToSupervisor, RestartCommand, SlotState, SlotStatus, StatusReport, SupervisorToAdmin,
-};
-use proto::chat::{Backend, ChatMessage, GenParams, Role};
+use client::ChatClient;
+use proto::admin::{AdminToSupervisor, RestartCommand, SlotState, SupervisorToAdmin};
+use proto::chat::Backend;
 use proto::client::{ErrorKind, SupervisorToClient};
-use supervisor::client::{AdminClient, ChatClient};
-use supervisor::config::Config;
-use tokio_util::sync::CancellationToken;
+use test_kit::harness::{bin, collect, greedy, user, Sup};
 
 use crate::support::{FAKE_1_2, FAKE_1_3, FAKE_UNKNOWN, MODEL_NAME, SCRIPT};
 
@@ -34,24 +31,6 @@ const CHUNK: usize = 3;
 
 // ----- the fixture -------------------------------------------------------------
 
-/// Directory of the built binaries (target/debug), next to the test binary.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_owned()
-}
-
-/// test-kit's scripted fake worker, which must have been built first
-/// (`cargo build --workspace --bins`).
-fn fake_worker() -> PathBuf {
-    let path = bin_dir().join("fake-worker");
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`)",
-        path.display()
-    );
-    path
-}
-
 /// The fallback slot: a CPU slot served by the fake worker (a steady stream
 /// of words, 5 ms apart). These tests are about the NPU worker under
 /// supervision and failing over; what answers on the CPU does not matter,
@@ -60,7 +39,7 @@ fn fake_worker() -> PathBuf {
 fn cpu_fallback() -> String {
     format!(
         "[slots.fallback]\nbackend = \"cpu\"\nmodel = \"fallback.gguf\"\nworker = \"{}\"\nworker_env = {{ ROCKSTEADY_FAKE_WORKER = \"token-ms=5\" }}\n[slots.fallback.profile]\ncontext_size = 1024\nbatch_size = 256\nthreads = 1\nmax_new_tokens = 256\n",
-        fake_worker().display()
+        bin("fake-worker").display()
     )
 }
 
@@ -165,172 +144,14 @@ impl Npu {
     }
 }
 
-/// A supervisor running in this process on a temporary directory.
-struct Sup {
-    dir: tempfile::TempDir,
-    config: Config,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
+/// A supervisor on `body` with the fast timings of [`POLICY`].
+async fn start(body: &str) -> Sup {
+    Sup::start(&format!("{POLICY}{body}")).await
 }
 
-impl Sup {
-    /// Starts a supervisor on `body` (slots and other sections) and waits
-    /// for its admin socket.
-    async fn start(body: &str) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), body).await
-    }
-
-    /// The socket the primary slot's worker is started on (it is in the
-    /// worker's command line) for a supervisor started in `dir`.
-    fn primary_socket_in(dir: &Path) -> PathBuf {
-        dir.join("run/workers/primary.sock")
-    }
-
-    /// [`Sup::start`] in a directory of the caller's.
-    async fn start_in(dir: tempfile::TempDir, body: &str) -> Self {
-        let text = format!(
-            // No HTTP endpoint: tests run side by side and would share its port.
-            "[supervisor]\nruntime_dir = \"{0}/run\"\nstate_dir = \"{0}/state\"\n[http]\nlisten = \"\"\n{POLICY}{body}",
-            dir.path().display()
-        );
-        let config = Config::from_toml(&text, dir.path()).unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn({
-            let config = config.clone();
-            let shutdown = shutdown.clone();
-            async move { supervisor::run(config, shutdown, None).await.unwrap() }
-        });
-        let sup = Self {
-            dir,
-            config,
-            shutdown,
-            task: Some(task),
-        };
-        assert_eq!(
-            sup.config
-                .supervisor
-                .worker_socket_dir()
-                .join("primary.sock"),
-            Self::primary_socket_in(sup.dir.path())
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while AdminClient::connect(&sup.config.supervisor.admin_socket())
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "supervisor did not start listening"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        sup
-    }
-
-    async fn admin(&self, cmd: &AdminToSupervisor) -> SupervisorToAdmin {
-        let mut admin = AdminClient::connect(&self.config.supervisor.admin_socket())
-            .await
-            .unwrap();
-        admin.request(cmd).await.unwrap()
-    }
-
-    async fn status(&self) -> StatusReport {
-        match self.admin(&AdminToSupervisor::Status).await {
-            SupervisorToAdmin::Status(report) => *report,
-            other => panic!("unexpected answer {other:?}"),
-        }
-    }
-
-    async fn slot(&self, name: &str) -> SlotStatus {
-        self.status()
-            .await
-            .slots
-            .into_iter()
-            .find(|s| s.name == name)
-            .unwrap()
-    }
-
-    /// Waits until `pred` holds for slot `name`.
-    async fn wait_slot(
-        &self,
-        name: &str,
-        limit: Duration,
-        pred: impl Fn(&SlotStatus) -> bool,
-    ) -> SlotStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            let slot = self.slot(name).await;
-            if pred(&slot) {
-                return slot;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "slot {name} never reached the expected state; last: {slot:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    async fn wait_state(&self, name: &str, state: SlotState, limit: Duration) -> SlotStatus {
-        self.wait_slot(name, limit, |s| s.state == state).await
-    }
-
-    async fn client(&self) -> ChatClient {
-        ChatClient::connect(&self.config.supervisor.client_socket())
-            .await
-            .unwrap()
-    }
-
-    /// Stops the supervisor (and its workers) and waits for it.
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("the supervisor did not stop")
-                .unwrap();
-        }
-        // Nothing of the run is left listening.
-        assert!(!self.dir.path().join("run/client.sock").exists());
-    }
-}
-
-impl Drop for Sup {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-fn user(text: &str) -> Vec<ChatMessage> {
-    vec![ChatMessage::new(Role::User, text)]
-}
-
-fn greedy(max_tokens: u32) -> GenParams {
-    GenParams {
-        max_tokens,
-        temperature: 0.0,
-        ..GenParams::default()
-    }
-}
-
-/// Every event of one request until it ends, with its arrival time.
-async fn collect(client: &mut ChatClient, limit: Duration) -> Vec<(Instant, SupervisorToClient)> {
-    let mut events = Vec::new();
-    let deadline = Instant::now() + limit;
-    loop {
-        let event = tokio::time::timeout_at(deadline.into(), client.next_event())
-            .await
-            .unwrap_or_else(|_| panic!("request did not end in time; so far: {events:?}"))
-            .unwrap();
-        let end = matches!(
-            event,
-            SupervisorToClient::Done(_) | SupervisorToClient::Error(_)
-        );
-        events.push((Instant::now(), event));
-        if end {
-            return events;
-        }
-    }
+/// [`start`] in a directory of the caller's.
+async fn start_in(dir: tempfile::TempDir, body: &str) -> Sup {
+    Sup::start_in(dir, "", &format!("{POLICY}{body}")).await
 }
 
 /// Reads events until `n` tokens arrived; returns their text.
@@ -482,8 +303,8 @@ fn assert_finished_on_the_cpu(
 /// starts, and waits until both slots are ready.
 async fn with_fallback(npu_slot: &str) -> (Sup, ProcWatch) {
     let dir = tempfile::tempdir().unwrap();
-    let watch = ProcWatch::start(&Sup::primary_socket_in(dir.path()));
-    let sup = Sup::start_in(dir, &format!("{npu_slot}{}", cpu_fallback())).await;
+    let watch = ProcWatch::start(&Sup::worker_socket_in(dir.path(), "primary"));
+    let sup = start_in(dir, &format!("{npu_slot}{}", cpu_fallback())).await;
     sup.wait_state("primary", SlotState::Ready, Duration::from_secs(20))
         .await;
     sup.wait_state("fallback", SlotState::Ready, Duration::from_secs(60))
@@ -632,7 +453,7 @@ fn assert_one_npu_worker_at_a_time(npu: &Npu, watch: ProcWatch, workers: usize) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_on_the_npu_streams_the_scripted_text_exactly() {
     let npu = Npu::new();
-    let sup = Sup::start(&npu.slot(FAKE_1_3, "1.3", &[], "")).await;
+    let sup = start(&npu.slot(FAKE_1_3, "1.3", &[], "")).await;
     let ready = sup
         .wait_state("primary", SlotState::Ready, Duration::from_secs(20))
         .await;
@@ -701,7 +522,7 @@ async fn a_load_failure_leaves_traffic_on_the_fallback(
     init_called: bool,
 ) {
     let npu = Npu::new();
-    let sup = Sup::start(&format!(
+    let sup = start(&format!(
         "{}{}",
         npu.slot(runtime, "auto", env, ""),
         cpu_fallback()
@@ -831,7 +652,7 @@ async fn runtime_not_installed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_disconnect_reach_rkllm_abort_and_the_slot_serves_on() {
     let npu = Npu::new();
-    let sup = Sup::start(&npu.slot(FAKE_1_2, "1.2", &[("FAKE_RKLLM_DELAY_MS", "100")], "")).await;
+    let sup = start(&npu.slot(FAKE_1_2, "1.2", &[("FAKE_RKLLM_DELAY_MS", "100")], "")).await;
     let pid = sup
         .wait_state("primary", SlotState::Ready, Duration::from_secs(20))
         .await
@@ -1034,8 +855,8 @@ async fn restarts_never_run_two_npu_workers_at_once_and_stop_them_in_order() {
     // the old one's exit is seen, with no backoff in between.
     let npu = Npu::new();
     let dir = tempfile::tempdir().unwrap();
-    let watch = ProcWatch::start(&Sup::primary_socket_in(dir.path()));
-    let sup = Sup::start_in(
+    let watch = ProcWatch::start(&Sup::worker_socket_in(dir.path(), "primary"));
+    let sup = start_in(
         dir,
         &npu.slot(FAKE_1_3, "1.3", &[("FAKE_RKLLM_DELAY_MS", "100")], ""),
     )
@@ -1050,7 +871,7 @@ async fn restarts_never_run_two_npu_workers_at_once_and_stop_them_in_order() {
     });
 
     // While idle.
-    let SupervisorToAdmin::Ok(_) = sup.admin(&restart).await else {
+    let SupervisorToAdmin::Ok(_) = sup.admin(restart.clone()).await else {
         panic!()
     };
     let second = sup
@@ -1068,7 +889,7 @@ async fn restarts_never_run_two_npu_workers_at_once_and_stop_them_in_order() {
         .await
         .unwrap();
     let before = tokens(&mut client, 3).await;
-    let SupervisorToAdmin::Ok(_) = sup.admin(&restart).await else {
+    let SupervisorToAdmin::Ok(_) = sup.admin(restart.clone()).await else {
         panic!()
     };
     let events = collect(&mut client, Duration::from_secs(30)).await;

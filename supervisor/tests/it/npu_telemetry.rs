@@ -4,9 +4,9 @@
 use std::fs;
 use std::path::Path;
 
-use proto::artifact::rkllm::Platform;
-use worker_npu::telemetry::{
-    read_driver_version, read_npu_freq_hz, read_npu_load, read_soc, CoreLoad, NpuTelemetry,
+use model_check::rkllm::{read_soc, Platform};
+use supervisor::telemetry::npu::{
+    read_driver_version, read_npu_freq_hz, read_npu_load, CoreLoad, NpuTelemetry,
 };
 
 fn write(root: &Path, rel: &str, content: &[u8]) {

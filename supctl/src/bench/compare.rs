@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::quality::Quality;
 use super::result::{BenchResult, TargetResult};
+use super::text::{cell, excerpt};
 
 /// Which way is better for a figure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,22 +235,6 @@ pub fn compare(
     c
 }
 
-/// The first `n` characters of `text` on one line.
-pub fn excerpt(text: &str, n: usize) -> String {
-    let one_line: String = text
-        .trim()
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if one_line.chars().count() > n {
-        let mut s: String = one_line.chars().take(n).collect();
-        s.push('…');
-        s
-    } else {
-        one_line
-    }
-}
-
 /// The comparison as a Markdown section.
 pub fn render(c: &Comparison) -> String {
     let mut out = String::new();
@@ -263,7 +248,7 @@ pub fn render(c: &Comparison) -> String {
             let _ = writeln!(
                 out,
                 "| {} | {} | {:.2} | {:.2} | {:+.1}% | {} |",
-                super::report::cell(&d.target),
+                cell(&d.target),
                 d.figure,
                 d.before,
                 d.after,

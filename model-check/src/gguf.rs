@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::artifact::template;
-use crate::worker::ExitCode;
+use crate::template;
+use proto::worker::ExitCode;
 
 /// First four bytes of every GGUF file.
 pub const MAGIC: [u8; 4] = *b"GGUF";

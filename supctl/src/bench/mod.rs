@@ -28,6 +28,7 @@ pub mod result;
 mod runner;
 pub mod stats;
 pub mod svg;
+pub mod text;
 
 use std::path::PathBuf;
 
@@ -192,7 +193,7 @@ pub enum BenchError {
     Private {
         /// Why.
         #[source]
-        source: crate::StartError,
+        source: supervisor::StartError,
     },
     /// A temporary directory could not be made.
     #[error("cannot create a temporary directory: {source}")]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use proto::admin::ZoneTemp;
 use serde::{Deserialize, Serialize};
 
-use crate::telemetry::{memory, thermal};
+use supervisor::telemetry::{memory, npu, thermal};
 
 /// How a checklist item came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,23 +236,23 @@ pub fn thermal_items(zones: &[ZoneTemp], max_start_c: f64, cool_to_c: f64) -> Ve
 }
 
 /// NPU load above this before the run means something else uses the NPU.
-const NPU_BUSY_PCT: u32 = 5;
+const NPU_BUSY_PCT: u8 = 5;
 
 fn npu_items(debugfs_root: &Path) -> Vec<CheckItem> {
     let mut items = Vec::new();
-    items.push(match read_npu_driver_version(debugfs_root) {
+    items.push(match npu::read_driver_version(debugfs_root) {
         Some(v) => CheckItem::new("npu driver", CheckStatus::Pass, v),
         None => CheckItem::na("npu driver", "n/a (rknpu debugfs not readable)"),
     });
-    items.push(match read_npu_load(debugfs_root) {
+    items.push(match npu::read_npu_load(debugfs_root) {
         None => CheckItem::na("npu load", "n/a"),
         Some(cores) => {
             let text = cores
                 .iter()
-                .map(|(c, p)| format!("core{c} {p}%"))
+                .map(|c| format!("core{} {}%", c.core, c.percent))
                 .collect::<Vec<_>>()
                 .join(", ");
-            if cores.iter().any(|(_, p)| *p > NPU_BUSY_PCT) {
+            if cores.iter().any(|c| c.percent > NPU_BUSY_PCT) {
                 CheckItem::new(
                     "npu load",
                     CheckStatus::Warn,
@@ -264,42 +264,6 @@ fn npu_items(debugfs_root: &Path) -> Vec<CheckItem> {
         }
     });
     items
-}
-
-/// `<debugfs_root>/rknpu/version`, e.g. "RKNPU driver: v0.9.8" gives "v0.9.8".
-pub fn read_npu_driver_version(debugfs_root: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(debugfs_root.join("rknpu/version")).ok()?;
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
-    let version = line.rsplit(':').next().unwrap_or(line).trim();
-    (!version.is_empty()).then(|| version.to_owned())
-}
-
-/// `<debugfs_root>/rknpu/load` as (core, percent) pairs. Drivers write either
-/// `NPU load:  Core0: 12%, Core1:  0%,` on one line or one `Core0: 12%` per
-/// line; a single-core driver writes `NPU load: 23%` (core 0).
-pub fn read_npu_load(debugfs_root: &Path) -> Option<Vec<(u32, u32)>> {
-    let text = std::fs::read_to_string(debugfs_root.join("rknpu/load")).ok()?;
-    let percent = |s: &str| -> Option<u32> {
-        let s = s.trim_start_matches([':', ' ', '\t']);
-        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-        s[digits.len()..]
-            .starts_with('%')
-            .then(|| digits.parse().ok())
-            .flatten()
-            .filter(|p| *p <= 100)
-    };
-    let mut cores = Vec::new();
-    for part in text.split("Core").skip(1) {
-        let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
-        if let (Ok(core), Some(p)) = (digits.parse(), percent(&part[digits.len()..])) {
-            cores.push((core, p));
-        }
-    }
-    if cores.is_empty() {
-        let at = text.find("load:")?;
-        cores.push((0, percent(&text[at + "load:".len()..])?));
-    }
-    Some(cores)
 }
 
 /// The first failed item: the reason not to start.
@@ -427,20 +391,16 @@ mod tests {
             "NPU load:  Core0: 12%, Core1:  0%, Core2:  7%,\n",
         )
         .unwrap();
-        assert_eq!(
-            read_npu_load(dir.path()),
-            Some(vec![(0, 12), (1, 0), (2, 7)])
-        );
-        std::fs::write(dir.path().join("rknpu/load"), "NPU load: 23%\n").unwrap();
-        assert_eq!(read_npu_load(dir.path()), Some(vec![(0, 23)]));
         std::fs::write(dir.path().join("rknpu/version"), "RKNPU driver: v0.9.8\n").unwrap();
-        assert_eq!(
-            read_npu_driver_version(dir.path()).as_deref(),
-            Some("v0.9.8")
-        );
         let items = npu_items(dir.path());
+        assert_eq!(items[0].value, "v0.9.8", "{items:?}");
         assert_eq!(items[1].status, CheckStatus::Warn, "{items:?}");
-        assert!(read_npu_load(Path::new("/nonexistent")).is_none());
+        assert!(items[1].value.contains("core2 7%"), "{items:?}");
+        std::fs::write(dir.path().join("rknpu/load"), "NPU load: 3%\n").unwrap();
+        let items = npu_items(dir.path());
+        assert_eq!(items[1].status, CheckStatus::Pass, "{items:?}");
+        let items = npu_items(Path::new("/nonexistent"));
+        assert_eq!(items[1].value, "n/a", "{items:?}");
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! The `[bench]` config section: benchmark profiles (what to run) and the
 //! limits a run keeps to, plus the built-in `edge` profile.
+//!
+//! supctl reads this section itself from the installation's one config file,
+//! the way the gateway reads `[gateway]`: the daemon passes it over, and
+//! here every other top-level section is ignored while an unknown key inside
+//! `[bench]` is an error naming the key.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use proto::chat::Backend;
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use supervisor::config::{self, invalid, positive as seconds, ConfigError};
 
 /// Name of the profile built into the binary.
 pub const EDGE: &str = "edge";
@@ -167,25 +172,46 @@ pub fn edge() -> BenchProfile {
     }
 }
 
-fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        problem: problem.into(),
-    }
-}
-
-fn seconds(key: &str, v: f64) -> Result<(), ConfigError> {
-    if v.is_finite() && v > 0.0 && v < 1e9 {
-        Ok(())
-    } else {
-        Err(invalid(
-            key,
-            format!("must be a positive number of seconds, not {v}"),
-        ))
-    }
+/// The whole file as `supctl bench` sees it: other sections are ignored.
+#[derive(Deserialize)]
+struct BenchFile {
+    #[serde(default)]
+    bench: BenchConfig,
 }
 
 impl BenchConfig {
+    /// Reads the `[bench]` section of the config file at `path` (defaults
+    /// when absent); relative paths are taken from the file's directory.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or the key at fault.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let (text, base) = config::read_file(path)?;
+        Self::from_toml(&text, &base)
+    }
+
+    /// Parses and checks the `[bench]` section of a whole config file's
+    /// text; relative paths are taken from `base`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key at fault.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut bench = config::deserialize::<BenchFile>(text)?.bench;
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(dir) = &mut bench.output_dir {
+            fix(dir);
+        }
+        for model in bench.profiles.values_mut().flat_map(|p| &mut p.models) {
+            fix(model);
+        }
+        bench.validate()?;
+        Ok(bench)
+    }
+
     /// The profile called `name`: one from the config, else the built-in `edge`.
     pub fn profile(&self, name: &str) -> Option<BenchProfile> {
         match self.profiles.get(name) {
@@ -385,25 +411,24 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::Config;
 
     const SLOT: &str = "[slots.primary]\nbackend = \"cpu\"\nmodel = \"m.gguf\"\n";
 
-    fn load(bench: &str) -> Result<Config, String> {
-        Config::from_toml(&format!("{SLOT}{bench}"), Path::new("/etc/rocksteady"))
+    fn load(bench: &str) -> Result<BenchConfig, String> {
+        BenchConfig::from_toml(&format!("{SLOT}{bench}"), Path::new("/etc/rocksteady"))
             .map_err(|e| e.to_string())
     }
 
     #[test]
     fn no_section_gives_the_built_in_edge_profile() {
         let c = load("").unwrap();
-        let edge = c.bench.profile(EDGE).unwrap();
+        let edge = c.profile(EDGE).unwrap();
         assert_eq!(edge.prompts[0].text, "What is 2+2?");
         assert_eq!(edge.prompts[0].expect.as_deref(), Some("4"));
         assert!(edge.prompts.iter().any(|p| p.fill_context.is_some()));
         assert!(edge.prompts.iter().any(|p| p.max_tokens(&edge) >= 200));
         assert_eq!(edge.prompts[edge.headline_index()].name, "story");
-        assert!(c.bench.profile("nope").is_none());
+        assert!(c.profile("nope").is_none());
     }
 
     #[test]
@@ -413,10 +438,10 @@ mod tests {
              [[bench.profiles.edge.prompts]]\nname = \"a\"\ntext = \"hi\"\nmax_new_tokens = 4\n",
         )
         .unwrap();
-        let p = c.bench.profile(EDGE).unwrap();
+        let p = c.profile(EDGE).unwrap();
         assert_eq!(p.backend_list(), [Backend::Cpu]);
         assert_eq!(p.prompts.len(), 1);
-        assert!((c.bench.regression_pct - 5.0).abs() < f64::EPSILON);
+        assert!((c.regression_pct - 5.0).abs() < f64::EPSILON);
     }
 
     #[test]
@@ -463,5 +488,54 @@ mod tests {
             let e = load(text).unwrap_err();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn other_programs_sections_are_passed_over() {
+        // Sections and keys supctl knows nothing of, even ones the daemon
+        // would refuse, are not supctl's business.
+        let c = BenchConfig::from_toml(
+            "[gateway]\nanything = 1\n[slots.primary]\nbackend = \"tpu\"\n[bench]\nregression_pct = 7\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert!((c.regression_pct - 7.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_config_directory() {
+        let c = load(
+            "[bench]\noutput_dir = \"results\"\n[bench.profiles.q]\nmodels = [\"m/a.gguf\", \"/abs/b.gguf\"]\n\
+             [[bench.profiles.q.prompts]]\nname = \"a\"\ntext = \"hi\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.output_dir.as_deref(),
+            Some(Path::new("/etc/rocksteady/results"))
+        );
+        assert_eq!(
+            c.profiles["q"].models,
+            [
+                PathBuf::from("/etc/rocksteady/m/a.gguf"),
+                PathBuf::from("/abs/b.gguf")
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_file_is_named() {
+        let e = BenchConfig::load(Path::new("/nonexistent/rocksteady.toml")).unwrap_err();
+        assert!(
+            e.to_string().contains("/nonexistent/rocksteady.toml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_example_config_s_section_parses() {
+        let text = include_str!("../../../deploy/config.example.toml");
+        let c = BenchConfig::from_toml(text, Path::new("/etc/rocksteady")).unwrap();
+        assert!(c.profile("quick").is_some());
+        assert_eq!(c.default_profile, EDGE);
     }
 }

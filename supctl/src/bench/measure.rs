@@ -12,7 +12,7 @@ use proto::client::SupervisorToClient;
 
 use super::BenchError;
 use crate::client::ChatClient;
-use crate::telemetry::{memory, thermal};
+use supervisor::telemetry::{memory, thermal};
 
 /// A completed request as the client saw it.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::compare::{self, Comparison};
 use super::measure::{self, Peaks, Request, Sampler};
 use super::preflight::{self, CheckItem, CheckStatus, GovernorGuard, PreflightInput};
-use super::profile::{model_backend, BenchProfile, PromptSpec};
+use super::profile::{model_backend, BenchConfig, BenchProfile, PromptSpec};
 use super::quality::{self, Quality};
 use super::result::{
     self, BenchResult, HostInfo, PromptResult, RelayResult, RunFigures, Settings, Skipped, Summary,
@@ -24,7 +24,7 @@ use super::result::{
 use super::{relay, report, stats, svg, BenchError, BenchOptions, Progress};
 use crate::cli::{self, AdminFailure};
 use crate::client::{AdminClient, ChatClient};
-use crate::config::{secs, Config, SlotConfig};
+use supervisor::config::{secs, Config, SlotConfig};
 
 /// What a finished run produced.
 #[derive(Debug)]
@@ -83,7 +83,7 @@ struct LoadInfo {
 struct PrivateSup {
     _dir: tempfile::TempDir,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), crate::StartError>>,
+    task: tokio::task::JoinHandle<Result<(), supervisor::StartError>>,
 }
 
 impl PrivateSup {
@@ -95,6 +95,7 @@ impl PrivateSup {
 
 struct Ctx<'a> {
     config: &'a Config,
+    bench: &'a BenchConfig,
     profile: &'a BenchProfile,
     opts: &'a BenchOptions,
     progress: &'a Progress,
@@ -159,13 +160,13 @@ async fn slot_status(admin: &Path, slot: &str) -> Result<SlotStatus, BenchError>
 #[allow(clippy::too_many_lines)] // the run's steps in order, in one place
 pub async fn run(
     config: &Config,
+    bench: &BenchConfig,
     opts: &BenchOptions,
     progress: &Progress,
     out: &mut dyn Write,
 ) -> Result<BenchOutcome, BenchError> {
     let started = SystemTime::now();
     let wall = Instant::now();
-    let bench = &config.bench;
     let name = opts
         .profile
         .clone()
@@ -309,6 +310,7 @@ pub async fn run(
 
     let mut ctx = Ctx {
         config,
+        bench,
         profile: &profile,
         opts,
         progress,
@@ -622,7 +624,7 @@ async fn start_private(config: &Config, plan: &Plan) -> Result<(PrivateSup, Sock
         admin: cfg.supervisor.admin_socket(),
     };
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(crate::run(cfg, shutdown.clone(), None));
+    let task = tokio::spawn(supervisor::run(cfg, shutdown.clone(), None));
     let sup = PrivateSup {
         _dir: dir,
         shutdown,
@@ -836,7 +838,7 @@ async fn measured_request(
     text: &str,
     max_tokens: u32,
 ) -> Result<(Request, RunFigures), BenchError> {
-    let bench = &ctx.config.bench;
+    let bench = ctx.bench;
     let t = &ctx.config.telemetry;
     let cool =
         preflight::wait_until_cool(&t.sysfs_root, bench.cool_to_c, secs(bench.cool_timeout_s))
@@ -1127,7 +1129,7 @@ async fn relay_overhead(
 ) -> Result<RelayResult, BenchError> {
     let max_tokens = spec.max_tokens(ctx.profile);
     let limit = secs(ctx.profile.request_timeout_s);
-    let bench = &ctx.config.bench;
+    let bench = ctx.bench;
     let sysfs = ctx.config.telemetry.sysfs_root.clone();
     let cool = || preflight::wait_until_cool(&sysfs, bench.cool_to_c, secs(bench.cool_timeout_s));
     let mut inproc = Vec::new();

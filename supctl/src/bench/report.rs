@@ -4,18 +4,13 @@
 
 use std::fmt::Write as _;
 
-use super::compare::excerpt;
 use super::preflight::CheckItem;
 use super::result::{BenchResult, RelayResult, TargetResult};
+use super::text::{cell, excerpt};
 
 /// Relay ratio the stack must keep on the default model (stack tokens/s
 /// over in-process tokens/s).
 pub const RELAY_RATIO_TARGET: f64 = 0.97;
-
-/// Text safe inside a Markdown table cell.
-pub fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace(['\n', '\r'], " ")
-}
 
 #[allow(clippy::cast_precision_loss)] // KiB figures are far below 2^52
 fn mib(kb: Option<u64>) -> String {

@@ -12,7 +12,7 @@ use proto::client::SupervisorToClient;
 
 use super::AdminFailure;
 use crate::client::{AdminClient, ChatClient, ClientError};
-use crate::config::Config;
+use supervisor::config::Config;
 
 /// One row of the matrix.
 #[derive(Debug, Clone)]

@@ -5,14 +5,14 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use proto::artifact::gguf::{self, GgufError, GgufInfo};
-use proto::artifact::rkllm::{self, Platform};
-use proto::artifact::template::{self, InUse, Plan};
+use model_check::gguf::{self, GgufError, GgufInfo};
+use model_check::rkllm::{self, Platform};
+use model_check::template::{self, InUse, Plan};
 use proto::chat::Backend;
 
-use crate::config::Config;
+use supervisor::config::Config;
 
-pub use proto::artifact::rkllm::Verdict;
+pub use model_check::rkllm::Verdict;
 
 /// Exit status of `supctl check-model` for each verdict. 1 and 2 are left to
 /// supctl's own errors and to bad arguments, so a script can tell "the file

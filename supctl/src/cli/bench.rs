@@ -5,8 +5,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::bench::{self, BenchError, BenchOptions, Progress};
-use crate::config::Config;
+use crate::bench::{self, BenchConfig, BenchError, BenchOptions, Progress};
+use supervisor::config::Config;
 
 /// How `supctl bench` ended, for its exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,11 +24,12 @@ pub enum BenchExit {
 /// [`BenchError`] when the run is refused or cannot finish.
 pub async fn bench(
     config: &Config,
+    bench_config: &BenchConfig,
     opts: &BenchOptions,
     out: &mut dyn Write,
 ) -> Result<BenchExit, BenchError> {
     let progress = Progress::stderr();
-    let outcome = bench::run(config, opts, &progress, out).await?;
+    let outcome = bench::run(config, bench_config, opts, &progress, out).await?;
     Ok(if outcome.flagged() {
         BenchExit::Flagged
     } else {

@@ -1,5 +1,11 @@
-//! Test fixture: a supervisor running in-process on a temporary directory,
-//! with real worker binaries from the build and the real default model.
+//! The shared integration-test harness: the built binaries and the default
+//! model, a supervisor running in-process on a private temporary runtime
+//! directory, waiting for a slot's state, and collecting a reply's stream.
+//! Every crate's tests use this one copy.
+//!
+//! A fixture that cannot do its job fails the test on the spot, so these
+//! panic instead of returning errors.
+#![allow(clippy::missing_panics_doc)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -62,10 +68,12 @@ pub fn fake_slot(name: &str, script: &str, extra: &str) -> String {
 
 /// A running supervisor.
 pub struct Sup {
-    #[allow(dead_code)] // keeps the directory alive
+    /// The private directory (runtime and state directories inside); kept
+    /// alive as long as the supervisor.
     pub dir: tempfile::TempDir,
     /// The config file's text (tests write it out for the binaries).
     pub text: String,
+    /// The parsed config the supervisor runs with.
     pub config: Config,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -80,7 +88,12 @@ impl Sup {
 
     /// Like `start`, with extra lines for the `[supervisor]` section.
     pub async fn start_with(supervisor_extra: &str, body: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), supervisor_extra, body).await
+    }
+
+    /// Like `start_with`, in a directory of the caller's (whose paths, e.g.
+    /// [`Sup::worker_socket_in`], a test needs before the start).
+    pub async fn start_in(dir: tempfile::TempDir, supervisor_extra: &str, body: &str) -> Self {
         // No HTTP endpoint unless the test asks: tests run side by side.
         let http = if body.contains("[http]") {
             ""
@@ -119,14 +132,23 @@ impl Sup {
         sup
     }
 
+    /// The socket slot `slot`'s worker is started on (it is in the worker's
+    /// command line) for a supervisor started in `dir`.
+    pub fn worker_socket_in(dir: &Path, slot: &str) -> PathBuf {
+        dir.join("run/workers").join(format!("{slot}.sock"))
+    }
+
+    /// The client socket.
     pub fn client_socket(&self) -> PathBuf {
         self.config.supervisor.client_socket()
     }
 
+    /// The admin socket.
     pub fn admin_socket(&self) -> PathBuf {
         self.config.supervisor.admin_socket()
     }
 
+    /// The admin `Status` report.
     pub async fn status(&self) -> StatusReport {
         let mut admin = AdminClient::connect(&self.admin_socket()).await.unwrap();
         match admin.request(&AdminToSupervisor::Status).await.unwrap() {
@@ -135,11 +157,13 @@ impl Sup {
         }
     }
 
+    /// Sends one admin command on a fresh connection.
     pub async fn admin(&self, cmd: AdminToSupervisor) -> SupervisorToAdmin {
         let mut admin = AdminClient::connect(&self.admin_socket()).await.unwrap();
         admin.request(&cmd).await.unwrap()
     }
 
+    /// The status of slot `name`.
     pub async fn slot(&self, name: &str) -> SlotStatus {
         self.status()
             .await
@@ -170,10 +194,12 @@ impl Sup {
         }
     }
 
+    /// Waits until slot `name` is in `state`.
     pub async fn wait_state(&self, name: &str, state: SlotState, limit: Duration) -> SlotStatus {
         self.wait_slot(name, limit, |s| s.state == state).await
     }
 
+    /// A new client connection.
     pub async fn client(&self) -> ChatClient {
         ChatClient::connect(&self.client_socket()).await.unwrap()
     }
@@ -185,9 +211,11 @@ impl Sup {
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(45), task)
                 .await
-                .unwrap()
+                .expect("the supervisor did not stop")
                 .unwrap();
         }
+        // Nothing of the run is left listening.
+        assert!(!self.client_socket().exists());
     }
 }
 
@@ -221,7 +249,7 @@ pub async fn collect(
     loop {
         let event = tokio::time::timeout_at(deadline.into(), client.next_event())
             .await
-            .expect("request did not end in time")
+            .unwrap_or_else(|_| panic!("request did not end in time; so far: {events:?}"))
             .unwrap();
         let end = matches!(
             event,

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use supervisor::bench::preflight::{self, CheckStatus, PreflightInput};
-use supervisor::bench::quality::{self, Quality};
-use supervisor::bench::result::{BenchResult, RelayResult, TargetResult};
-use supervisor::bench::{self, BenchOptions, Progress};
+use supctl::bench::preflight::{self, CheckStatus, PreflightInput};
+use supctl::bench::quality::{self, Quality};
+use supctl::bench::result::{BenchResult, RelayResult, TargetResult};
+use supctl::bench::{self, BenchConfig, BenchOptions, Progress};
 
 use crate::support::{bin, cpu_slot, model, Sup};
 
@@ -224,6 +224,7 @@ async fn compare_flags_drift_and_regression_against_a_doctored_result() {
     );
     let sup = Sup::start(&body).await;
     let config = config_file(&sup, &body);
+    let bench_config = BenchConfig::from_toml(&sup.text, sup.dir.path()).unwrap();
     let first = sup.dir.path().join("results/first.json");
     let opts = BenchOptions {
         output: Some(first.clone()),
@@ -231,9 +232,15 @@ async fn compare_flags_drift_and_regression_against_a_doctored_result() {
         ..BenchOptions::default()
     };
     let mut report = Vec::new();
-    let outcome = bench::run(&sup.config, &opts, &Progress::hidden(), &mut report)
-        .await
-        .unwrap();
+    let outcome = bench::run(
+        &sup.config,
+        &bench_config,
+        &opts,
+        &Progress::hidden(),
+        &mut report,
+    )
+    .await
+    .unwrap();
     assert!(outcome.comparison.is_none(), "nothing to compare with yet");
     assert_eq!(outcome.json_path, first);
 
@@ -258,9 +265,15 @@ async fn compare_flags_drift_and_regression_against_a_doctored_result() {
         ..BenchOptions::default()
     };
     let mut report = Vec::new();
-    let outcome = bench::run(&sup.config, &opts, &Progress::hidden(), &mut report)
-        .await
-        .unwrap();
+    let outcome = bench::run(
+        &sup.config,
+        &bench_config,
+        &opts,
+        &Progress::hidden(),
+        &mut report,
+    )
+    .await
+    .unwrap();
     let c = outcome.comparison.as_ref().unwrap();
     assert_eq!(c.previous, previous.display().to_string());
     assert!(outcome.flagged());

@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-use crate::worker::ExitCode;
+use proto::worker::ExitCode;
 
 /// Below this size a file cannot hold any language model converted for the
 /// NPU (the smallest ones are well over 100 MB): a cut-off download or not a
@@ -543,6 +543,16 @@ impl fmt::Display for RkllmReport {
             Verdict::Suspect | Verdict::Unavailable => Ok(()),
         }
     }
+}
+
+/// The Rockchip SoC named in `<sysfs_root>/firmware/devicetree/base/compatible`
+/// (NUL-separated strings such as `radxa,rock-5b\0rockchip,rk3588\0`).
+pub fn read_soc(sysfs_root: &Path) -> Option<Platform> {
+    let bytes = std::fs::read(sysfs_root.join("firmware/devicetree/base/compatible")).ok()?;
+    bytes
+        .split(|b| *b == 0)
+        .filter_map(|s| std::str::from_utf8(s).ok())
+        .find_map(|s| s.parse().ok())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! NPU telemetry readers for the supervisor and the worker: per-core load and
-//! driver version from the rknpu debugfs files, NPU clock from devfreq, and
-//! the SoC from the device tree.
+//! NPU telemetry readers for the supervisor and `supctl bench`: per-core load
+//! and driver version from the rknpu debugfs files, and the NPU clock from
+//! devfreq. (The board's SoC, which the RKLLM checks need, is
+//! `model_check::rkllm::read_soc`.)
 //!
 //! Every reader takes the filesystem root as a parameter (tests point it at
 //! a temporary directory) and returns `None` for anything absent or
@@ -9,8 +10,6 @@
 
 use std::fmt;
 use std::path::Path;
-
-use proto::artifact::rkllm::Platform;
 
 /// Load of one NPU core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,16 +95,6 @@ pub fn read_npu_freq_hz(sysfs_root: &Path) -> Option<u64> {
         .collect();
     nodes.sort();
     nodes.iter().find_map(|n| read(n))
-}
-
-/// The Rockchip SoC named in `<sysfs_root>/firmware/devicetree/base/compatible`
-/// (NUL-separated strings such as `radxa,rock-5b\0rockchip,rk3588\0`).
-pub fn read_soc(sysfs_root: &Path) -> Option<Platform> {
-    let bytes = std::fs::read(sysfs_root.join("firmware/devicetree/base/compatible")).ok()?;
-    bytes
-        .split(|b| *b == 0)
-        .filter_map(|s| std::str::from_utf8(s).ok())
-        .find_map(|s| s.parse().ok())
 }
 
 /// All NPU figures at one moment.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::BenchError;
-use crate::config::SlotConfig;
+use supervisor::config::SlotConfig;
 
 /// What `worker-cpu generate --json` reports.
 #[derive(Debug, Clone, Deserialize)]

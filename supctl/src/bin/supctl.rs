@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use proto::admin::{AdminToSupervisor, SupervisorToAdmin};
 use proto::chat::{Backend, GenParams};
-use supervisor::bench::BenchOptions;
-use supervisor::cli::{self, ask::AskOutcome, bench::BenchExit};
+use supctl::bench::{BenchConfig, BenchOptions};
+use supctl::cli::{self, ask::AskOutcome, bench::BenchExit};
 use supervisor::config::{Config, SupervisorSection, DEFAULT_PATH};
 
 #[derive(Parser)]
@@ -324,12 +324,14 @@ async fn bench(
     if let Some(dir) = runtime_dir {
         config.supervisor.runtime_dir = dir.to_owned();
     }
+    let bench_config = BenchConfig::load(config_path)
+        .with_context(|| format!("supctl bench reads {}", config_path.display()))?;
     let mut out = std::io::stdout();
     let exit = match (from, compare) {
         (Some(current), Some(previous)) => cli::bench::compare_only(
             &previous,
             &current,
-            threshold.unwrap_or(config.bench.regression_pct),
+            threshold.unwrap_or(bench_config.regression_pct),
             &mut out,
         )?,
         (_, compare) => {
@@ -347,7 +349,7 @@ async fn bench(
                 repetitions,
                 backends,
             };
-            cli::bench::bench(&config, &opts, &mut out).await?
+            cli::bench::bench(&config, &bench_config, &opts, &mut out).await?
         }
     };
     Ok(match exit {
