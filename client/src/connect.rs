@@ -65,18 +65,6 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether the supervisor closed the connection (as opposed to never
-    /// having been reachable, or answering garbage).
-    pub fn is_closed(&self) -> bool {
-        matches!(
-            self,
-            Self::Protocol {
-                source: ProtoError::Closed,
-                ..
-            }
-        )
-    }
-
     /// The message and its causes on one line, for callers that print
     /// errors without anyhow.
     pub fn chain(&self) -> String {
