@@ -11,6 +11,8 @@
 //!   multiplexes requests, cancels a request whose handle is dropped.
 //! - [`AdminClient`]: the admin conversation, every call bounded by a timeout
 //!   so a wedged supervisor cannot hang its caller.
+//! - [`service`]: what every front-door process does alike around its work
+//!   (its config section, shutdown on SIGTERM, one-line errors).
 //!
 //! What this crate must not do: decide anything the supervisor decides
 //! (routing, retries of a started answer, admission). It only carries
@@ -20,6 +22,7 @@ mod admin;
 mod chat;
 mod connect;
 pub mod link;
+pub mod service;
 
 pub use admin::AdminClient;
 pub use chat::ChatClient;

@@ -26,30 +26,10 @@ pub const TOKEN_ENV: &str = "DISCORD_TOKEN";
 /// Everything that can be wrong with the configuration or the token.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML.
-    #[error("config file is not valid TOML: {source}")]
-    Syntax {
-        /// What the TOML parser found.
-        #[source]
-        source: toml::de::Error,
-    },
-    /// A key of `[gateway]` is unknown or has a value of the wrong type.
-    #[error("config key {key}: {message}")]
-    Key {
-        /// Dotted path of the key (e.g. `gateway.edit_interval_ms`).
-        key: String,
-        /// What is wrong with it.
-        message: String,
-    },
+    /// The file is unreadable, not TOML, or `[gateway]` has an unknown or
+    /// mistyped key (named).
+    #[error(transparent)]
+    Section(#[from] client::service::SectionError),
     /// A value has the right type but is out of range.
     #[error("config key gateway.{key}: {reason}")]
     Invalid {
@@ -292,13 +272,6 @@ impl fmt::Debug for Config {
     }
 }
 
-/// The whole file as the gateway sees it: other sections are ignored.
-#[derive(Deserialize)]
-struct File {
-    #[serde(default)]
-    gateway: Config,
-}
-
 impl Config {
     /// Reads the `[gateway]` section of `path` (defaults when absent) and the
     /// token from the environment.
@@ -307,10 +280,7 @@ impl Config {
     /// Unreadable file, bad TOML, unknown keys or bad values (naming the key),
     /// and token errors.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = client::service::read_config(path)?;
         let mut config = Self::from_toml(&text)?;
         config.token = Token::from_environment()?;
         Ok(config)
@@ -322,20 +292,9 @@ impl Config {
     /// # Errors
     /// Bad TOML, unknown keys or bad values, naming the key.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|source| ConfigError::Syntax { source })?;
-        let file: File = serde_path_to_error::deserialize(de).map_err(|err| {
-            let key = err.path().to_string();
-            let inner = err.into_inner();
-            ConfigError::Key {
-                key,
-                // The TOML error carries a snippet of the file; its last line
-                // is the message itself.
-                message: inner.message().to_owned(),
-            }
-        })?;
-        file.gateway.validate()?;
-        Ok(file.gateway)
+        let config: Self = client::service::parse_section(text, "gateway")?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Checks ranges and formats.
@@ -525,7 +484,8 @@ mod tests {
         let err = Config::from_toml("[gateway]\nedit_intervall_ms = 5\n").unwrap_err();
         let text = err.to_string();
         assert!(text.contains("edit_intervall_ms"), "{text}");
-        assert!(matches!(err, ConfigError::Key { .. }));
+        assert!(matches!(err, ConfigError::Section(client::service::SectionError::Key { .. })
+        ));
     }
 
     #[test]
@@ -538,7 +498,9 @@ mod tests {
     fn wrong_type_names_the_key() {
         let err = Config::from_toml("[gateway]\nmax_tokens = \"many\"\n").unwrap_err();
         match err {
-            ConfigError::Key { key, .. } => assert_eq!(key, "gateway.max_tokens"),
+            ConfigError::Section(client::service::SectionError::Key { key, .. }) => {
+                assert_eq!(key, "gateway.max_tokens");
+            }
             other => panic!("unexpected {other}"),
         }
         let err = Config::from_toml("[gateway]\nallowed_roles = [\"x1\"]\n").unwrap_err();

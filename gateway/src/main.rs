@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// Exit status for errors a restart cannot fix (bad token, bad config), so
 /// systemd can be told not to restart-loop (`RestartPreventExitStatus=78`).
@@ -41,7 +40,7 @@ fn main() -> ExitCode {
                         )
                     )
             });
-            eprintln!("rocksteady-gateway: {}", describe(&err));
+            eprintln!("rocksteady-gateway: {}", client::service::one_line(err.chain()));
             if fatal_config {
                 ExitCode::from(EXIT_CONFIG)
             } else {
@@ -49,23 +48,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// The error chain in one line, leaving out causes the message before
-/// already quotes (library errors name their source in their own text).
-fn describe(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
 }
 
 fn real_main(args: &Args) -> anyhow::Result<()> {
@@ -80,30 +62,9 @@ fn real_main(args: &Args) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("stopping");
-            stop.cancel();
-        });
+        let shutdown = client::service::shutdown_on_signal();
         gateway::run(config, shutdown)
             .await
             .context("running the Discord gateway")
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -20,30 +20,10 @@ pub const KEYS_CREDENTIAL: &str = "openai-keys";
 /// Everything that can be wrong with the configuration or the keys.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML.
-    #[error("config file is not valid TOML: {source}")]
-    Syntax {
-        /// What the TOML parser found.
-        #[source]
-        source: toml::de::Error,
-    },
-    /// A key of `[openai]` is unknown or has a value of the wrong type.
-    #[error("config key {key}: {message}")]
-    Key {
-        /// Dotted path of the key.
-        key: String,
-        /// What is wrong with it.
-        message: String,
-    },
+    /// The file is unreadable, not TOML, or `[openai]` has an unknown or
+    /// mistyped key (named).
+    #[error(transparent)]
+    Section(#[from] client::service::SectionError),
     /// A value has the right type but is out of range.
     #[error("config key openai.{key}: {reason}")]
     Invalid {
@@ -146,22 +126,13 @@ impl Default for Config {
 }
 
 /// The whole file as the front door sees it: other sections are ignored.
-#[derive(Deserialize)]
-struct File {
-    #[serde(default)]
-    openai: Config,
-}
-
 impl Config {
     /// Reads the `[openai]` section of `path` (defaults when absent).
     ///
     /// # Errors
     /// Unreadable file, bad TOML, unknown keys or bad values (naming the key).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = client::service::read_config(path)?;
         Self::from_toml(&text)
     }
 
@@ -170,17 +141,9 @@ impl Config {
     /// # Errors
     /// Bad TOML, unknown keys or bad values, naming the key.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de =
-            toml::Deserializer::parse(text).map_err(|source| ConfigError::Syntax { source })?;
-        let file: File = serde_path_to_error::deserialize(de).map_err(|err| {
-            let key = err.path().to_string();
-            ConfigError::Key {
-                key,
-                message: err.into_inner().message().to_owned(),
-            }
-        })?;
-        file.openai.validate()?;
-        Ok(file.openai)
+        let config: Self = client::service::parse_section(text, "openai")?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Checks ranges.

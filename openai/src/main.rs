@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// Exit status for errors a restart cannot fix (bad config, bad keys file),
 /// so systemd can be told not to restart-loop (`RestartPreventExitStatus=78`).
@@ -36,7 +35,7 @@ fn main() -> ExitCode {
     match real_main(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("rocksteady-openai: {err:#}");
+            eprintln!("rocksteady-openai: {}", client::service::one_line(err.chain()));
             if err
                 .chain()
                 .any(<dyn std::error::Error>::is::<openai_gateway::ConfigError>)
@@ -69,30 +68,9 @@ fn real_main(args: &Args) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("stopping");
-            stop.cancel();
-        });
+        let shutdown = client::service::shutdown_on_signal();
         openai_gateway::run(config, keys, listener, shutdown)
             .await
             .context("serving the API")
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
