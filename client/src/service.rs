@@ -117,7 +117,9 @@ async fn wait_for_signal() {
 
 /// An error chain on one line, leaving out causes the message before already
 /// quotes (library errors name their source in their own text).
-pub fn one_line<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
+pub fn one_line<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
     let mut text = String::new();
     for cause in chain {
         let part = cause.to_string();
@@ -148,8 +150,7 @@ mod tests {
     fn other_sections_are_ignored_and_a_missing_section_is_the_default() {
         let door: Door = parse_section("[supervisor]\nanything = 1\n", "door").unwrap();
         assert_eq!(door, Door::default());
-        let door: Door =
-            parse_section("[supervisor]\nx = 1\n[door]\nport = 8\n", "door").unwrap();
+        let door: Door = parse_section("[supervisor]\nx = 1\n[door]\nport = 8\n", "door").unwrap();
         assert_eq!(door.port, 8);
     }
 
@@ -178,10 +179,9 @@ mod tests {
         #[error("loading x: {0}")]
         struct Outer(#[source] std::io::Error);
         let err = Outer(std::io::Error::other("disk on fire"));
-        let chain = std::iter::successors(
-            Some(&err as &(dyn std::error::Error + 'static)),
-            |e| e.source(),
-        );
+        let chain = std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        });
         assert_eq!(one_line(chain), "loading x: disk on fire");
     }
 }

@@ -484,7 +484,9 @@ mod tests {
         let err = Config::from_toml("[gateway]\nedit_intervall_ms = 5\n").unwrap_err();
         let text = err.to_string();
         assert!(text.contains("edit_intervall_ms"), "{text}");
-        assert!(matches!(err, ConfigError::Section(client::service::SectionError::Key { .. })
+        assert!(matches!(
+            err,
+            ConfigError::Section(client::service::SectionError::Key { .. })
         ));
     }
 

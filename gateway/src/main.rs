@@ -40,7 +40,10 @@ fn main() -> ExitCode {
                         )
                     )
             });
-            eprintln!("rocksteady-gateway: {}", client::service::one_line(err.chain()));
+            eprintln!(
+                "rocksteady-gateway: {}",
+                client::service::one_line(err.chain())
+            );
             if fatal_config {
                 ExitCode::from(EXIT_CONFIG)
             } else {

@@ -9,13 +9,13 @@
 //! (build the workspace binaries first: it runs target/debug/worker-cpu).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use proto::chat::{ChatMessage, GenParams, Role};
 use proto::client::SupervisorToClient;
-use supervisor::client::ChatClient;
+use client::ChatClient;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
@@ -129,45 +129,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("no target directory")?
-        .join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: cargo build --workspace --all-targets",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let reps: usize = args.next().map_or(Ok(5), |a| a.parse())?;
     let max_tokens: u32 = args.next().map_or(Ok(128), |a| a.parse())?;
-    let model =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !model.exists() {
-        bail!("{} is missing: run deploy/fetch-model.sh", model.display());
-    }
-    let dir = tempfile::tempdir()?;
-    let text = format!(
-        "[supervisor]\nruntime_dir = \"{0}/run\"\nstate_dir = \"{0}/state\"\n[http]\nlisten = \"\"\n\
-         [slots.primary]\nbackend = \"cpu\"\nmodel = \"{1}\"\nworker = \"{2}\"\n\
-         [slots.primary.profile]\ncontext_size = 1024\nbatch_size = 256\nthreads = 1\nmax_new_tokens = 512\n",
-        dir.path().display(),
-        model.display(),
-        bin("worker-cpu")?.display()
-    );
-    let sup_config = supervisor::config::Config::from_toml(&text, dir.path())?;
-    let socket = sup_config.supervisor.client_socket();
+    // The shared test harness starts the supervisor in-process on a private
+    // runtime directory (and says what to build or fetch when something is missing).
+    let model = test_kit::harness::model();
+    let sup =
+        test_kit::harness::Sup::start(&test_kit::harness::cpu_slot("primary", &model, "")).await;
+    let socket = sup.client_socket();
     let shutdown = CancellationToken::new();
-    let sup = tokio::spawn(supervisor::run(sup_config, shutdown.clone(), None));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let mut config = openai_gateway::Config::default();
@@ -209,6 +182,6 @@ async fn main() -> anyhow::Result<()> {
     println!("ratio api/direct: {:.3} (target >= 0.97)", ma / md);
     shutdown.cancel();
     let _ = api.await;
-    let _ = sup.await;
+    sup.stop().await;
     Ok(())
 }

@@ -35,7 +35,10 @@ fn main() -> ExitCode {
     match real_main(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("rocksteady-openai: {}", client::service::one_line(err.chain()));
+            eprintln!(
+                "rocksteady-openai: {}",
+                client::service::one_line(err.chain())
+            );
             if err
                 .chain()
                 .any(<dyn std::error::Error>::is::<openai_gateway::ConfigError>)

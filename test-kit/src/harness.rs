@@ -66,6 +66,19 @@ pub fn fake_slot(name: &str, script: &str, extra: &str) -> String {
     )
 }
 
+/// Fast supervision timings for process tests (seconds, not the minutes a
+/// board uses), so a hang or a crash is met within a test's time.
+pub const FAST_POLICY: &str = "[policy]\nheartbeat_interval_s = 0.5\nheartbeat_timeout_s = 3.0\nstall_timeout_s = 6.0\nfirst_token_timeout_s = 20.0\nstop_grace_s = 1.0\nbackoff_initial_s = 0.2\nbackoff_max_s = 1.0\nrestart_intensity = 5\nrestart_period_s = 60.0\nfailed_cooldown_s = 2.0\nfailback_hold_s = 1.0\nmemory_interval_s = 0.2\n";
+
+/// A free loopback port (bound, then released for the caller to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A running supervisor.
 pub struct Sup {
     /// The private directory (runtime and state directories inside); kept
@@ -191,6 +204,20 @@ impl Sup {
                 "slot {name} never reached the expected state; last: {slot:?}"
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until every configured slot is ready (each within `limit`).
+    pub async fn wait_all_ready(&self, limit: Duration) {
+        let names: Vec<String> = self
+            .status()
+            .await
+            .slots
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        for name in names {
+            self.wait_state(&name, SlotState::Ready, limit).await;
         }
     }
 

@@ -3,7 +3,8 @@
 
 use tokio::io::AsyncReadExt;
 
-use crate::support::{bin, cpu_slot, raw_http_full, slow_cpu_slot, Board, KEY};
+use crate::support::{cpu_slot, raw_http_full, slow_slot, Board, KEY};
+use test_kit::harness::bin;
 
 fn post(body: &[u8], content_type: &str) -> Vec<u8> {
     let mut req = format!(
@@ -112,7 +113,7 @@ async fn bad_requests_get_clear_4xx_and_the_process_keeps_serving() {
 async fn cors_only_for_listed_origins_and_idle_connections_are_closed() {
     let board = Board::start(
         "",
-        &slow_cpu_slot("primary", 50),
+        &slow_slot("primary", 50),
         "cors_origins = [\"https://ui.example\"]\nidle_timeout_secs = 2",
         false,
     )

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use client::ChatClient;
 use proto::chat::{ChatMessage, GenParams, Role};
 use proto::client::SupervisorToClient;
-use supervisor::client::ChatClient;
 
 use crate::support::{cpu_slot, metric, Board, KEY_NAME};
 
@@ -19,7 +19,7 @@ async fn the_openai_client_gets_what_the_supervisor_answers() {
 
     // The same conversation straight to the supervisor: the same text and
     // the same token counts as the API reported.
-    let mut direct = ChatClient::connect(&board.sup_config.supervisor.client_socket())
+    let mut direct = ChatClient::connect(&board.sup.client_socket())
         .await
         .unwrap();
     let params = GenParams {

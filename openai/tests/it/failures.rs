@@ -7,7 +7,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use proto::admin::SlotState;
 
-use crate::support::{cpu_slot, metric, slow_cpu_slot, Board, KEY_NAME, POLICY};
+use crate::support::{cpu_slot, metric, slow_slot, Board, KEY_NAME, POLICY};
 
 async fn front_metrics(board: &Board) -> String {
     let (status, text) = board
@@ -21,7 +21,7 @@ async fn front_metrics(board: &Board) -> String {
 async fn a_stream_survives_kill_9_of_its_worker() {
     let body = format!(
         "{POLICY}{}{}",
-        slow_cpu_slot("primary", 40),
+        slow_slot("primary", 40),
         cpu_slot("fallback", "")
     );
     let board = Board::start("", &body, "", false).await;
@@ -59,7 +59,7 @@ async fn a_stream_survives_kill_9_of_its_worker() {
 async fn a_full_queue_is_429_with_retry_after_and_the_client_retry_succeeds() {
     let board = Board::start(
         "queue_capacity = 1",
-        &format!("{POLICY}{}", slow_cpu_slot("primary", 30)),
+        &format!("{POLICY}{}", slow_slot("primary", 30)),
         "key_max_concurrent = 8\nbusy_retry_after_secs = 1",
         false,
     )
@@ -82,7 +82,7 @@ async fn a_full_queue_is_429_with_retry_after_and_the_client_retry_succeeds() {
 async fn a_client_leaving_mid_stream_cancels_the_request() {
     let board = Board::start(
         "",
-        &format!("{POLICY}{}", slow_cpu_slot("primary", 50)),
+        &format!("{POLICY}{}", slow_slot("primary", 50)),
         "",
         true,
     )
@@ -129,7 +129,7 @@ async fn a_key_over_its_concurrency_gets_429_with_retry_after() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let board = Board::start(
         "",
-        &format!("{POLICY}{}", slow_cpu_slot("primary", 50)),
+        &format!("{POLICY}{}", slow_slot("primary", 50)),
         "key_max_concurrent = 1",
         false,
     )

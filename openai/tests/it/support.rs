@@ -8,8 +8,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use openai_gateway::{Config, Keys};
-use proto::admin::{AdminToSupervisor, SlotState, SlotStatus, StatusReport, SupervisorToAdmin};
-use supervisor::client::AdminClient;
+use proto::admin::{SlotStatus, StatusReport};
+pub use test_kit::harness::FAST_POLICY as POLICY;
+use test_kit::harness::{free_port, Sup};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
@@ -20,63 +21,21 @@ pub const OPENAI_VERSION: &str = "3.51.0";
 pub const KEY: &str = "sk-test-0123456789abcdef";
 pub const KEY_NAME: &str = "tests";
 
-/// Fast supervision timings for tests.
-pub const POLICY: &str = "[policy]\nheartbeat_interval_s = 0.5\nheartbeat_timeout_s = 3.0\nstall_timeout_s = 6.0\nfirst_token_timeout_s = 20.0\nstop_grace_s = 1.0\nbackoff_initial_s = 0.2\nbackoff_max_s = 1.0\nrestart_intensity = 5\nrestart_period_s = 60.0\nfailed_cooldown_s = 2.0\nfailback_hold_s = 1.0\nmemory_interval_s = 0.2\n";
-
-/// Directory of the built binaries (target/debug).
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace binaries first (`cargo build --workspace --all-targets`)",
-        path.display()
-    );
-    path
-}
-
-/// The default model.
-pub fn model() -> PathBuf {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run deploy/fetch-model.sh",
-        path.display()
-    );
-    path
-}
-
 /// A CPU slot section on the real model.
 pub fn cpu_slot(name: &str, extra: &str) -> String {
-    format!(
-        "[slots.{name}]\nbackend = \"cpu\"\nmodel = \"{}\"\nworker = \"{}\"\n{extra}\n[slots.{name}.profile]\ncontext_size = 1024\nbatch_size = 256\nthreads = 1\nmax_new_tokens = 512\n",
-        model().display(),
-        bin("worker-cpu").display()
-    )
+    test_kit::harness::cpu_slot(name, &test_kit::harness::model(), extra)
 }
 
-/// A slot whose worker waits `ms` per token, so tests can act mid-stream.
-pub fn slow_cpu_slot(name: &str, ms: u32) -> String {
-    cpu_slot(
-        name,
-        &format!("worker_env = {{ ROCKSTEADY_WORKER_FAULTS = \"token-delay-ms={ms}\" }}"),
-    )
-}
-
-/// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A slot whose (fake) worker takes `ms` per token, so tests can act
+/// mid-stream whatever the machine's speed.
+pub fn slow_slot(name: &str, ms: u32) -> String {
+    test_kit::harness::fake_slot(name, &format!("token-ms={ms}"), "")
 }
 
 /// A supervisor and the front door in front of it.
 pub struct Board {
-    _dir: tempfile::TempDir,
-    pub sup_config: supervisor::config::Config,
+    /// The supervisor.
+    pub sup: Sup,
     /// The front door's address.
     pub addr: SocketAddr,
     /// The supervisor's HTTP endpoint, when asked for.
@@ -89,92 +48,45 @@ impl Board {
     /// `supervisor_extra` lines, waits for every slot to be ready, then the
     /// front door with `openai_extra` lines in its section.
     pub async fn start(supervisor_extra: &str, body: &str, openai_extra: &str, http: bool) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let sup_http = http.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
-        let http_section = match sup_http {
-            Some(a) => format!("[http]\nlisten = \"{a}\"\n"),
-            None => "[http]\nlisten = \"\"\n".to_owned(),
+        let body = match sup_http {
+            Some(a) => format!("[http]\nlisten = \"{a}\"\n{body}"),
+            None => body.to_owned(),
         };
-        let text = format!(
-            "[supervisor]\nruntime_dir = \"{0}/run\"\nstate_dir = \"{0}/state\"\n{supervisor_extra}\n{http_section}{body}",
-            dir.path().display()
-        );
-        let sup_config = supervisor::config::Config::from_toml(&text, dir.path()).unwrap();
-        let shutdown = CancellationToken::new();
-        tokio::spawn({
-            let config = sup_config.clone();
-            let shutdown = shutdown.clone();
-            async move {
-                supervisor::run(config, shutdown, None).await.unwrap();
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while AdminClient::connect(&sup_config.supervisor.admin_socket())
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "supervisor did not start listening"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut board = Self {
-            _dir: dir,
-            sup_config,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            sup_http,
-            shutdown,
-        };
-        let names: Vec<String> = board
-            .status()
-            .await
-            .slots
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        for name in names {
-            board
-                .wait_slot(&name, Duration::from_secs(90), |s| {
-                    s.state == SlotState::Ready
-                })
-                .await;
-        }
+        let sup = Sup::start_with(supervisor_extra, &body).await;
+        sup.wait_all_ready(Duration::from_secs(90)).await;
         let openai_text = format!(
             "[openai]\nclient_socket = \"{}\"\nsupervisor_http = \"{}\"\n{openai_extra}\n",
-            board.sup_config.supervisor.client_socket().display(),
+            sup.client_socket().display(),
             sup_http.map(|a| a.to_string()).unwrap_or_default()
         );
         let config = Config::from_toml(&openai_text).unwrap();
         let keys = Keys::parse(&format!("{KEY} {KEY_NAME}\n")).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        board.addr = listener.local_addr().unwrap();
-        let shutdown = board.shutdown.child_token();
-        tokio::spawn(async move {
-            openai_gateway::run(config, keys, listener, shutdown)
-                .await
-                .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                openai_gateway::run(config, keys, listener, shutdown)
+                    .await
+                    .unwrap();
+            }
         });
-        board
-    }
-
-    pub async fn status(&self) -> StatusReport {
-        let mut admin = AdminClient::connect(&self.sup_config.supervisor.admin_socket())
-            .await
-            .unwrap();
-        match admin.request(&AdminToSupervisor::Status).await.unwrap() {
-            SupervisorToAdmin::Status(report) => *report,
-            other => panic!("unexpected answer {other:?}"),
+        Self {
+            sup,
+            addr,
+            sup_http,
+            shutdown,
         }
     }
 
+    pub async fn status(&self) -> StatusReport {
+        self.sup.status().await
+    }
+
     pub async fn slot(&self, name: &str) -> SlotStatus {
-        self.status()
-            .await
-            .slots
-            .into_iter()
-            .find(|s| s.name == name)
-            .unwrap()
+        self.sup.slot(name).await
     }
 
     pub async fn wait_slot(
@@ -183,18 +95,7 @@ impl Board {
         limit: Duration,
         pred: impl Fn(&SlotStatus) -> bool,
     ) -> SlotStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            let slot = self.slot(name).await;
-            if pred(&slot) {
-                return slot;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "slot {name} never reached the expected state; last: {slot:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.sup.wait_slot(name, limit, pred).await
     }
 
     /// The front door's base URL for the openai client.
