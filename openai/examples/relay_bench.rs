@@ -13,9 +13,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use client::ChatClient;
 use proto::chat::{ChatMessage, GenParams, Role};
 use proto::client::SupervisorToClient;
-use client::ChatClient;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 

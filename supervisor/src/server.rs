@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::core::Event as CoreEvent;
 use crate::driver::{conns, ClientLink, Expected, Input as Event};
 use crate::observe::Observed;
 
@@ -366,7 +367,7 @@ pub async fn serve_clients(
             {
                 connection_failed("client", &e, &observed);
             }
-            let _ = core.send(Event::ClientGone { conn });
+            let _ = core.send(Event::Core(CoreEvent::ClientGone { conn }));
         });
     }
 }
@@ -488,16 +489,16 @@ async fn client_connection(
                 });
             }
             Ok(Some(ClientToSupervisor::Cancel(c))) => {
-                let _ = core.send(Event::ClientCancel {
+                let _ = core.send(Event::Core(CoreEvent::ClientCancel {
                     conn,
                     request_id: c.request_id,
-                });
+                }));
             }
             Ok(Some(ClientToSupervisor::Stop(c))) => {
-                let _ = core.send(Event::ClientStop {
+                let _ = core.send(Event::Core(CoreEvent::ClientStop {
                     conn,
                     request_id: c.request_id,
-                });
+                }));
             }
             Ok(Some(ClientToSupervisor::Models(q))) => {
                 let _ = core.send(Event::ClientModels {
@@ -514,7 +515,7 @@ async fn client_connection(
     // The driver drops its end at once, so the writer stops once the queued
     // events (the last error or done) are out, and the connection's place is
     // free without waiting for a timeout.
-    let _ = core.send(Event::ClientGone { conn });
+    let _ = core.send(Event::Core(CoreEvent::ClientGone { conn }));
     let mut writer_task = writer_task;
     if tokio::time::timeout(Duration::from_secs(2), &mut writer_task)
         .await
@@ -628,7 +629,10 @@ async fn worker_connection(
     if let Err(e) = server_handshake(&mut reader, &mut writer, &[PeerRole::Worker], SOFTWARE).await
     {
         tracing::error!(slot, pid, "worker handshake failed: {e}");
-        let _ = core.send(Event::WorkerDisconnected { slot, incarnation });
+        let _ = core.send(Event::Core(CoreEvent::WorkerDisconnected {
+            slot,
+            incarnation,
+        }));
         return;
     }
     let (tx, mut rx) = unbounded_channel::<SupervisorToWorker>();
@@ -648,11 +652,11 @@ async fn worker_connection(
         match reader.recv::<WorkerToSupervisor>().await {
             Ok(Some(msg)) => {
                 if core
-                    .send(Event::WorkerMessage {
+                    .send(Event::Core(CoreEvent::WorkerMessage {
                         slot,
                         incarnation,
                         msg,
-                    })
+                    }))
                     .is_err()
                 {
                     break;
@@ -671,7 +675,10 @@ async fn worker_connection(
         }
     }
     writer_task.abort();
-    let _ = core.send(Event::WorkerDisconnected { slot, incarnation });
+    let _ = core.send(Event::Core(CoreEvent::WorkerDisconnected {
+        slot,
+        incarnation,
+    }));
 }
 
 #[cfg(test)]

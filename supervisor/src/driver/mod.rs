@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use proto::admin::{AdminToSupervisor, SupervisorToAdmin};
 use proto::client::{Submit, SupervisorToClient};
-use proto::worker::{SupervisorToWorker, WorkerToSupervisor};
+use proto::worker::SupervisorToWorker;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -41,25 +41,6 @@ pub enum Input {
         /// Where the connection's events go.
         events: ClientLink,
     },
-    /// A client cancelled a request.
-    ClientCancel {
-        /// Connection id.
-        conn: u64,
-        /// The client's request id.
-        request_id: u64,
-    },
-    /// A client connection closed.
-    ClientGone {
-        /// Connection id.
-        conn: u64,
-    },
-    /// A client ended a request's answer early (a stop string).
-    ClientStop {
-        /// Connection id.
-        conn: u64,
-        /// The client's request id.
-        request_id: u64,
-    },
     /// A client asked which models the slots serve.
     ClientModels {
         /// Connection id.
@@ -78,22 +59,6 @@ pub enum Input {
         /// Sends to the worker.
         tx: UnboundedSender<SupervisorToWorker>,
     },
-    /// A worker sent a message.
-    WorkerMessage {
-        /// Slot index.
-        slot: usize,
-        /// Which process of the slot.
-        incarnation: u64,
-        /// The message.
-        msg: WorkerToSupervisor,
-    },
-    /// A worker's connection ended.
-    WorkerDisconnected {
-        /// Slot index.
-        slot: usize,
-        /// Which process of the slot.
-        incarnation: u64,
-    },
     /// A worker process ended.
     WorkerExited {
         /// Slot index.
@@ -105,6 +70,10 @@ pub enum Input {
         /// Terminating signal.
         signal: Option<i32>,
     },
+    /// An event the core takes as it is (a cancel, a stop, a worker's
+    /// message, a connection that ended): the driver only keeps its own
+    /// books on the way.
+    Core(Event),
     /// An admin command, answered on `reply`.
     Admin {
         /// The command.
@@ -257,8 +226,25 @@ impl Driver {
                 self.clients.entry(conn).or_insert(events);
                 Event::ClientSubmit { conn, submit }
             }
-            Input::ClientCancel { conn, request_id } => Event::ClientCancel { conn, request_id },
-            Input::ClientStop { conn, request_id } => Event::ClientStop { conn, request_id },
+            Input::Core(event) => {
+                match &event {
+                    Event::ClientGone { conn } => {
+                        self.clients.remove(conn);
+                    }
+                    Event::WorkerDisconnected { slot, incarnation } => {
+                        let io = &mut self.slots[*slot];
+                        if io
+                            .worker
+                            .as_ref()
+                            .is_some_and(|(inc, _)| inc == incarnation)
+                        {
+                            io.worker = None;
+                        }
+                    }
+                    _ => {}
+                }
+                event
+            }
             Input::ClientModels {
                 conn,
                 request_id,
@@ -267,10 +253,6 @@ impl Driver {
                 self.clients.entry(conn).or_insert(events);
                 Event::ClientModels { conn, request_id }
             }
-            Input::ClientGone { conn } => {
-                self.clients.remove(&conn);
-                Event::ClientGone { conn }
-            }
             Input::WorkerConnected {
                 slot,
                 incarnation,
@@ -278,25 +260,6 @@ impl Driver {
             } => {
                 self.slots[slot].worker = Some((incarnation, tx));
                 Event::WorkerConnected { slot, incarnation }
-            }
-            Input::WorkerMessage {
-                slot,
-                incarnation,
-                msg,
-            } => Event::WorkerMessage {
-                slot,
-                incarnation,
-                msg,
-            },
-            Input::WorkerDisconnected { slot, incarnation } => {
-                if self.slots[slot]
-                    .worker
-                    .as_ref()
-                    .is_some_and(|(inc, _)| *inc == incarnation)
-                {
-                    self.slots[slot].worker = None;
-                }
-                Event::WorkerDisconnected { slot, incarnation }
             }
             Input::WorkerExited {
                 slot,
