@@ -442,6 +442,11 @@ impl Driver {
             Effect::ReadTelemetry { workers } => {
                 return Some(Event::Telemetry(self.read_telemetry(&workers)))
             }
+            Effect::Observe {
+                latency,
+                backend,
+                seconds,
+            } => self.observed.latencies.observe(latency, backend, seconds),
             Effect::Log {
                 level,
                 message,

@@ -5,6 +5,7 @@ mod broken_models;
 mod config;
 mod instance;
 mod limits;
+mod metrics;
 mod npu_telemetry;
 mod operate;
 mod relay;
