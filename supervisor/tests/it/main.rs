@@ -10,5 +10,6 @@ mod npu_telemetry;
 mod operate;
 mod relay;
 mod supervision;
+mod worker_user;
 
 use test_kit::harness as support;
