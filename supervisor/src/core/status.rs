@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use proto::admin::{SlotState, SlotStatus, StatusReport, TelemetryStatus, ThermalStatus};
-
 use proto::chat::Backend;
 
 use super::{ms, Core, Effect, Notify};
