@@ -100,6 +100,7 @@ trap 'cleanup_package; rm -rf "$work"' EXIT
 check_shellcheck() {
     shellcheck deploy/cross-build.sh deploy/package.sh deploy/board-tune.sh \
         deploy/ci-deploy-checks.sh deploy/tests/board-tune-test.sh \
+        deploy/tests/demo-test.sh \
         deploy/debian/postinst deploy/debian/postrm
     log "shellcheck: clean"
 }

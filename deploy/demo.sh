@@ -2,9 +2,12 @@
 # The main job. With a Discord token configured (DISCORD_TOKEN, or a
 # credentials directory holding discord-token) it runs the supervisor and the
 # Discord gateway in the foreground until Ctrl-C. Without one it runs the demo:
-# a supervisor with an NPU slot (unavailable on a machine without the RKLLM
-# runtime) and a CPU slot on the default model, `supctl ask "What is 2+2?"`
-# streaming its answer, `supctl status`, and a clean shutdown.
+# a supervisor with the board's shape (an NPU slot and a CPU slot on the
+# default model) where the RKLLM runtime is installed, else with the CPU slot
+# alone (it says so: an NPU the machine does not have is not a warning),
+# `supctl ask "What is 2+2?"` streaming its answer, `supctl status`, and a
+# clean shutdown. deploy/tests/demo-test.sh checks that a demo run logs no
+# warning or error.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
@@ -33,7 +36,15 @@ trap cleanup EXIT
 
 config=${ROCKSTEADY_CONFIG:-$work/config.toml}
 if [ -z "${ROCKSTEADY_CONFIG:-}" ]; then
-  sed -e "s|@WORK@|$work|g" -e "s|@MODELS@|$here/models|g" "$here/deploy/demo.toml" > "$config"
+  npu_runtime=${ROCKSTEADY_NPU_RUNTIME:-/usr/lib/librkllmrt.so}
+  if [ -e "$npu_runtime" ]; then
+    template=$here/deploy/demo.toml
+    echo "demo: RKLLM runtime found at $npu_runtime: NPU slot first, CPU slot as its fallback"
+  else
+    template=$here/deploy/demo-cpu.toml
+    echo "demo: no RK3588 NPU runtime on this machine ($npu_runtime): the CPU worker serves alone (on the board the NPU slot serves first)"
+  fi
+  sed -e "s|@WORK@|$work|g" -e "s|@MODELS@|$here/models|g" -e "s|@NPU_RUNTIME@|$npu_runtime|g" "$template" > "$config"
 fi
 
 token_present=false
@@ -41,6 +52,8 @@ if [ -n "${DISCORD_TOKEN:-}" ] || { [ -n "${CREDENTIALS_DIRECTORY:-}" ] && [ -f 
   token_present=true
 fi
 
+# Warnings and errors only (the workers inherit the filter): where nothing is
+# wrong, the demo's own lines and the answer are all there is to read.
 RUST_LOG=${RUST_LOG:-warn} "$bin/rocksteady-supervisor" --config "$config" &
 sup_pid=$!
 

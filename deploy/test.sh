@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this): set-up (system
 # packages, the default model), formatting and lint gates, the workspace's
-# tests on the real model, and the deployment checks (systemd units, arm64
-# build under emulation, packages).
+# tests on the real model, the demo run, and the deployment checks (systemd
+# units, arm64 build under emulation, packages).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
@@ -27,6 +27,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test"
 cargo test --workspace --no-fail-fast
+
+step "demo"
+# The demo as a newcomer runs it: no WARN/ERROR where nothing is wrong, one
+# answer, a clean shutdown (after the tests: it needs the built binaries and
+# runs cargo itself, which must not wait on the test run's build lock).
+"$here/deploy/tests/demo-test.sh"
 
 if [ "${ROCKSTEADY_SKIP_DEPLOY_CHECKS:-}" != 1 ]; then
   step "deployment checks"

@@ -1,102 +1,139 @@
-//! The front door's own counters, served as Prometheus text on `/metrics`.
+//! The front door's own counters, served on `/metrics` through the
+//! Prometheus project's client (`prometheus-client`): OpenMetrics for a
+//! scraper that asks for it, the Prometheus text format otherwise.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Mutex, PoisonError};
+use prometheus_client::encoding::{prometheus_text, text as openmetrics_text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
-#[derive(Debug, Default)]
-struct Counts {
-    /// (key name, HTTP status) -> requests.
-    requests: BTreeMap<(String, u16), u64>,
-    /// (key name, "prompt" | "completion") -> tokens.
-    tokens: BTreeMap<(String, &'static str), u64>,
-    /// (key name, error type) -> errors.
-    errors: BTreeMap<(String, String), u64>,
-    /// key name -> streams the client left before the end.
-    disconnects: BTreeMap<String, u64>,
-    /// key name -> answers that continued on another worker.
-    failovers: BTreeMap<String, u64>,
-}
+/// Label set of a family: (name, value) pairs in a fixed order.
+type Labels = Vec<(&'static str, String)>;
 
-/// All counters.
+/// All counters, by API key name (never the key itself).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    counts: Mutex<Counts>,
+    /// (key name, HTTP status) -> requests.
+    requests: Family<Labels, Counter>,
+    /// (key name, "prompt" | "completion") -> tokens.
+    tokens: Family<Labels, Counter>,
+    /// (key name, error type) -> errors.
+    errors: Family<Labels, Counter>,
+    /// key name -> streams the client left before the end.
+    disconnects: Family<Labels, Counter>,
+    /// key name -> answers that continued on another worker.
+    failovers: Family<Labels, Counter>,
+}
+
+fn key(key: &str) -> Labels {
+    vec![("key", key.to_owned())]
+}
+
+fn with(mut labels: Labels, name: &'static str, value: impl Into<String>) -> Labels {
+    labels.push((name, value.into()));
+    labels
+}
+
+/// Which exposition format a scraper gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 text (what Prometheus asks for first).
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (what `promtool check metrics`
+    /// lints; the default for clients that do not ask).
+    Text,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Self::OpenMetrics,
+            _ => Self::Text,
+        }
+    }
+
+    /// Its `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Text => prometheus_text::CONTENT_TYPE,
+        }
+    }
 }
 
 impl Metrics {
-    fn with<R>(&self, f: impl FnOnce(&mut Counts) -> R) -> R {
-        f(&mut self.counts.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
     /// One request answered with `status`.
-    pub fn request(&self, key: &str, status: u16) {
-        self.with(|c| *c.requests.entry((key.to_owned(), status)).or_default() += 1);
+    pub fn request(&self, name: &str, status: u16) {
+        self.requests
+            .get_or_create(&with(key(name), "status", status.to_string()))
+            .inc();
     }
 
     /// Tokens of one completion.
-    pub fn tokens(&self, key: &str, prompt: u32, completion: u32) {
-        self.with(|c| {
-            *c.tokens.entry((key.to_owned(), "prompt")).or_default() += u64::from(prompt);
-            *c.tokens.entry((key.to_owned(), "completion")).or_default() += u64::from(completion);
-        });
+    pub fn tokens(&self, name: &str, prompt: u32, completion: u32) {
+        self.tokens
+            .get_or_create(&with(key(name), "kind", "prompt"))
+            .inc_by(u64::from(prompt));
+        self.tokens
+            .get_or_create(&with(key(name), "kind", "completion"))
+            .inc_by(u64::from(completion));
     }
 
     /// One error of type `kind` (OpenAI's error type or a stream failure).
-    pub fn error(&self, key: &str, kind: &str) {
-        self.with(|c| {
-            *c.errors
-                .entry((key.to_owned(), kind.to_owned()))
-                .or_default() += 1;
-        });
+    pub fn error(&self, name: &str, kind: &str) {
+        self.errors
+            .get_or_create(&with(key(name), "type", kind))
+            .inc();
     }
 
     /// A client left a stream before its end.
-    pub fn disconnect(&self, key: &str) {
-        self.with(|c| *c.disconnects.entry(key.to_owned()).or_default() += 1);
+    pub fn disconnect(&self, name: &str) {
+        self.disconnects.get_or_create(&key(name)).inc();
     }
 
     /// An answer moved to another worker.
-    pub fn failover(&self, key: &str) {
-        self.with(|c| *c.failovers.entry(key.to_owned()).or_default() += 1);
+    pub fn failover(&self, name: &str) {
+        self.failovers.get_or_create(&key(name)).inc();
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
-        fn esc(v: &str) -> String {
-            v.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n")
+    /// The exposition in `format`.
+    pub fn render(&self, format: Format) -> String {
+        // The families share their data with their clones: a registry per
+        // scrape costs a few allocations and keeps `Metrics` plain data.
+        let mut reg = Registry::with_prefix("rocksteady_openai");
+        reg.register(
+            "requests",
+            "HTTP API requests by key name and status",
+            self.requests.clone(),
+        );
+        reg.register(
+            "tokens",
+            "Tokens by key name and kind (prompt, completion)",
+            self.tokens.clone(),
+        );
+        reg.register("errors", "Errors by key name and type", self.errors.clone());
+        reg.register(
+            "client_disconnects",
+            "Streams the client left before the end (the request is cancelled)",
+            self.disconnects.clone(),
+        );
+        reg.register(
+            "failovers",
+            "Answers that continued on another worker",
+            self.failovers.clone(),
+        );
+        let mut out = String::new();
+        let written = match format {
+            Format::OpenMetrics => openmetrics_text::encode(&mut out, &reg),
+            Format::Text => prometheus_text::encode(&mut out, &reg),
+        };
+        // Writing into a String cannot fail; an encoder error would leave
+        // the scrape short, never the front door down.
+        if let Err(e) = written {
+            tracing::error!("cannot encode /metrics: {e}");
         }
-        self.with(|c| {
-            let mut out = String::new();
-            let _ = writeln!(out, "# HELP rocksteady_openai_requests_total HTTP API requests by key name and status.");
-            let _ = writeln!(out, "# TYPE rocksteady_openai_requests_total counter");
-            for ((key, status), n) in &c.requests {
-                let _ = writeln!(out, "rocksteady_openai_requests_total{{key=\"{}\",status=\"{status}\"}} {n}", esc(key));
-            }
-            let _ = writeln!(out, "# HELP rocksteady_openai_tokens_total Tokens by key name and kind (prompt, completion).");
-            let _ = writeln!(out, "# TYPE rocksteady_openai_tokens_total counter");
-            for ((key, kind), n) in &c.tokens {
-                let _ = writeln!(out, "rocksteady_openai_tokens_total{{key=\"{}\",kind=\"{kind}\"}} {n}", esc(key));
-            }
-            let _ = writeln!(out, "# HELP rocksteady_openai_errors_total Errors by key name and type.");
-            let _ = writeln!(out, "# TYPE rocksteady_openai_errors_total counter");
-            for ((key, kind), n) in &c.errors {
-                let _ = writeln!(out, "rocksteady_openai_errors_total{{key=\"{}\",type=\"{}\"}} {n}", esc(key), esc(kind));
-            }
-            let _ = writeln!(out, "# HELP rocksteady_openai_client_disconnects_total Streams the client left before the end (the request is cancelled).");
-            let _ = writeln!(out, "# TYPE rocksteady_openai_client_disconnects_total counter");
-            for (key, n) in &c.disconnects {
-                let _ = writeln!(out, "rocksteady_openai_client_disconnects_total{{key=\"{}\"}} {n}", esc(key));
-            }
-            let _ = writeln!(out, "# HELP rocksteady_openai_failovers_total Answers that continued on another worker.");
-            let _ = writeln!(out, "# TYPE rocksteady_openai_failovers_total counter");
-            for (key, n) in &c.failovers {
-                let _ = writeln!(out, "rocksteady_openai_failovers_total{{key=\"{}\"}} {n}", esc(key));
-            }
-            out
-        })
+        out
     }
 }
 
@@ -111,9 +148,34 @@ mod tests {
         m.request("ops", 200);
         m.request("anon\"x", 401);
         m.tokens("ops", 10, 5);
-        let text = m.render();
+        let text = m.render(Format::Text);
         assert!(text.contains("rocksteady_openai_requests_total{key=\"ops\",status=\"200\"} 2"));
         assert!(text.contains("key=\"anon\\\"x\",status=\"401\"} 1"));
         assert!(text.contains("rocksteady_openai_tokens_total{key=\"ops\",kind=\"completion\"} 5"));
+        assert!(text.contains("# TYPE rocksteady_openai_requests_total counter"));
+        assert!(!text.contains("# EOF"));
+    }
+
+    #[test]
+    fn openmetrics_when_asked_for() {
+        let m = Metrics::default();
+        m.failover("ops");
+        let format = Format::from_accept(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        ));
+        assert_eq!(format, Format::OpenMetrics);
+        let text = m.render(format);
+        // OpenMetrics names the family without `_total`, and ends with EOF.
+        assert!(
+            text.contains("# TYPE rocksteady_openai_failovers counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rocksteady_openai_failovers_total{key=\"ops\"} 1"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(Format::from_accept(None), Format::Text);
+        assert_eq!(Format::from_accept(Some("*/*")), Format::Text);
     }
 }

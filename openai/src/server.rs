@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::idle::Peer;
 use crate::keys::Keys;
 use crate::limits::{Limits, Refusal};
-use crate::metrics::Metrics;
+use crate::metrics::{Format, Metrics};
 use crate::stop::StopFilter;
 
 /// How long a models query may take.
@@ -183,13 +183,12 @@ async fn cors(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Re
     response
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::from_accept(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        shared.metrics.render(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        shared.metrics.render(format),
     )
         .into_response()
 }

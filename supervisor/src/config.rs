@@ -138,6 +138,10 @@ pub struct SupervisorSection {
     pub client_event_backlog: usize,
     /// Longest one write to a client may take before it is disconnected (seconds).
     pub client_write_timeout_s: f64,
+    /// User the workers run as (a name from the password database); unset:
+    /// the supervisor's own user. Another user needs the supervisor to run
+    /// as root or with CAP_SETUID and CAP_SETGID.
+    pub worker_user: Option<String>,
 }
 
 impl Default for SupervisorSection {
@@ -160,6 +164,7 @@ impl Default for SupervisorSection {
             client_idle_timeout_s: 600.0,
             client_event_backlog: 4096,
             client_write_timeout_s: 10.0,
+            worker_user: None,
         }
     }
 }
@@ -694,24 +699,7 @@ impl Config {
                 ),
             ));
         }
-        parse_mode(&s.client_socket_mode).ok_or_else(|| {
-            invalid(
-                "supervisor.client_socket_mode",
-                format!(
-                    "{:?} is not an octal permission such as \"0660\"",
-                    s.client_socket_mode
-                ),
-            )
-        })?;
-        parse_mode(&s.admin_socket_mode).ok_or_else(|| {
-            invalid(
-                "supervisor.admin_socket_mode",
-                format!(
-                    "{:?} is not an octal permission such as \"0600\"",
-                    s.admin_socket_mode
-                ),
-            )
-        })?;
+        validate_access(s)?;
         for (name, slot) in self.slot_list() {
             slot.validate(&format!("slots.{name}"))?;
         }
@@ -756,6 +744,33 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The sockets' modes and the worker user.
+fn validate_access(s: &SupervisorSection) -> Result<(), ConfigError> {
+    parse_mode(&s.client_socket_mode).ok_or_else(|| {
+        invalid(
+            "supervisor.client_socket_mode",
+            format!(
+                "{:?} is not an octal permission such as \"0660\"",
+                s.client_socket_mode
+            ),
+        )
+    })?;
+    parse_mode(&s.admin_socket_mode).ok_or_else(|| {
+        invalid(
+            "supervisor.admin_socket_mode",
+            format!(
+                "{:?} is not an octal permission such as \"0600\"",
+                s.admin_socket_mode
+            ),
+        )
+    })?;
+    if let Some(user) = &s.worker_user {
+        crate::identity::lookup(user)
+            .map_err(|e| invalid("supervisor.worker_user", e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Checks a number of seconds: finite, above 0 and below 1e9.
@@ -987,6 +1002,25 @@ mod tests {
             c.supervisor.client_socket(),
             PathBuf::from("/run/rocksteady/client.sock")
         );
+    }
+
+    #[test]
+    fn the_worker_user_must_exist() {
+        let e = err(&format!(
+            "[supervisor]\nworker_user = \"no-such-user-rocksteady\"\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains("supervisor.worker_user") && e.contains("no user named"),
+            "{e}"
+        );
+        let e = err(&format!("[supervisor]\nworker_user = \"\"\n{MINIMAL}"));
+        assert!(e.contains("supervisor.worker_user"), "{e}");
+        let c = Config::from_toml(
+            &format!("[supervisor]\nworker_user = \"nobody\"\n{MINIMAL}"),
+            Path::new("/etc/rocksteady"),
+        )
+        .unwrap();
+        assert_eq!(c.supervisor.worker_user.as_deref(), Some("nobody"));
     }
 
     #[test]

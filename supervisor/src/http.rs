@@ -1,17 +1,18 @@
 //! The local HTTP endpoint: `GET /health` (200 or 503 with a JSON reason)
-//! and `GET /metrics` (Prometheus text format), both served from the
-//! snapshot the supervisor loop publishes.
+//! and `GET /metrics` (OpenMetrics when the scraper asks for it, else the
+//! Prometheus text format), both served from what the supervisor loop
+//! publishes and the counters its connection tasks keep.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::observe::{render_metrics, Health, Observed};
+use crate::observe::{render_metrics, Format, Health, Observed};
 
 /// Serves until `shutdown`.
 pub async fn serve(
@@ -60,10 +61,9 @@ async fn health(State(observed): State<Arc<Observed>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(observed): State<Arc<Observed>>) -> impl IntoResponse {
-    let body = observed
-        .latest()
-        .map(|snap| render_metrics(&snap, &observed))
-        .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+async fn metrics(State(observed): State<Arc<Observed>>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::from_accept(accept);
+    let body = render_metrics(observed.latest().as_ref(), &observed, format);
+    ([(header::CONTENT_TYPE, format.content_type())], body)
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod core;
 pub mod driver;
 pub mod http;
+pub mod identity;
 pub mod lifecycle;
 pub mod observe;
 pub mod process;
@@ -51,6 +52,24 @@ pub enum StartError {
     /// cannot be used.
     #[error(transparent)]
     Lock(#[from] process::LockError),
+    /// `supervisor.worker_user` is set, but the supervisor may not switch to it.
+    #[error(transparent)]
+    WorkerUser(#[from] identity::CannotSwitch),
+    /// `supervisor.worker_user` names no user (any more).
+    #[error("config key `supervisor.worker_user`: {0}")]
+    WorkerUserLookup(#[from] identity::LookupError),
+    /// The worker user cannot reach something a worker needs.
+    #[error(transparent)]
+    WorkerAccess(#[from] Box<identity::AccessError>),
+    /// The worker user's socket or directory could not be handed over.
+    #[error("cannot give the worker user access to {path}: {source}")]
+    Handover {
+        /// The socket or directory.
+        path: std::path::PathBuf,
+        /// OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A socket could not be bound.
     #[error("cannot listen on {path}: {source}")]
     Bind {
@@ -73,6 +92,58 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), StartError> {
         })
 }
 
+/// Decides who the workers run as, says so, and when it is another user
+/// makes their socket directory reachable for it and checks that it can
+/// reach everything else a worker needs.
+fn worker_identity(config: &Config) -> Result<Option<identity::UserIds>, StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let sup = &config.supervisor;
+    let configured = sup
+        .worker_user
+        .as_deref()
+        .map(identity::lookup)
+        .transpose()?;
+    let me = identity::Privilege::of_this_process(&config.telemetry.proc_root);
+    let user = match identity::decide(configured, me)? {
+        identity::WorkerIdentity::Inherit { as_root: true } => {
+            tracing::info!("workers run as root, like the supervisor (set supervisor.worker_user to give them a user of their own)");
+            return Ok(None);
+        }
+        identity::WorkerIdentity::Inherit { as_root: false } => return Ok(None),
+        identity::WorkerIdentity::Switch(user) => user,
+    };
+    let handover = |path: &Path, source| StartError::Handover {
+        path: path.to_owned(),
+        source,
+    };
+    // The runtime directory gets "search" for others (no listing): its
+    // sockets keep their own modes and peer checks. The worker sockets'
+    // directory is entered by the worker's group only.
+    let run = &sup.runtime_dir;
+    let mode = std::fs::metadata(run)
+        .map_err(|e| handover(run, e))?
+        .permissions()
+        .mode();
+    std::fs::set_permissions(
+        run,
+        std::fs::Permissions::from_mode((mode & 0o7777) | 0o001),
+    )
+    .map_err(|e| handover(run, e))?;
+    let dir = sup.worker_socket_dir();
+    std::os::unix::fs::chown(&dir, None, Some(user.gid)).map_err(|e| handover(&dir, e))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710))
+        .map_err(|e| handover(&dir, e))?;
+    identity::check(
+        "the worker sockets' directory",
+        &dir,
+        &user,
+        identity::Need::Enter,
+    )?;
+    identity::check_slots(config, &user)?;
+    tracing::info!(user = %user, "workers run as their own user");
+    Ok(Some(user))
+}
+
 /// Runs the supervisor until `shutdown` is cancelled: locks the runtime
 /// directory (one supervisor per directory), binds the sockets,
 /// reaps a previous run's workers, starts the workers, serves, and on
@@ -93,6 +164,7 @@ pub async fn run(
     let _instance = process::lock_instance(&sup.runtime_dir)?;
     make_dir(&sup.state_dir, 0o750)?;
     make_dir(&sup.worker_socket_dir(), 0o700)?;
+    let worker_user = worker_identity(&config)?;
     let bind = |path: std::path::PathBuf, mode: u32| {
         server::bind(&path, mode).map_err(|source| StartError::Bind { path, source })
     };
@@ -125,6 +197,16 @@ pub async fn run(
         let path = sup.worker_socket_dir().join(format!("{name}.sock"));
         process::reap_leftover(&sup.state_dir, &config.telemetry.proc_root, name, &path);
         let listener = bind(path.clone(), 0o600)?;
+        if let Some(user) = &worker_user {
+            // Only the worker's user may connect (and the accept filter
+            // still admits only the pid spawned last).
+            std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid)).map_err(|source| {
+                StartError::Handover {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
         let expected = Arc::new(Expected::default());
         sockets.push((path, Arc::clone(&expected)));
         joins.push(tokio::spawn(server::serve_worker_slot(
@@ -164,7 +246,8 @@ pub async fn run(
     }
     tracing::info!(client = %sup.client_socket().display(), admin = %sup.admin_socket().display(), "listening");
 
-    let driver = Driver::new(config.clone(), tx, sockets.clone(), observed, on_ready);
+    let driver = Driver::new(config.clone(), tx, sockets.clone(), observed, on_ready)
+        .with_worker_user(worker_user);
     driver.run(rx, shutdown).await;
 
     tasks.cancel();

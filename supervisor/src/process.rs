@@ -29,11 +29,16 @@ const INHERITED_ENV: &[&str] = &[
 
 /// Starts a worker: its own process group (so a stop reaches any helper it
 /// forks), a cleaned environment, stdin closed, stdout/stderr shared with the
-/// supervisor (the journal).
+/// supervisor (the journal: inherited descriptors, so a worker of another
+/// user needs no log file of its own), as `user` when given.
 ///
 /// # Errors
 /// The spawn error, e.g. the worker binary is missing.
-pub fn spawn_worker(cfg: &SlotConfig, socket: &Path) -> io::Result<Child> {
+pub fn spawn_worker(
+    cfg: &SlotConfig,
+    socket: &Path,
+    user: Option<&crate::identity::UserIds>,
+) -> io::Result<Child> {
     let mut cmd = Command::new(cfg.worker_binary());
     cmd.arg("--socket")
         .arg(socket)
@@ -47,6 +52,9 @@ pub fn spawn_worker(cfg: &SlotConfig, socket: &Path) -> io::Result<Child> {
         }
     }
     cmd.envs(&cfg.worker_env);
+    if let Some(user) = user {
+        crate::identity::run_as(&mut cmd, user);
+    }
     cmd.spawn()
 }
 

@@ -7,7 +7,7 @@ use client::ChatClient;
 use proto::chat::{ChatMessage, GenParams, Role};
 use proto::client::SupervisorToClient;
 
-use crate::support::{cpu_slot, metric, Board, KEY_NAME};
+use crate::support::{cpu_slot, metric, promtool_complaints, Board, KEY_NAME};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_client_gets_what_the_supervisor_answers() {
@@ -63,6 +63,8 @@ async fn the_openai_client_gets_what_the_supervisor_answers() {
         .http(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await;
     assert_eq!(status, 200);
+    let complaints = promtool_complaints(&metrics);
+    assert!(complaints.trim().is_empty(), "{complaints}\n{metrics}");
     let key = format!("key=\"{KEY_NAME}\"");
     assert!(
         metric(

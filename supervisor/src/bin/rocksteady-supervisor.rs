@@ -74,6 +74,16 @@ fn main() -> anyhow::Result<()> {
             eprintln!("rocksteady-supervisor: {e}");
             std::process::exit(75);
         }
+        if let Err(
+            e @ (supervisor::StartError::WorkerUser(_)
+            | supervisor::StartError::WorkerUserLookup(_)
+            | supervisor::StartError::WorkerAccess(_)),
+        ) = &result
+        {
+            // EX_CONFIG, as for a bad config file: a restart cannot help.
+            eprintln!("rocksteady-supervisor: {e}");
+            std::process::exit(78);
+        }
         result.context("supervisor failed")
     })
 }

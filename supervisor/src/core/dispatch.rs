@@ -11,6 +11,7 @@ use proto::worker::{Generate, SupervisorToWorker};
 use super::slot::{fail, send, Job};
 use super::{Core, Effect, Level};
 use crate::config::secs;
+use crate::observe::Latency;
 use crate::routing::{self, SlotView};
 
 /// Prompt tokens per second assumed before a worker has reported its own
@@ -209,6 +210,8 @@ impl Core {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
+        // Probes are the supervisor's own: not a wait anyone had.
+        let waited = (!job.probe).then(|| now.since(job.waiting_since));
         let mut params = job.params;
         // The budget covers the whole answer, across failovers.
         params.max_tokens = params.max_tokens.saturating_sub(job.tokens).max(1);
@@ -254,6 +257,10 @@ impl Core {
         s.job = Some(id);
         s.generate_sent_at = Some(now);
         s.last_token_at = None;
+        let backend = s.cfg.backend;
         self.set_state(i, SlotState::Busy, None);
+        if let Some(waited) = waited {
+            self.observe(Latency::QueueWait, backend, waited);
+        }
     }
 }

@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use proto::admin::{AdminToSupervisor, SupervisorToAdmin};
+use proto::chat::Backend;
 use proto::client::{Submit, SupervisorToClient};
 use proto::worker::{SupervisorToWorker, WorkerToSupervisor};
 
-use crate::observe::Snapshot;
+use crate::observe::{Latency, Snapshot};
 
 /// The kernel's OOM-kill counters, read by the driver at spawn and at exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -284,6 +285,16 @@ pub enum Effect {
     Notify(Notify),
     /// Publish the snapshot for /health and /metrics.
     Publish(Box<Snapshot>),
+    /// Record a latency in the /metrics histograms (observation only:
+    /// nothing the core decides depends on it).
+    Observe {
+        /// Which latency.
+        latency: Latency,
+        /// The backend it was measured on.
+        backend: Backend,
+        /// How long, in seconds.
+        seconds: f64,
+    },
     /// Read memory and thermal telemetry for these workers; answer with
     /// [`Event::Telemetry`].
     ReadTelemetry {

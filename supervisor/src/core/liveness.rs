@@ -13,6 +13,7 @@ use super::slot::fail;
 use super::{Core, Effect, Level};
 use crate::config::secs;
 use crate::lifecycle::{self, Action, Observation, Reason};
+use crate::observe::Latency;
 
 /// A worker whose connection dropped but whose process lives on this long is
 /// stopped.
@@ -45,7 +46,16 @@ impl Core {
                 ("load_ms", &ready.load_ms),
             ],
         );
+        let s = &self.slots[i];
+        let loaded = s
+            .loading_since
+            .filter(|_| s.state == SlotState::Loading)
+            .map(|t| now.since(t));
+        let backend = self.slots[i].cfg.backend;
         self.set_state(i, d.next, d.reason);
+        if let Some(took) = loaded {
+            self.observe(Latency::Load, backend, took);
+        }
     }
 
     /// A request lost its worker mid-answer: it waits at the front of the

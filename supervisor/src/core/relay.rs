@@ -11,6 +11,7 @@ use super::drain::RESTARTING;
 use super::slot::{fail, send};
 use super::{Core, Level};
 use crate::lifecycle::Reason;
+use crate::observe::Latency;
 
 impl Core {
     pub(super) fn on_worker_message(&mut self, i: usize, msg: WorkerToSupervisor) {
@@ -39,9 +40,22 @@ impl Core {
                 if s.job != Some(t.request_id) {
                     return;
                 }
-                s.last_token_at = Some(now);
+                let previous = s.last_token_at.replace(now);
+                let backend = s.cfg.backend;
                 self.last_tokens_at = Some(now);
+                let mut latencies = [None, None];
                 if let Some(job) = self.jobs.get_mut(&t.request_id) {
+                    if !job.probe {
+                        latencies = [
+                            // The answer's first token (not the first after a failover).
+                            (job.tokens == 0 && job.text.is_empty())
+                                .then(|| (Latency::FirstToken, now.since(job.admitted_at))),
+                            // Between frames of one worker's generation, per token.
+                            previous
+                                .filter(|_| t.tokens > 0)
+                                .map(|p| (Latency::Token, now.since(p) / t.tokens)),
+                        ];
+                    }
                     job.text.push_str(&t.text);
                     // The frame says how many model tokens it covers.
                     job.tokens = job.tokens.saturating_add(t.tokens);
@@ -52,6 +66,9 @@ impl Core {
                         });
                         send(&mut self.out, job, event);
                     }
+                }
+                for (latency, took) in latencies.into_iter().flatten() {
+                    self.observe(latency, backend, took);
                 }
             }
             WorkerToSupervisor::Done(done) => self.on_done(i, &done),
@@ -136,14 +153,6 @@ impl Core {
         }
         if st.generated_tokens > 1 {
             s.last_decode_tps = Some(st.decode_tps);
-            let g = self
-                .counters
-                .generation
-                .entry(s.cfg.backend.as_str())
-                .or_default();
-            g.0 += st.ttft_ms;
-            g.1 += st.decode_tps;
-            g.2 += 1;
         }
         if job.cancelled && !job.stopped {
             fail(&mut self.out, &job, ErrorKind::Cancelled, "cancelled");

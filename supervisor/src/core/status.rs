@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use proto::admin::{SlotState, SlotStatus, StatusReport, TelemetryStatus, ThermalStatus};
+use proto::chat::Backend;
 
 use super::{ms, Core, Effect, Notify};
-use crate::observe::{self, Snapshot};
+use crate::observe::{self, Latency, Snapshot};
 
 /// systemd's watchdog is fed this often from the tick.
 const WATCHDOG_EVERY: Duration = Duration::from_secs(1);
@@ -131,6 +132,15 @@ impl Core {
             counters: self.counters.clone(),
             health,
         })));
+    }
+
+    /// Hands a measured latency to the /metrics histograms.
+    pub(super) fn observe(&mut self, latency: Latency, backend: Backend, took: Duration) {
+        self.out.push(Effect::Observe {
+            latency,
+            backend,
+            seconds: took.as_secs_f64(),
+        });
     }
 
     /// READY=1 once a worker is ready, or none can be.

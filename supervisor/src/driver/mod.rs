@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::core::{
     Core, Effect, Event, Level, Millis, Notify, OomCounters, Readings, SpawnError, TICK,
 };
+use crate::identity::UserIds;
 use crate::observe::Observed;
 use crate::process;
 use crate::telemetry::{memory, thermal};
@@ -123,6 +124,7 @@ pub struct Driver {
     observed: Arc<Observed>,
     on_ready: Option<Box<dyn FnOnce() + Send>>,
     cgroups: Option<WorkerCgroups>,
+    worker_user: Option<UserIds>,
     epoch: Instant,
     exited: bool,
 }
@@ -176,9 +178,17 @@ impl Driver {
             observed,
             on_ready,
             cgroups: None,
+            worker_user: None,
             epoch: Instant::now(),
             exited: false,
         }
+    }
+
+    /// Workers are spawned as `user` (`None`: the supervisor's own user).
+    #[must_use]
+    pub fn with_worker_user(mut self, user: Option<UserIds>) -> Self {
+        self.worker_user = user;
+        self
     }
 
     fn now(&self) -> Millis {
@@ -405,6 +415,11 @@ impl Driver {
             Effect::ReadTelemetry { workers } => {
                 return Some(Event::Telemetry(self.read_telemetry(&workers)))
             }
+            Effect::Observe {
+                latency,
+                backend,
+                seconds,
+            } => self.observed.latencies.observe(latency, backend, seconds),
             Effect::Log {
                 level,
                 message,
@@ -443,7 +458,7 @@ impl Driver {
         let sc = self.cfg.slot_list()[slot].1.clone();
         let io = &mut self.slots[slot];
         io.worker = None;
-        let child = match process::spawn_worker(&sc, &io.socket) {
+        let child = match process::spawn_worker(&sc, &io.socket, self.worker_user.as_ref()) {
             Ok(child) => child,
             Err(e) => {
                 return Event::SpawnFailed {

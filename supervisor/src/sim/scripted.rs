@@ -557,3 +557,74 @@ fn admin_ceiling_change_reaches_the_cgroup() {
         .iter()
         .any(|e| matches!(e, Effect::AdminReply { id: 7, .. })));
 }
+
+/// The latencies the core hands to /metrics, in seconds, by kind.
+fn observed(h: &H, latency: crate::observe::Latency) -> Vec<f64> {
+    h.log
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Observe {
+                latency: l,
+                seconds,
+                ..
+            } if *l == latency => Some(*seconds),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn latencies_are_measured_on_the_core_clock_and_probes_are_not_requests() {
+    use crate::observe::Latency;
+    let mut h = H::new(config("", ""));
+    // Loading takes 1.5 s of the core's clock.
+    let incarnation = h.inc(0);
+    h.feed(Event::WorkerConnected {
+        slot: 0,
+        incarnation,
+    });
+    h.wait(1500);
+    h.say(0, ready());
+    assert_eq!(observed(&h, Latency::Load), [1.5]);
+    // Two requests: the second waits 400 ms for the first to end.
+    h.submit(1, 1, 10, params(8));
+    h.submit(2, 2, 10, params(8));
+    let first = h.generates(0)[0];
+    h.wait(300);
+    let token = |request_id, tokens| {
+        WorkerToSupervisor::Token(WorkerToken {
+            request_id,
+            text: "ab".into(),
+            tokens,
+        })
+    };
+    h.say(0, token(first, 1));
+    h.wait(100);
+    // A frame of two tokens 100 ms after the last: 50 ms per token.
+    h.say(0, token(first, 2));
+    h.say(0, done(first, 5, 10.0));
+    let second = h.generates(0)[1];
+    h.say(0, token(second, 1));
+    h.say(0, done(second, 5, 10.0));
+    let queue = observed(&h, Latency::QueueWait);
+    assert_eq!(queue.len(), 2, "{queue:?}");
+    assert!(
+        queue[0].abs() < 1e-9 && (queue[1] - 0.4).abs() < 1e-9,
+        "{queue:?}"
+    );
+    // First tokens from admission: 300 ms, then 400 ms (its queue wait included).
+    assert_eq!(observed(&h, Latency::FirstToken), [0.3, 0.4]);
+    assert_eq!(observed(&h, Latency::Token), [0.05]);
+    // The supervisor's own probe generates, but is no one's wait.
+    let mut cfg = config("", "");
+    cfg.http.probe_interval_s = 1.0;
+    cfg.http.healthy_within_s = 5.0;
+    let mut h = H::new(cfg);
+    h.ready(0);
+    h.wait(1500);
+    let probe = *h.generates(0).first().expect("a probe was sent");
+    h.say(0, token(probe, 1));
+    h.say(0, done(probe, 5, 10.0));
+    assert!(observed(&h, Latency::QueueWait).is_empty());
+    assert!(observed(&h, Latency::FirstToken).is_empty());
+}

@@ -5,9 +5,11 @@ mod broken_models;
 mod config;
 mod instance;
 mod limits;
+mod metrics;
 mod npu_telemetry;
 mod operate;
 mod relay;
 mod supervision;
+mod worker_user;
 
 use test_kit::harness as support;

@@ -142,7 +142,7 @@ async fn health_and_metrics_follow_failure_and_recovery() {
     assert!(
         metric(
             &text,
-            "rocksteady_decode_tokens_per_second_avg",
+            "rocksteady_time_per_output_token_seconds_count",
             &[("backend", "cpu")]
         ) > 0.0
     );
