@@ -15,6 +15,7 @@ pub use client;
 pub mod config;
 pub mod core;
 pub mod driver;
+mod ffi;
 pub mod http;
 pub mod identity;
 pub mod lifecycle;
