@@ -18,6 +18,7 @@ pub mod driver;
 pub mod http;
 pub mod lifecycle;
 pub mod observe;
+pub mod pinning;
 pub mod process;
 pub mod routing;
 pub mod server;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use proto::chat::Backend;
 use tokio::process::{Child, Command};
 
 use crate::config::SlotConfig;
@@ -29,15 +30,19 @@ const INHERITED_ENV: &[&str] = &[
 
 /// Starts a worker: its own process group (so a stop reaches any helper it
 /// forks), a cleaned environment, stdin closed, stdout/stderr shared with the
-/// supervisor (the journal).
+/// supervisor (the journal). A CPU worker gets `--cpus LIST`, the set the
+/// config decided for it: it pins itself before it starts any thread, so
+/// every thread it makes (llama.cpp's included) inherits the set.
 ///
 /// # Errors
 /// The spawn error, e.g. the worker binary is missing.
 pub fn spawn_worker(cfg: &SlotConfig, socket: &Path) -> io::Result<Child> {
     let mut cmd = Command::new(cfg.worker_binary());
-    cmd.arg("--socket")
-        .arg(socket)
-        .env_clear()
+    cmd.arg("--socket").arg(socket);
+    if let Some(cpus) = worker_cpus_arg(cfg) {
+        cmd.arg("--cpus").arg(cpus);
+    }
+    cmd.env_clear()
         .process_group(0)
         .stdin(Stdio::null())
         .kill_on_drop(false);
@@ -48,6 +53,15 @@ pub fn spawn_worker(cfg: &SlotConfig, socket: &Path) -> io::Result<Child> {
     }
     cmd.envs(&cfg.worker_env);
     cmd.spawn()
+}
+
+/// The `--cpus` value for a slot's worker: CPU workers only (the NPU
+/// runtime places its own threads from `enabled_cpus_mask`).
+pub fn worker_cpus_arg(cfg: &SlotConfig) -> Option<String> {
+    match cfg.backend {
+        Backend::Cpu => cfg.placement.as_ref().map(|p| p.cpus.to_string()),
+        Backend::Npu => None,
+    }
 }
 
 /// Makes the kernel's OOM killer prefer the worker over the supervisor.

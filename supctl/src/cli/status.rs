@@ -82,6 +82,21 @@ pub fn render(r: &StatusReport) -> String {
                 format!(" ({})", s.profile_reason)
             }
         );
+        if let Some(cpus) = &s.cpus {
+            let whose = match s.backend {
+                proto::chat::Backend::Cpu => "threads pinned to",
+                proto::chat::Backend::Npu => "runtime threads on",
+            };
+            let _ = writeln!(
+                out,
+                "          cpus: {whose} {cpus}{}",
+                if s.cpus_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.cpus_reason)
+                }
+            );
+        }
     }
     let routing = match r.routing {
         Routing::Auto => "auto".to_owned(),
