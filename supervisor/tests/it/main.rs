@@ -7,6 +7,7 @@ mod instance;
 mod limits;
 mod npu_telemetry;
 mod operate;
+mod pinning;
 mod relay;
 mod supervision;
 
