@@ -184,6 +184,23 @@ esac
 target_dir=${CARGO_TARGET_DIR:-$repo_root/target}
 out_dir=$target_dir/$TARGET/$profile_dir
 
+if ((cross)); then
+    # llama-cpp-sys-2 runs cmake's configure step only for a new build
+    # directory (cmake-rs' always_configure is off), so a llama.cpp configured
+    # earlier for another architecture (plain armv8-a, by an older version of
+    # this script or a bare cargo build) would keep it whatever the variables
+    # above say. Remove such a build: cargo then reruns the build script and
+    # llama.cpp is configured and built afresh (minutes, once).
+    for cache in "$out_dir"/build/llama-cpp-sys-2-*/out/build/CMakeCache.txt; do
+        [[ -f $cache ]] || continue
+        if ! grep -qxF "GGML_CPU_ARM_ARCH:STRING=$A76_ARCH" "$cache"; then
+            run_dir=${cache%/out/build/CMakeCache.txt}
+            step "llama.cpp in ${run_dir#"$repo_root"/} was configured for $(sed -n 's/^GGML_CPU_ARM_ARCH:STRING=//p' "$cache"), not $A76_ARCH: removing it to rebuild"
+            rm -rf "$run_dir"
+        fi
+    done
+fi
+
 step "cargo build --target $TARGET --workspace --bins (profile $profile)"
 start=$SECONDS
 cargo build --target "$TARGET" --workspace --bins "${profile_args[@]}" "${cargo_extra[@]}"
