@@ -3,8 +3,8 @@
 //! runtime's own threads use its `enabled_cpus_mask`, and the two never
 //! share a core.
 //!
-//! The board is an RK3588: CPUs 0-3 are Cortex-A55 (small, about a third of
-//! an A76's llama.cpp speed), CPUs 4-7 Cortex-A76. The defaults follow from
+//! The board is an RK3588: CPUs 0-3 are Cortex-A55 (small in-order cores,
+//! several times slower at llama.cpp's work), CPUs 4-7 Cortex-A76. The defaults follow from
 //! how the two workers use cores:
 //! - llama.cpp splits every matrix product evenly over its threads and waits
 //!   for the slowest, so a CPU worker on A76s plus A55s decodes no faster
