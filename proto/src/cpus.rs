@@ -219,14 +219,36 @@ mod tests {
     fn bad_lists_say_what_is_wrong() {
         assert_eq!("".parse::<CpuSet>(), Err(CpuListError::Empty));
         assert_eq!(" ".parse::<CpuSet>(), Err(CpuListError::Empty));
-        assert!(matches!("4-".parse::<CpuSet>(), Err(CpuListError::NotANumber { part }) if part == "4-"));
-        assert!(matches!("a".parse::<CpuSet>(), Err(CpuListError::NotANumber { .. })));
-        assert!(matches!("0,,1".parse::<CpuSet>(), Err(CpuListError::NotANumber { .. })));
-        assert!(matches!("-1".parse::<CpuSet>(), Err(CpuListError::NotANumber { .. })));
-        assert!(matches!("+1".parse::<CpuSet>(), Err(CpuListError::NotANumber { .. })));
-        assert!(matches!("7-4".parse::<CpuSet>(), Err(CpuListError::Backwards { part }) if part == "7-4"));
-        assert_eq!("1024".parse::<CpuSet>(), Err(CpuListError::TooHigh { cpu: 1024 }));
-        assert!(matches!("99999999999".parse::<CpuSet>(), Err(CpuListError::TooHigh { .. })));
+        assert!(
+            matches!("4-".parse::<CpuSet>(), Err(CpuListError::NotANumber { part }) if part == "4-")
+        );
+        assert!(matches!(
+            "a".parse::<CpuSet>(),
+            Err(CpuListError::NotANumber { .. })
+        ));
+        assert!(matches!(
+            "0,,1".parse::<CpuSet>(),
+            Err(CpuListError::NotANumber { .. })
+        ));
+        assert!(matches!(
+            "-1".parse::<CpuSet>(),
+            Err(CpuListError::NotANumber { .. })
+        ));
+        assert!(matches!(
+            "+1".parse::<CpuSet>(),
+            Err(CpuListError::NotANumber { .. })
+        ));
+        assert!(
+            matches!("7-4".parse::<CpuSet>(), Err(CpuListError::Backwards { part }) if part == "7-4")
+        );
+        assert_eq!(
+            "1024".parse::<CpuSet>(),
+            Err(CpuListError::TooHigh { cpu: 1024 })
+        );
+        assert!(matches!(
+            "99999999999".parse::<CpuSet>(),
+            Err(CpuListError::TooHigh { .. })
+        ));
         let e = "7-4".parse::<CpuSet>().unwrap_err().to_string();
         assert!(e.contains("backwards"), "{e}");
     }

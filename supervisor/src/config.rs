@@ -1139,14 +1139,18 @@ mod tests {
     #[test]
     fn a_bad_cpu_list_or_an_overlap_is_named() {
         let e = err(&format!("{MINIMAL}[slots.primary.cpu]\ncpus = \"7-4\"\n"));
-        assert!(e.contains("slots.primary.cpu.cpus") && e.contains("backwards"), "{e}");
-        let e = err(&format!("{MINIMAL}[slots.primary.cpu]\ncpus = \"\"\n"));
-        assert!(e.contains("slots.primary.cpu.cpus") && e.contains("no CPU"), "{e}");
-        let e = err(
-            "[slots.primary]\nbackend = \"npu\"\nmodel = \"a\"\n\
-             [slots.fallback]\nbackend = \"cpu\"\nmodel = \"b\"\n\
-             [slots.fallback.cpu]\ncpus = \"0-4\"\n",
+        assert!(
+            e.contains("slots.primary.cpu.cpus") && e.contains("backwards"),
+            "{e}"
         );
+        let e = err(&format!("{MINIMAL}[slots.primary.cpu]\ncpus = \"\"\n"));
+        assert!(
+            e.contains("slots.primary.cpu.cpus") && e.contains("no CPU"),
+            "{e}"
+        );
+        let e = err("[slots.primary]\nbackend = \"npu\"\nmodel = \"a\"\n\
+             [slots.fallback]\nbackend = \"cpu\"\nmodel = \"b\"\n\
+             [slots.fallback.cpu]\ncpus = \"0-4\"\n");
         assert!(
             e.contains("slots.fallback.cpu.cpus")
                 && e.contains("CPUs 4 are also the NPU runtime's")

@@ -171,7 +171,9 @@ fn cpu_placement(
             }
             Ok(Placement {
                 cpus: free,
-                reason: format!("default: the board's cores the NPU runtime leaves free (it has {taken})"),
+                reason: format!(
+                    "default: the board's cores the NPU runtime leaves free (it has {taken})"
+                ),
             })
         }
         (None, None) => Ok(Placement {
@@ -273,7 +275,10 @@ mod tests {
         ])
         .unwrap_err()
         .to_string();
-        assert!(e.contains("slots.fallback.cpu.cpus") && e.contains("no default"), "{e}");
+        assert!(
+            e.contains("slots.fallback.cpu.cpus") && e.contains("no default"),
+            "{e}"
+        );
         // Naming cores beyond the board's is the operator's way out.
         assert!(place(&[
             slot("primary", Backend::Npu, None, 0xFF),
@@ -287,7 +292,10 @@ mod tests {
         let e = place(&[slot("primary", Backend::Npu, Some("0-3"), 0xF0)])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("slots.primary.cpu.cpus") && e.contains("CPU slots only"), "{e}");
+        assert!(
+            e.contains("slots.primary.cpu.cpus") && e.contains("CPU slots only"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -296,7 +304,8 @@ mod tests {
         s.threads = vec![("profile", 2), ("fallback_profile", 3)];
         let e = place(&[s.clone()]).unwrap_err().to_string();
         assert!(
-            e.contains("slots.fallback.fallback_profile.threads") && e.contains("3 threads on 2 CPUs"),
+            e.contains("slots.fallback.fallback_profile.threads")
+                && e.contains("3 threads on 2 CPUs"),
             "{e}"
         );
         s.threads = vec![("profile", 2), ("fallback_profile", 0)];

@@ -81,7 +81,8 @@ pub fn clamp(wanted: &CpuSet, allowed: &CpuSet) -> Pinning {
 /// # Errors
 /// [`PinError`] when the kernel does not let us read or set the mask.
 pub fn pin(wanted: &CpuSet) -> Result<CpuSet, PinError> {
-    let current = sched_getaffinity(Pid::from_raw(0)).map_err(|source| PinError::Read { source })?;
+    let current =
+        sched_getaffinity(Pid::from_raw(0)).map_err(|source| PinError::Read { source })?;
     let allowed = CpuSet::from_cpus(
         (0..u32::try_from(NixCpuSet::count()).unwrap_or(u32::MAX))
             .filter(|&cpu| current.is_set(cpu as usize).unwrap_or(false)),
@@ -128,7 +129,11 @@ mod tests {
     fn a_set_wholly_missing_runs_on_everything_allowed() {
         let p = clamp(&set("4-7"), &set("0-1"));
         assert_eq!(p.cpus, set("0-1"));
-        assert!(p.line.contains("none of the configured CPUs 4-7"), "{}", p.line);
+        assert!(
+            p.line.contains("none of the configured CPUs 4-7"),
+            "{}",
+            p.line
+        );
     }
 
     #[test]
@@ -143,13 +148,17 @@ mod tests {
             let got = pin(&CpuSet::from_cpus([first])).unwrap();
             assert_eq!(got, CpuSet::from_cpus([first]));
             let after = sched_getaffinity(Pid::from_raw(0)).unwrap();
-            let count = (0..NixCpuSet::count()).filter(|&c| after.is_set(c).unwrap()).count();
+            let count = (0..NixCpuSet::count())
+                .filter(|&c| after.is_set(c).unwrap())
+                .count();
             assert_eq!(count, 1);
             // A thread started now inherits the mask.
             std::thread::spawn(move || {
                 let inner = sched_getaffinity(Pid::from_raw(0)).unwrap();
                 assert!(inner.is_set(first as usize).unwrap());
-                let count = (0..NixCpuSet::count()).filter(|&c| inner.is_set(c).unwrap()).count();
+                let count = (0..NixCpuSet::count())
+                    .filter(|&c| inner.is_set(c).unwrap())
+                    .count();
                 assert_eq!(count, 1);
             })
             .join()

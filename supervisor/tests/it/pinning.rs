@@ -54,7 +54,10 @@ async fn the_cpu_worker_runs_on_its_configured_cores_apart_from_the_npus() {
 
     // One answer, so every thread the engine makes for a generation exists.
     let mut client = sup.client().await;
-    client.submit(user("What is 2+2?"), greedy(8)).await.unwrap();
+    client
+        .submit(user("What is 2+2?"), greedy(8))
+        .await
+        .unwrap();
     let events = collect(&mut client, Duration::from_secs(60)).await;
     assert!(
         matches!(events.last(), Some((_, SupervisorToClient::Done(_)))),
@@ -77,7 +80,9 @@ async fn the_cpu_worker_runs_on_its_configured_cores_apart_from_the_npus() {
     assert_eq!(slot("fallback").cpus_reason, "configured");
     assert_eq!(slot("primary").cpus.as_ref().unwrap().to_string(), "0");
     assert!(
-        slot("primary").cpus_reason.contains("enabled_cpus_mask 0x1"),
+        slot("primary")
+            .cpus_reason
+            .contains("enabled_cpus_mask 0x1"),
         "{}",
         slot("primary").cpus_reason
     );
