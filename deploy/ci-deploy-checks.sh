@@ -6,12 +6,18 @@
 #   lint           shellcheck over the deployment and maintainer scripts
 #   board-tune     deploy/tests/board-tune-test.sh on a fake sysfs tree
 #   arm64-build    deploy/cross-build.sh --smoke (release without LTO)
+#   arm64-a76      the arm64 worker-cpu has llama.cpp's kernels for the
+#                  board's cores: sdot/udot and fp16 vector arithmetic in
+#                  `aarch64-linux-gnu-objdump -d` (deploy/check-a76-build.sh;
+#                  a plain armv8-a build has neither)
 #   units          systemd-analyze verify on the three units (any warning
 #                  fails), and systemd-analyze security --offline against a
 #                  ceiling per unit so hardening cannot quietly regress
 #   qemu-supctl    the arm64 supctl prints its version under qemu-aarch64
 #   qemu-generate  the arm64 worker-cpu loads the default model under
-#                  qemu-aarch64 and generates 4 tokens (`worker-cpu generate`)
+#                  qemu-aarch64 emulating a Cortex-A76 (no newer extension,
+#                  dotprod and fp16 present) and generates 4 tokens
+#                  (`worker-cpu generate`)
 #   arm64-package  deploy/package.sh --arch arm64 of the arm64 build
 #   amd64-package  deploy/package.sh --arch amd64 --smoke (native build)
 #   install        installs the amd64 package with apt, checks user, dirs,
@@ -36,7 +42,7 @@ model=$repo_root/models/SmolLM2-135M-Instruct.Q4_1.gguf
 work=$(mktemp -d)
 
 readonly APT_PACKAGES=(qemu-user systemd gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
-    cmake clang libclang-dev binutils python3 python3-pip adduser init-system-helpers debconf shellcheck)
+    binutils-aarch64-linux-gnu cmake clang libclang-dev binutils python3 python3-pip adduser init-system-helpers debconf shellcheck)
 
 passed=0
 failed=0
@@ -98,7 +104,7 @@ trap 'cleanup_package; rm -rf "$work"' EXIT
 
 # --- checks ----------------------------------------------------------------
 check_shellcheck() {
-    shellcheck deploy/cross-build.sh deploy/package.sh deploy/board-tune.sh \
+    shellcheck deploy/cross-build.sh deploy/package.sh deploy/board-tune.sh deploy/check-a76-build.sh \
         deploy/ci-deploy-checks.sh deploy/tests/board-tune-test.sh \
         deploy/tests/demo-test.sh \
         deploy/debian/postinst deploy/debian/postrm
@@ -111,6 +117,11 @@ check_board_tune() {
 
 check_arm64_build() {
     deploy/cross-build.sh --smoke
+}
+
+check_arm64_a76() {
+    needs arm64-build
+    deploy/check-a76-build.sh "$arm_dir/worker-cpu"
 }
 
 # Verify each unit file; rewrites ExecStart/ExecStop to the binaries just built
@@ -157,7 +168,10 @@ check_units() {
     security_units "$d"
 }
 
-qemu() { timeout 300 qemu-aarch64 -L /usr/aarch64-linux-gnu "$@"; }
+# The board's big core: the binaries must run on exactly what an A76 has
+# (qemu's default "max" CPU would also accept SVE or i8mm code the board
+# cannot run).
+qemu() { timeout 300 qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu "$@"; }
 
 check_qemu_supctl() {
     needs arm64-build
@@ -274,6 +288,7 @@ check_install() {
 run_check lint check_shellcheck
 run_check board-tune check_board_tune
 run_check arm64-build check_arm64_build
+run_check arm64-a76 check_arm64_a76
 run_check units check_units
 run_check qemu-supctl check_qemu_supctl
 run_check qemu-generate check_qemu_generate

@@ -6,9 +6,15 @@
 #      Debian's cross compilers (gcc/g++-aarch64-linux-gnu) plus cmake, clang and
 #      libclang-dev, which llama.cpp (built by the llama-cpp-sys-2 crate through
 #      cmake and bindgen) needs;
-#   2. points cargo, the cc crate, cmake and bindgen at the cross toolchain;
+#   2. points cargo, the cc crate, cmake and bindgen at the cross toolchain, and
+#      compiles C/C++ (llama.cpp above all) for the board's cores:
+#      armv8.2-a with the dot-product and fp16 extensions (A76_ARCH below), not
+#      plain armv8-a; see deploy/cmake/ggml-a76.cmake for how that reaches
+#      ggml's kernels;
 #   3. runs `cargo build --target aarch64-unknown-linux-gnu --workspace --bins`
-#      with the chosen profile and lists the binaries it produced.
+#      with the chosen profile and lists the binaries it produced;
+#   4. (arm64) checks that worker-cpu carries the dotprod and fp16 kernels
+#      (deploy/check-a76-build.sh), so a plain armv8-a build never ships.
 # Running it again is cheap: installed tools are detected and cargo rebuilds only
 # what changed.
 #
@@ -31,6 +37,12 @@
 set -euo pipefail
 
 readonly SYSROOT=/usr/aarch64-linux-gnu
+# The RK3588's cores: four Cortex-A76 and four Cortex-A55, all armv8.2-a with
+# the dot-product (sdot/udot: llama.cpp's quantised matrix kernels) and
+# half-precision arithmetic extensions. Not -mcpu=cortex-a76: ggml passes its
+# own -march after every CFLAGS entry, and a -march overrides the architecture
+# of any -mcpu, so the architecture is named the way ggml takes it.
+readonly A76_ARCH=armv8.2-a+dotprod+fp16
 
 # The workspace's own binaries, in the order a reader expects; the ones not in
 # the workspace yet are simply not listed at the end.
@@ -126,9 +138,22 @@ if ((cross)); then
     # bindgen parses llama.cpp's headers with the host libclang; without the sysroot
     # it would pick up the x86-64 glibc headers and generate wrong layouts.
     export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=$SYSROOT"
+    # The board's architecture for all C and C++ of the target (the cc crate
+    # and, through it, cmake-rs read these). They are also what makes cargo
+    # rerun llama-cpp-sys-2's build script when they change: it tracks these
+    # variables, not the CMAKE_*/GGML_* ones below.
+    export CFLAGS_aarch64_unknown_linux_gnu="-march=$A76_ARCH -mtune=cortex-a76"
+    export CXXFLAGS_aarch64_unknown_linux_gnu="-march=$A76_ARCH -mtune=cortex-a76"
+    # ggml's CPU kernels take their -march from GGML_CPU_ARM_ARCH, which
+    # llama-cpp-sys-2 pins to armv8-a after forwarding ours; the project
+    # include puts ours back inside cmake (see the file).
+    export GGML_CPU_ARM_ARCH=$A76_ARCH
+    export CMAKE_PROJECT_INCLUDE=$repo_root/deploy/cmake/ggml-a76.cmake
+    [[ -f $CMAKE_PROJECT_INCLUDE ]] || die "$CMAKE_PROJECT_INCLUDE is missing"
     for v in CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER CC_aarch64_unknown_linux_gnu \
         CXX_aarch64_unknown_linux_gnu AR_aarch64_unknown_linux_gnu \
-        BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu; do
+        BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu CFLAGS_aarch64_unknown_linux_gnu \
+        CXXFLAGS_aarch64_unknown_linux_gnu GGML_CPU_ARM_ARCH CMAKE_PROJECT_INCLUDE; do
         info "$v=${!v}"
     done
 fi
@@ -159,6 +184,23 @@ esac
 target_dir=${CARGO_TARGET_DIR:-$repo_root/target}
 out_dir=$target_dir/$TARGET/$profile_dir
 
+if ((cross)); then
+    # llama-cpp-sys-2 runs cmake's configure step only for a new build
+    # directory (cmake-rs' always_configure is off), so a llama.cpp configured
+    # earlier for another architecture (plain armv8-a, by an older version of
+    # this script or a bare cargo build) would keep it whatever the variables
+    # above say. Remove such a build: cargo then reruns the build script and
+    # llama.cpp is configured and built afresh (minutes, once).
+    for cache in "$out_dir"/build/llama-cpp-sys-2-*/out/build/CMakeCache.txt; do
+        [[ -f $cache ]] || continue
+        if ! grep -qxF "GGML_CPU_ARM_ARCH:STRING=$A76_ARCH" "$cache"; then
+            run_dir=${cache%/out/build/CMakeCache.txt}
+            step "llama.cpp in ${run_dir#"$repo_root"/} was configured for $(sed -n 's/^GGML_CPU_ARM_ARCH:STRING=//p' "$cache"), not $A76_ARCH: removing it to rebuild"
+            rm -rf "$run_dir"
+        fi
+    done
+fi
+
 step "cargo build --target $TARGET --workspace --bins (profile $profile)"
 start=$SECONDS
 cargo build --target "$TARGET" --workspace --bins "${profile_args[@]}" "${cargo_extra[@]}"
@@ -176,3 +218,9 @@ for bin in "${KNOWN_BINARIES[@]}"; do
     info "$bin ($(du -h "$out_dir/$bin" | cut -f1), $got)"
 done
 ((found)) || die "the build produced none of: ${KNOWN_BINARIES[*]}"
+
+if ((cross)) && [[ -f $out_dir/worker-cpu ]]; then
+    step "checking that worker-cpu has the A76 kernels ($A76_ARCH)"
+    "$repo_root/deploy/check-a76-build.sh" "$out_dir/worker-cpu" ||
+        die "worker-cpu lacks the $A76_ARCH kernels: llama.cpp was not built for the board (a stale build? cargo clean -p llama-cpp-sys-2 --target $TARGET)"
+fi

@@ -9,7 +9,8 @@
 #
 # Steps (each printed): install cargo-deb if missing (cargo install, crates.io);
 # build the workspace with deploy/cross-build.sh; copy the binaries of the
-# workspace into a staging directory; check that the package's `depends` (in
+# workspace into a staging directory; (arm64) check that worker-cpu has
+# llama.cpp's dotprod/fp16 kernels for the board (deploy/check-a76-build.sh); check that the package's `depends` (in
 # supervisor/Cargo.toml) covers what the binaries link against and the glibc
 # version they need; run cargo-deb; check the package (architecture, binaries,
 # units, the conffile, the maintainer scripts).
@@ -149,6 +150,14 @@ for arch in "${arches[@]}"; do
         cp -p "$out_dir/$bin" "$stage/"
         info "$bin"
     done
+
+    if [[ $arch == arm64 && -f $stage/worker-cpu ]]; then
+        step "checking that the arm64 worker-cpu has the board's kernels"
+        # A plain armv8-a llama.cpp (e.g. built without deploy/cross-build.sh)
+        # runs several times slower on the A76; never package one.
+        deploy/check-a76-build.sh "$stage/worker-cpu" ||
+            die "the arm64 worker-cpu was not built for the board's cores (build it with deploy/cross-build.sh)"
+    fi
 
     step "checking the $arch binaries against depends = \"$depends\""
     needed_glibc=0

@@ -174,6 +174,8 @@ mod tests {
                 restarts: 1,
                 last_restart_reason: Some("hang".into()),
                 chat_template: String::new(),
+                cpus: None,
+                cpus_reason: String::new(),
             }],
             active_backend: Some(Backend::Npu),
             routing: Routing::Auto,

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::chat::Backend;
+use crate::cpus::CpuSet;
 
 /// supctl to supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +214,13 @@ pub struct SlotStatus {
     /// The chat template the worker uses and where it came from (empty until
     /// the worker has loaded).
     pub chat_template: String,
+    /// The CPUs the slot's work runs on: the CPU worker's threads are pinned
+    /// to them; the NPU runtime's own threads use them (`enabled_cpus_mask`).
+    /// The two slots' sets never overlap. (A CPU worker on a machine without
+    /// some of them uses the part that exists and logs so.)
+    pub cpus: Option<CpuSet>,
+    /// Where that set comes from ("configured", or which default and why).
+    pub cpus_reason: String,
 }
 
 /// Board temperatures and the admission state they cause.

@@ -11,7 +11,8 @@
 //! | [`admin`]   | `supctl` <-> supervisor         | admin socket            |
 //!
 //! [`chat`] holds the vocabulary the conversations share (messages, generation
-//! parameters, statistics, backends). bincode is not self-describing: new enum
+//! parameters, statistics, backends); [`cpus`] the CPU lists of status and
+//! the workers' pinning. bincode is not self-describing: new enum
 //! variants go at the end, and the golden files under `proto/tests/data/` catch
 //! accidental changes of the wire format.
 //!
@@ -22,6 +23,7 @@
 pub mod admin;
 pub mod chat;
 pub mod client;
+pub mod cpus;
 pub mod error;
 pub mod frame;
 pub mod hello;

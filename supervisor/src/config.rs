@@ -12,9 +12,12 @@ use std::time::Duration;
 
 use model_check::template;
 use proto::chat::Backend;
+use proto::cpus::CpuSet;
 use proto::worker::{BackendOptions, CpuOptions, KvCacheType, Load, NpuOptions, Profile};
 use serde::Deserialize;
 use thiserror::Error;
+
+use crate::pinning::{self, Placement};
 
 /// Default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/rocksteady/config.toml";
@@ -236,6 +239,10 @@ pub struct SlotConfig {
     /// Model for the fallback profile (default: the slot's model).
     #[serde(default)]
     pub fallback_model: Option<PathBuf>,
+    /// Where the slot's work runs: decided from the whole config when it is
+    /// loaded (`crate::pinning`), not a key of the file.
+    #[serde(skip)]
+    pub placement: Option<Placement>,
 }
 
 fn yes() -> bool {
@@ -291,6 +298,11 @@ pub struct CpuConfig {
     /// template file (a value with a `/`). Unset: the model file's own
     /// template, else the default for its architecture.
     pub chat_template: Option<String>,
+    /// CPUs the worker's threads are pinned to, in the kernel's list syntax
+    /// ("4-7", "0-3,6"). Unset: the board's A76 cores 4-7 without an NPU
+    /// slot, the cores the NPU's `enabled_cpus_mask` leaves free with one
+    /// (see `crate::pinning`).
+    pub cpus: Option<CpuSet>,
 }
 
 impl Default for CpuConfig {
@@ -298,6 +310,7 @@ impl Default for CpuConfig {
         Self {
             use_mmap: true,
             chat_template: None,
+            cpus: None,
         }
     }
 }
@@ -619,6 +632,7 @@ impl Config {
         let mut config: Self = deserialize(text)?;
         config.resolve_paths(base);
         config.validate()?;
+        config.place_cpus()?;
         Ok(config)
     }
 
@@ -646,6 +660,20 @@ impl Config {
                 }
             }
         }
+    }
+
+    /// Decides each slot's CPUs (after `validate`: at most one NPU slot).
+    fn place_cpus(&mut self) -> Result<(), ConfigError> {
+        let wanted: Vec<_> = self
+            .slot_list()
+            .into_iter()
+            .map(|(name, cfg)| pinning::SlotCpuConfig::of(name, cfg))
+            .collect();
+        let placements = pinning::place(&wanted)?;
+        for (slot, placement) in self.slot_configs_mut().zip(placements) {
+            slot.placement = Some(placement);
+        }
+        Ok(())
     }
 
     fn slot_configs_mut(&mut self) -> impl Iterator<Item = &mut SlotConfig> {
@@ -1114,6 +1142,55 @@ mod tests {
         assert!(load("\"\"").is_err());
         let c = Config::from_toml(MINIMAL, Path::new("/")).unwrap();
         assert_eq!(c.slots.primary.cpu.chat_template, None);
+    }
+
+    #[test]
+    fn cpus_are_placed_when_the_file_is_loaded() {
+        let place = |c: &Config| -> Vec<String> {
+            c.slot_list()
+                .iter()
+                .map(|(_, s)| s.placement.as_ref().unwrap().cpus.to_string())
+                .collect()
+        };
+        // The board's shape: the NPU runtime on the A76s, llama.cpp on the rest.
+        let text = include_str!("../../deploy/config.example.toml");
+        let c = Config::from_toml(text, Path::new("/etc/rocksteady")).unwrap();
+        assert_eq!(place(&c), ["4-7", "0-3"]);
+        let c = Config::from_toml(MINIMAL, Path::new("/")).unwrap();
+        assert_eq!(place(&c), ["4-7"]);
+        let c = Config::from_toml(
+            &format!("{MINIMAL}[slots.primary.cpu]\ncpus = \"1, 3-4\"\n"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(place(&c), ["1,3-4"]);
+        assert_eq!(
+            crate::process::worker_cpus_arg(&c.slots.primary).as_deref(),
+            Some("1,3-4")
+        );
+    }
+
+    #[test]
+    fn a_bad_cpu_list_or_an_overlap_is_named() {
+        let e = err(&format!("{MINIMAL}[slots.primary.cpu]\ncpus = \"7-4\"\n"));
+        assert!(
+            e.contains("slots.primary.cpu.cpus") && e.contains("backwards"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}[slots.primary.cpu]\ncpus = \"\"\n"));
+        assert!(
+            e.contains("slots.primary.cpu.cpus") && e.contains("no CPU"),
+            "{e}"
+        );
+        let e = err("[slots.primary]\nbackend = \"npu\"\nmodel = \"a\"\n\
+             [slots.fallback]\nbackend = \"cpu\"\nmodel = \"b\"\n\
+             [slots.fallback.cpu]\ncpus = \"0-4\"\n");
+        assert!(
+            e.contains("slots.fallback.cpu.cpus")
+                && e.contains("CPUs 4 are also the NPU runtime's")
+                && e.contains("slots.primary.npu.enabled_cpus_mask"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod http;
 pub mod identity;
 pub mod lifecycle;
 pub mod observe;
+pub mod pinning;
 pub mod process;
 pub mod routing;
 pub mod server;

@@ -630,6 +630,8 @@ mod tests {
                 restarts: 2,
                 last_restart_reason: None,
                 chat_template: String::new(),
+                cpus: None,
+                cpus_reason: String::new(),
             }],
             active_backend: Some(Backend::Npu),
             routing: Routing::Auto,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use proto::chat::Backend;
 use tokio::process::{Child, Command};
 
 use crate::config::SlotConfig;
@@ -30,7 +31,10 @@ const INHERITED_ENV: &[&str] = &[
 /// Starts a worker: its own process group (so a stop reaches any helper it
 /// forks), a cleaned environment, stdin closed, stdout/stderr shared with the
 /// supervisor (the journal: inherited descriptors, so a worker of another
-/// user needs no log file of its own), as `user` when given.
+/// user needs no log file of its own), as `user` when given. A CPU worker
+/// gets `--cpus LIST`, the set the config decided for it: it pins itself
+/// before it starts any thread, so every thread it makes (llama.cpp's
+/// included) inherits the set.
 ///
 /// # Errors
 /// The spawn error, e.g. the worker binary is missing.
@@ -40,9 +44,11 @@ pub fn spawn_worker(
     user: Option<&crate::identity::UserIds>,
 ) -> io::Result<Child> {
     let mut cmd = Command::new(cfg.worker_binary());
-    cmd.arg("--socket")
-        .arg(socket)
-        .env_clear()
+    cmd.arg("--socket").arg(socket);
+    if let Some(cpus) = worker_cpus_arg(cfg) {
+        cmd.arg("--cpus").arg(cpus);
+    }
+    cmd.env_clear()
         .process_group(0)
         .stdin(Stdio::null())
         .kill_on_drop(false);
@@ -56,6 +62,15 @@ pub fn spawn_worker(
         crate::identity::run_as(&mut cmd, user);
     }
     cmd.spawn()
+}
+
+/// The `--cpus` value for a slot's worker: CPU workers only (the NPU
+/// runtime places its own threads from `enabled_cpus_mask`).
+pub fn worker_cpus_arg(cfg: &SlotConfig) -> Option<String> {
+    match cfg.backend {
+        Backend::Cpu => cfg.placement.as_ref().map(|p| p.cpus.to_string()),
+        Backend::Npu => None,
+    }
 }
 
 /// Makes the kernel's OOM killer prefer the worker over the supervisor.

@@ -1,5 +1,5 @@
-//! `worker-cpu`: started by the supervisor with `--socket PATH`; also
-//! `worker-cpu generate ...` to run one generation without a supervisor.
+//! `worker-cpu`: started by the supervisor with `--socket PATH --cpus LIST`;
+//! also `worker-cpu generate ...` to run one generation without a supervisor.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use proto::chat::{GenParams, GenStats};
+use proto::cpus::CpuSet;
 use proto::worker::{BackendOptions, CpuOptions, KvCacheType, Load, Profile};
 use worker_cpu::engine::LlamaEngine;
 use worker_cpu::standalone;
@@ -19,6 +20,10 @@ struct Cli {
     /// Supervisor socket to connect to (the supervisor passes this).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Pin every thread to these CPUs ("4-7", "0-3,6"); the supervisor
+    /// passes the slot's set. With `threads` 0, one thread per CPU.
+    #[arg(long, global = true)]
+    cpus: Option<CpuSet>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -63,6 +68,10 @@ fn main() -> anyhow::Result<()> {
     // llama.cpp's own chatter goes through tracing (at its levels), not raw stderr.
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
     let cli = Cli::parse();
+    // Before any thread starts: every later one inherits the mask.
+    if let Some(cpus) = &cli.cpus {
+        worker_kit::affinity::pin(cpus).context("pinning to --cpus")?;
+    }
     match (cli.command, cli.socket) {
         (Some(Cmd::Generate { model, prompt, max_tokens, context_size, threads, json }), _) => {
             let load = Load {

@@ -14,6 +14,7 @@
 //! (fault injection lives in `test-kit`'s fake worker, never here).
 //!
 //! - [`core`]: the decisions, a state machine without IO
+//! - [`affinity`]: pinning the worker's threads to its CPUs (`--cpus`)
 //! - [`run`](mod@run): the driver (socket, engine thread, SIGTERM, exit)
 //! - [`engine`]: what a backend implements and is handed
 //! - [`local`]: one generation without a supervisor
@@ -37,6 +38,7 @@
 //! | load failure | `LoadFailed`, then exit with its code (64-78: never restart; 1: may work after a restart) |
 //! | supervisor of another protocol version | exit 78 (`ProtocolMismatch`) |
 
+pub mod affinity;
 pub mod core;
 pub mod engine;
 mod ffi;

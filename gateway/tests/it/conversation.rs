@@ -177,6 +177,8 @@ fn report() -> StatusReport {
             restarts: 2,
             last_restart_reason: Some("crash".into()),
             chat_template: String::new(),
+            cpus: None,
+            cpus_reason: String::new(),
         }],
         active_backend: Some(Backend::Cpu),
         routing: Routing::Auto,

@@ -55,8 +55,12 @@ pub async fn in_process(
         .arg(slot.profile.context_size.to_string())
         .arg("--threads")
         .arg(slot.profile.threads.to_string())
-        .arg("--json")
-        .envs(&slot.worker_env)
+        .arg("--json");
+    // The same cores as the slot's worker, so the comparison is fair.
+    if let Some(cpus) = supervisor::process::worker_cpus_arg(slot) {
+        cmd.arg("--cpus").arg(cpus);
+    }
+    cmd.envs(&slot.worker_env)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

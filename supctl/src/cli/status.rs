@@ -82,6 +82,21 @@ pub fn render(r: &StatusReport) -> String {
                 format!(" ({})", s.profile_reason)
             }
         );
+        if let Some(cpus) = &s.cpus {
+            let whose = match s.backend {
+                proto::chat::Backend::Cpu => "threads pinned to",
+                proto::chat::Backend::Npu => "runtime threads on",
+            };
+            let _ = writeln!(
+                out,
+                "          cpus: {whose} {cpus}{}",
+                if s.cpus_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.cpus_reason)
+                }
+            );
+        }
     }
     let routing = match r.routing {
         Routing::Auto => "auto".to_owned(),
@@ -170,7 +185,77 @@ fn truncate(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::admin::{TelemetryStatus, ThermalLevel, ThermalStatus};
+    use proto::admin::{SlotState, SlotStatus, TelemetryStatus, ThermalLevel, ThermalStatus};
+    use proto::chat::Backend;
+
+    fn slot(name: &str, backend: Backend, cpus: &str, reason: &str) -> SlotStatus {
+        SlotStatus {
+            name: name.into(),
+            backend,
+            state: SlotState::Ready,
+            state_ms: 0,
+            reason: String::new(),
+            pid: Some(7),
+            model: "m".into(),
+            profile: "default".into(),
+            profile_reason: String::new(),
+            rss_anon_kb: None,
+            rss_file_kb: None,
+            vm_hwm_kb: None,
+            memory_pressure: false,
+            uptime_ms: None,
+            requests_served: 0,
+            last_decode_tps: None,
+            restarts: 0,
+            last_restart_reason: None,
+            chat_template: String::new(),
+            cpus: Some(cpus.parse().unwrap()),
+            cpus_reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn both_workers_cores_are_shown() {
+        let mut report = empty_report();
+        report.slots = vec![
+            slot("primary", Backend::Npu, "4-7", "npu.enabled_cpus_mask 0xf0"),
+            slot(
+                "fallback",
+                Backend::Cpu,
+                "0-3",
+                "default: the board's cores the NPU runtime leaves free (it has 4-7)",
+            ),
+        ];
+        let text = render(&report);
+        assert!(
+            text.contains("cpus: runtime threads on 4-7 (npu.enabled_cpus_mask 0xf0)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cpus: threads pinned to 0-3 (default: the board's cores the NPU runtime leaves free (it has 4-7))"),
+            "{text}"
+        );
+    }
+
+    fn empty_report() -> StatusReport {
+        StatusReport {
+            version: "0".into(),
+            pid: 1,
+            uptime_ms: 0,
+            slots: Vec::new(),
+            active_backend: None,
+            routing: Routing::Auto,
+            routing_reason: String::new(),
+            queue_depth: 0,
+            in_flight: 0,
+            thermal: ThermalStatus {
+                zones: Vec::new(),
+                level: ThermalLevel::Normal,
+            },
+            mem_available_kb: None,
+            telemetry: TelemetryStatus::default(),
+        }
+    }
 
     #[test]
     fn telemetry_that_cannot_be_trusted_is_shown() {

@@ -317,6 +317,8 @@ mod tests {
             restarts,
             last_restart_reason: reason.map(str::to_owned),
             chat_template: String::new(),
+            cpus: None,
+            cpus_reason: String::new(),
         }
     }
 

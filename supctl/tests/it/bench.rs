@@ -357,12 +357,14 @@ async fn spawn_compares_models_on_private_supervisors() {
         .all(|t| t.cold && t.load_ms.is_some_and(|ms| ms > 0.0)));
     assert!(r.targets.iter().all(|t| t.summary.quality_passed == 1));
     // The private supervisors stopped their workers before supctl ended.
+    // (Only this build's workers: other checkouts' tests may run beside us.)
+    let ours = bin("worker-cpu").display().to_string();
     let leftover: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(Result::ok)
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("worker-cpu") && c.contains("rocksteady-bench-"))
+        .filter(|c| c.starts_with(&ours) && c.contains("rocksteady-bench-"))
         .collect();
     assert!(leftover.is_empty(), "{leftover:?}");
 }

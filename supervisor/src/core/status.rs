@@ -64,6 +64,12 @@ impl Core {
                     restarts: s.restarts,
                     last_restart_reason: s.last_restart_reason.map(|r| r.as_str().to_owned()),
                     chat_template: s.chat_template.clone(),
+                    cpus: s.cfg.placement.as_ref().map(|p| p.cpus.clone()),
+                    cpus_reason: s
+                        .cfg
+                        .placement
+                        .as_ref()
+                        .map_or_else(String::new, |p| p.reason.clone()),
                 })
                 .collect(),
             active_backend: self.active.map(|i| self.slots[i].cfg.backend),

@@ -8,6 +8,7 @@ mod limits;
 mod metrics;
 mod npu_telemetry;
 mod operate;
+mod pinning;
 mod relay;
 mod supervision;
 mod worker_user;

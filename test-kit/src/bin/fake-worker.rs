@@ -1,11 +1,12 @@
 //! `fake-worker`: a worker binary for tests (never shipped). Started by the
-//! supervisor as `fake-worker --socket PATH` in place of `worker-cpu`; does
+//! supervisor as `fake-worker --socket PATH [--cpus LIST]` in place of `worker-cpu`; does
 //! what the script in `ROCKSTEADY_FAKE_WORKER` says (see `test_kit::script`).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use proto::cpus::CpuSet;
 use test_kit::{FakeEngine, Script};
 
 /// rocksteady fake worker (tests only).
@@ -15,6 +16,9 @@ struct Args {
     /// Unix socket the supervisor listens on for this worker.
     #[arg(long)]
     socket: PathBuf,
+    /// CPUs to pin to, as the supervisor passes them to a CPU worker.
+    #[arg(long)]
+    cpus: Option<CpuSet>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,6 +31,10 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(false)
         .init();
     let args = Args::parse();
+    // As worker-cpu does, before any thread starts.
+    if let Some(cpus) = &args.cpus {
+        worker_kit::affinity::pin(cpus).context("pinning to --cpus")?;
+    }
     let script = Script::from_env().context("reading the fake worker's script")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
