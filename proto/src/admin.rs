@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::chat::Backend;
+use crate::worker::CacheReport;
 
 /// supctl to supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +214,10 @@ pub struct SlotStatus {
     /// The chat template the worker uses and where it came from (empty until
     /// the worker has loaded).
     pub chat_template: String,
+    /// The slot's KV-cache conversations: what its worker holds now, and
+    /// hits, misses, reused tokens, evictions and drops added up since the
+    /// supervisor started (across the worker's restarts).
+    pub cache: CacheReport,
 }
 
 /// Board temperatures and the admission state they cause.

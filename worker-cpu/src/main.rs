@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
                     flash_attention: false,
                     max_new_tokens: max_tokens,
                 },
-                backend: BackendOptions::Cpu(CpuOptions { use_mmap: true, chat_template: None }),
+                backend: BackendOptions::Cpu(CpuOptions { use_mmap: true, chat_template: None, cache_sequences: 0 }),
             };
             let params = GenParams { max_tokens, ..GenParams::default() };
             let mut out = std::io::stdout();

@@ -26,6 +26,7 @@ pub fn generate(
         messages: vec![ChatMessage::new(Role::User, prompt)],
         params,
         assistant_prefix: String::new(),
+        conversation: None,
     };
     let (ready, done) =
         worker_kit::generate_locally(LlamaEngine::default(), load, generate, &mut |piece| {

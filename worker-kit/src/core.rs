@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use proto::chat::{Backend, FinishReason};
 use proto::worker::{
-    Generate, Heartbeat, Load, LoadFailed, Ready, SupervisorToWorker, WorkerDone, WorkerError,
+    CacheReport, Generate, Heartbeat, Load, LoadFailed, Ready, SupervisorToWorker, WorkerDone, WorkerError,
     WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
@@ -93,6 +93,8 @@ pub struct Core {
     current: Option<Current>,
     tokens_total: u64,
     requests_total: u64,
+    /// The engine's latest report of its KV caches.
+    cache: CacheReport,
     exiting: bool,
 }
 
@@ -107,6 +109,7 @@ impl Core {
             current: None,
             tokens_total: 0,
             requests_total: 0,
+            cache: CacheReport::default(),
             exiting: false,
         }
     }
@@ -175,6 +178,7 @@ impl Core {
                     busy_with: self.busy_with(),
                     tokens_total: self.tokens_total,
                     requests_total: self.requests_total,
+                    cache: self.cache.clone(),
                 })));
             }
             SupervisorToWorker::Shutdown => {
@@ -320,12 +324,15 @@ impl Core {
                 request_id,
                 tokens,
                 prefill_ms,
+                cached,
             } => {
                 if let Some(cur) = self.current_for(request_id) {
                     cur.tally.prompt_tokens = Some(tokens);
                     cur.tally.prefill_ms = Some(prefill_ms);
+                    cur.tally.cached_tokens = Some(cached);
                 }
             }
+            EngineEvent::Cache(report) => self.cache = report,
             EngineEvent::LimitReached { request_id } => {
                 if self.current_for(request_id).is_some() {
                     self.answer_done(FinishReason::MaxTokens, out);
@@ -391,6 +398,7 @@ impl Core {
             request_id: cur.request_id,
             finish,
             stats: cur.tally.stats(),
+            cache: self.cache.clone(),
         })));
     }
 
@@ -482,6 +490,7 @@ mod tests {
                 ..GenParams::default()
             },
             assistant_prefix: String::new(),
+            conversation: None,
         }))
     }
 

@@ -16,7 +16,7 @@
 //! - [`core`]: the decisions, a state machine without IO
 //! - [`run`](mod@run): the driver (socket, engine thread, SIGTERM, exit)
 //! - [`engine`]: what a backend implements and is handed
-//! - [`local`]: one generation without a supervisor
+//! - [`local`]: generations without a supervisor
 //! - [`utf8`]: token bytes into whole characters
 //! - [`stats`]: the figures of a generation
 //!
@@ -51,7 +51,7 @@ pub use engine::{
     Engine, Finish, Flow, GenFailure, Job, LoadFailure, Model, Serve, Served, StopReason,
     TokenStream,
 };
-pub use local::{generate_locally, LocalError};
+pub use local::{generate_locally, LocalError, LocalSession};
 pub use run::{run, serve};
 
 /// How the worker process ends.

@@ -63,6 +63,7 @@ impl Core {
                     restarts: s.restarts,
                     last_restart_reason: s.last_restart_reason.map(|r| r.as_str().to_owned()),
                     chat_template: s.chat_template.clone(),
+                    cache: s.cache_status(),
                 })
                 .collect(),
             active_backend: self.active.map(|i| self.slots[i].cfg.backend),
