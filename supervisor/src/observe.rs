@@ -286,6 +286,36 @@ pub fn render_metrics(snap: &Snapshot, observed: &Observed) -> String {
             format!("{prof}{{{l},profile=\"{}\"}} 1", label(&s.profile)),
         ));
     }
+    // KV-cache conversations (issue 13), from the status report's counters.
+    let events = family(
+        "rocksteady_kv_cache_events_total",
+        "counter",
+        "Conversation KV-cache hits, misses, evictions and drops by profile switches, per slot.",
+    );
+    let reused = family(
+        "rocksteady_kv_cache_reused_tokens_total",
+        "counter",
+        "Prompt tokens taken from a worker's KV cache instead of prefilled.",
+    );
+    let held = family(
+        "rocksteady_kv_cache_conversations",
+        "gauge",
+        "Conversations a slot's worker holds in its KV cache.",
+    );
+    for s in &snap.status.slots {
+        let l = format!("slot=\"{}\",backend=\"{}\"", label(&s.name), s.backend);
+        let c = &s.cache;
+        for (event, v) in [
+            ("hit", c.hits),
+            ("miss", c.misses),
+            ("eviction", c.evictions),
+            ("dropped", c.dropped),
+        ] {
+            lines.push((events.clone(), format!("{events}{{{l},event=\"{event}\"}} {v}")));
+        }
+        lines.push((reused.clone(), format!("{reused}{{{l}}} {}", c.reused_tokens)));
+        lines.push((held.clone(), format!("{held}{{{l}}} {}", c.held.len())));
+    }
     let n = family(
         "rocksteady_temperature_celsius",
         "gauge",
