@@ -174,7 +174,7 @@ mod tests {
                 restarts: 1,
                 last_restart_reason: Some("hang".into()),
                 chat_template: String::new(),
-                cache: Default::default(),
+                cache: proto::worker::CacheReport::default(),
             }],
             active_backend: Some(Backend::Npu),
             routing: Routing::Auto,

@@ -401,7 +401,9 @@ mod tests {
     fn the_conversation_header_becomes_a_key_scoped_by_the_api_key() {
         assert_eq!(conversation_key("team", None).unwrap(), None);
         assert_eq!(
-            conversation_key("team", Some(b"chat-42")).unwrap().as_deref(),
+            conversation_key("team", Some(b"chat-42"))
+                .unwrap()
+                .as_deref(),
             Some("openai:team:chat-42")
         );
         for bad in [&b""[..], b"has space", b"\xff\xfe", &[b'x'; 200][..]] {

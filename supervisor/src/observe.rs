@@ -311,9 +311,15 @@ pub fn render_metrics(snap: &Snapshot, observed: &Observed) -> String {
             ("eviction", c.evictions),
             ("dropped", c.dropped),
         ] {
-            lines.push((events.clone(), format!("{events}{{{l},event=\"{event}\"}} {v}")));
+            lines.push((
+                events.clone(),
+                format!("{events}{{{l},event=\"{event}\"}} {v}"),
+            ));
         }
-        lines.push((reused.clone(), format!("{reused}{{{l}}} {}", c.reused_tokens)));
+        lines.push((
+            reused.clone(),
+            format!("{reused}{{{l}}} {}", c.reused_tokens),
+        ));
         lines.push((held.clone(), format!("{held}{{{l}}} {}", c.held.len())));
     }
     let n = family(

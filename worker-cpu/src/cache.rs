@@ -107,7 +107,7 @@ impl Table {
         let slot = &mut self.slots[i];
         match slot {
             Some(e) => {
-                e.key = key.to_owned();
+                key.clone_into(&mut e.key);
                 e.last_used = now;
             }
             None => {
@@ -169,7 +169,7 @@ impl Table {
                     .map(|e| (u32::try_from(i + 1).unwrap_or(u32::MAX), e))
             })
             .collect();
-        out.sort_by(|a, b| b.1.last_used.cmp(&a.1.last_used));
+        out.sort_by_key(|e| std::cmp::Reverse(e.1.last_used));
         out
     }
 

@@ -135,7 +135,10 @@ impl Serving<'_> {
         for (seq, entry, state) in carried.sequences {
             let restored = keep
                 && seq <= self.table.capacity()
-                && self.ctx.state_seq_set(&state, pos_i32(seq as usize)).is_ok();
+                && self
+                    .ctx
+                    .state_seq_set(&state, pos_i32(seq as usize))
+                    .is_ok();
             if restored {
                 self.table.restore(seq, entry);
             } else {
@@ -191,8 +194,8 @@ impl Serving<'_> {
         }
         let ids: Vec<i32> = tokens.iter().map(|t| t.0).collect();
         let key = g.conversation.as_deref();
-        let (seq, mut reuse) = match key.and_then(|k| self.table.place(k)) {
-            Some(place) => {
+        let (seq, mut reuse) = if let Some(place) = key.and_then(|k| self.table.place(k)) {
+            {
                 if place.hit {
                     self.counters.hits += 1;
                 } else {
@@ -200,23 +203,32 @@ impl Serving<'_> {
                 }
                 if let Some(evicted) = &place.evicted {
                     self.counters.evictions += 1;
-                    tracing::debug!(seq = place.seq, evicted_chars = evicted.len(), "evicted the least recently used conversation");
+                    tracing::debug!(
+                        seq = place.seq,
+                        evicted_chars = evicted.len(),
+                        "evicted the least recently used conversation"
+                    );
                 }
-                let cached = self.table.entry(place.seq).map_or(&[][..], |e| &e.tokens[..]);
+                let cached = self
+                    .table
+                    .entry(place.seq)
+                    .map_or(&[][..], |e| &e.tokens[..]);
                 (place.seq, cache::reusable(cached, &ids))
             }
-            None => {
-                if key.is_some() {
-                    // Keys are welcome but nothing is kept (cache_sequences = 0).
-                    self.counters.misses += 1;
-                }
-                (SCRATCH, 0)
+        } else {
+            if key.is_some() {
+                // Keys are welcome but nothing is kept (cache_sequences = 0).
+                self.counters.misses += 1;
             }
+            (SCRATCH, 0)
         };
         // Drop the divergent tail; a model whose cache cannot be cut (a
         // recurrent one) starts the sequence over.
         let cut = u32::try_from(reuse).unwrap_or(u32::MAX);
-        if !matches!(self.ctx.clear_kv_cache_seq(Some(seq), Some(cut), None), Ok(true)) {
+        if !matches!(
+            self.ctx.clear_kv_cache_seq(Some(seq), Some(cut), None),
+            Ok(true)
+        ) {
             let _ = self.ctx.clear_kv_cache_seq(Some(seq), None, None);
             reuse = 0;
         }
@@ -235,7 +247,11 @@ impl Serving<'_> {
         self.table.set_tokens(seq, held.clone());
         let prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
         let prefill_ms = ms(t0.elapsed());
-        out.prompt_cached(prompt_tokens, u32::try_from(reuse).unwrap_or(u32::MAX), prefill_ms);
+        out.prompt_cached(
+            prompt_tokens,
+            u32::try_from(reuse).unwrap_or(u32::MAX),
+            prefill_ms,
+        );
         out.cache(self.cache());
         let decoded = self.decode(g, &mut batch, seq, &mut held, out);
         match decoded {

@@ -153,7 +153,10 @@ fn read_chat(path: &std::path::Path) -> anyhow::Result<Vec<ChatMessage>> {
                 "system" => Role::System,
                 "user" => Role::User,
                 "assistant" => Role::Assistant,
-                other => anyhow::bail!("{}: unknown role {other:?} (system, user, assistant)", path.display()),
+                other => anyhow::bail!(
+                    "{}: unknown role {other:?} (system, user, assistant)",
+                    path.display()
+                ),
             };
             Ok(ChatMessage::new(role, l.content))
         })

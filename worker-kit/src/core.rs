@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use proto::chat::{Backend, FinishReason};
 use proto::worker::{
-    CacheReport, Generate, Heartbeat, Load, LoadFailed, Ready, SupervisorToWorker, WorkerDone, WorkerError,
-    WorkerErrorKind, WorkerToSupervisor, WorkerToken,
+    CacheReport, Generate, Heartbeat, Load, LoadFailed, Ready, SupervisorToWorker, WorkerDone,
+    WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
 use crate::engine::{EngineEvent, Finish, GenFailure, Job, StopReason};

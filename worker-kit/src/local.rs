@@ -114,7 +114,7 @@ impl LocalSession {
         self.drive(SupervisorToWorker::Load(load), &mut |_| {})
             .and_then(|answer| match answer {
                 Answer::Ready(r) => Ok(r),
-                _ => Err(LocalError::EngineGone),
+                Answer::Done(_) => Err(LocalError::EngineGone),
             })
     }
 
@@ -130,7 +130,7 @@ impl LocalSession {
         self.drive(SupervisorToWorker::Generate(generate), on_text)
             .and_then(|answer| match answer {
                 Answer::Done(d) => Ok(d),
-                _ => Err(LocalError::EngineGone),
+                Answer::Ready(_) => Err(LocalError::EngineGone),
             })
     }
 
@@ -166,7 +166,9 @@ impl LocalSession {
             let mut answer = None;
             for effect in self.core.handle(input, Instant::now()) {
                 match effect {
-                    Effect::Send(WorkerToSupervisor::Ready(r)) => answer = Some(Ok(Answer::Ready(r))),
+                    Effect::Send(WorkerToSupervisor::Ready(r)) => {
+                        answer = Some(Ok(Answer::Ready(r)));
+                    }
                     Effect::Send(WorkerToSupervisor::LoadFailed(f)) => {
                         answer = Some(Err(LocalError::Load {
                             exit_code: f.exit_code,

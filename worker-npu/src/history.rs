@@ -176,32 +176,53 @@ mod tests {
         ];
         let fresh = |clear, keep| Plan::Fresh { clear, keep };
         // Another conversation.
-        assert_eq!(plan(Some(&h), false, Some("j"), &grown, "", &t), fresh(true, true));
+        assert_eq!(
+            plan(Some(&h), false, Some("j"), &grown, "", &t),
+            fresh(true, true)
+        );
         // No key: cleared, not kept.
-        assert_eq!(plan(Some(&h), false, None, &grown, "", &t), fresh(true, false));
+        assert_eq!(
+            plan(Some(&h), false, None, &grown, "", &t),
+            fresh(true, false)
+        );
         // An edited earlier turn (the answer as the client shows it differs).
         let edited = [
             m(Role::User, "hi"),
             m(Role::Assistant, "hello!"),
             m(Role::User, "more"),
         ];
-        assert_eq!(plan(Some(&h), false, Some("k"), &edited, "", &t), fresh(true, true));
+        assert_eq!(
+            plan(Some(&h), false, Some("k"), &edited, "", &t),
+            fresh(true, true)
+        );
         // A failover's continuation.
-        assert_eq!(plan(Some(&h), false, Some("k"), &grown, "He", &t), fresh(true, true));
+        assert_eq!(
+            plan(Some(&h), false, Some("k"), &grown, "He", &t),
+            fresh(true, true)
+        );
         // Another template.
         let mut other = t.clone();
         other.system_prompt = "<other>".into();
-        assert_eq!(plan(Some(&h), false, Some("k"), &grown, "", &other), fresh(true, true));
+        assert_eq!(
+            plan(Some(&h), false, Some("k"), &grown, "", &other),
+            fresh(true, true)
+        );
         // Nothing new from the user.
         assert_eq!(
             plan(Some(&h), false, Some("k"), &h.messages, "", &t),
             fresh(true, true)
         );
         // History left by a run that did not end cleanly.
-        assert_eq!(plan(Some(&h), true, Some("k"), &grown, "", &t), fresh(true, true));
+        assert_eq!(
+            plan(Some(&h), true, Some("k"), &grown, "", &t),
+            fresh(true, true)
+        );
         assert_eq!(plan(None, true, None, &grown, "", &t), fresh(true, false));
         // An empty cache needs no clearing.
-        assert_eq!(plan(None, false, Some("k"), &grown, "", &t), fresh(false, true));
+        assert_eq!(
+            plan(None, false, Some("k"), &grown, "", &t),
+            fresh(false, true)
+        );
     }
 
     #[test]

@@ -181,7 +181,7 @@ fn report() -> StatusReport {
             restarts: 2,
             last_restart_reason: Some("crash".into()),
             chat_template: String::new(),
-            cache: Default::default(),
+            cache: proto::worker::CacheReport::default(),
         }],
         active_backend: Some(Backend::Cpu),
         routing: Routing::Auto,

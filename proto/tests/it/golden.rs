@@ -17,8 +17,9 @@ use proto::client::{
 use proto::frame::{decode, encode};
 use proto::hello::Hello;
 use proto::worker::{
-    BackendOptions, CacheReport, CpuOptions, Generate, Heartbeat, HeldConversation, KvCacheType, Load, ModelFacts, Profile, Ready,
-    SupervisorToWorker, WorkerDone, WorkerToSupervisor, WorkerToken,
+    BackendOptions, CacheReport, CpuOptions, Generate, Heartbeat, HeldConversation, KvCacheType,
+    Load, ModelFacts, Profile, Ready, SupervisorToWorker, WorkerDone, WorkerToSupervisor,
+    WorkerToken,
 };
 use proto::PeerRole;
 use serde::{de::DeserializeOwned, Serialize};

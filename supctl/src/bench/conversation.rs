@@ -6,7 +6,9 @@
 //! any stack. Printed as a Markdown table and drawn as an SVG line chart.
 //!
 //! It runs on a private supervisor started in-process (as `--spawn` does)
-//! with the CPU slot alone, so no other traffic shares the worker's cache.
+//! with the CPU slot alone, so no other traffic shares the worker's cache,
+//! after one unmeasured request. The chain runs `--repetitions` times (3 by
+//! default), each with its own key; a turn's figures are the medians.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -138,7 +140,8 @@ pub async fn run(
     }
 
     let (sup, sockets) = start_private(config, &slot).await?;
-    let measured = measure(&slot, &sockets.client, &sockets.admin, stamp).await;
+    let repetitions = opts.repetitions.unwrap_or(3);
+    let measured = measure(&slot, &sockets.client, &sockets.admin, stamp, repetitions).await;
     sup.stop().await;
     let (mut turns, chains) = measured?;
     // The baseline after the stack is gone: it must not compete for cores.
@@ -188,6 +191,7 @@ async fn measure(
     client_socket: &Path,
     admin: &Path,
     stamp: u64,
+    repetitions: u32,
 ) -> Result<(Vec<Turn>, Vec<Vec<ChatMessage>>), BenchError> {
     let limit = Duration::from_secs(300);
     let since = Instant::now();
@@ -215,26 +219,60 @@ async fn measure(
         eprintln!("note: cache_sequences is 0 in the CPU slot: reuse on prefills cold too");
     }
     let mut client = ChatClient::connect(client_socket).await?;
-    let key = format!("bench-{CONVERSATION}-{stamp}");
-    let mut messages = vec![ChatMessage::new(Role::System, SYSTEM)];
-    let mut turns = Vec::with_capacity(TURNS);
+    // One unmeasured request first: the first decode after a load pays for
+    // page faults and thread start-up, which is not what turn 1 measures.
+    let warm_up = [ChatMessage::new(Role::User, "Hello.")];
+    ask(&mut client, &warm_up, None, limit).await?;
+    // Each chain has its own key; the figures of a turn are the medians over
+    // the chains (a shared 2-core machine is noisy). The chains' answers are
+    // the same (greedy), so each turn's prompt is too.
+    let mut runs: Vec<Vec<Turn>> = Vec::new();
     let mut chains = Vec::with_capacity(TURNS);
-    for (i, question) in QUESTIONS.iter().enumerate() {
-        messages.push(ChatMessage::new(Role::User, *question));
-        chains.push(messages.clone());
-        let warm = ask(&mut client, &messages, Some(&key), limit).await?;
-        let cold = ask(&mut client, &messages, None, limit).await?;
-        turns.push(Turn {
-            turn: i + 1,
-            prompt_tokens: warm.prompt_tokens,
-            reused_tokens: warm.reused,
-            ttft_reuse_ms: warm.ttft_ms,
-            ttft_cold_ms: cold.ttft_ms,
-            ttft_generate_ms: None,
-        });
-        messages.push(ChatMessage::new(Role::Assistant, warm.text));
+    for run in 0..repetitions.max(1) {
+        let key = format!("bench-{CONVERSATION}-{stamp}-{run}");
+        let mut messages = vec![ChatMessage::new(Role::System, SYSTEM)];
+        let mut turns = Vec::with_capacity(TURNS);
+        for (i, question) in QUESTIONS.iter().enumerate() {
+            messages.push(ChatMessage::new(Role::User, *question));
+            if run == 0 {
+                chains.push(messages.clone());
+            }
+            let warm = ask(&mut client, &messages, Some(&key), limit).await?;
+            let cold = ask(&mut client, &messages, None, limit).await?;
+            turns.push(Turn {
+                turn: i + 1,
+                prompt_tokens: warm.prompt_tokens,
+                reused_tokens: warm.reused,
+                ttft_reuse_ms: warm.ttft_ms,
+                ttft_cold_ms: cold.ttft_ms,
+                ttft_generate_ms: None,
+            });
+            messages.push(ChatMessage::new(Role::Assistant, warm.text));
+        }
+        runs.push(turns);
     }
+    let turns = (0..TURNS)
+        .map(|i| {
+            let of = |f: fn(&Turn) -> f64| median(runs.iter().map(|r| f(&r[i])).collect());
+            Turn {
+                ttft_reuse_ms: of(|t| t.ttft_reuse_ms),
+                ttft_cold_ms: of(|t| t.ttft_cold_ms),
+                ..runs[0][i].clone()
+            }
+        })
+        .collect();
     Ok((turns, chains))
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => f64::midpoint(v[n / 2 - 1], v[n / 2]),
+    }
 }
 
 struct Answer {
@@ -323,7 +361,10 @@ async fn baseline(slot: &SlotConfig, chains: &[Vec<ChatMessage>], turns: &mut [T
         .await
         {
             Ok(figures) => turn.ttft_generate_ms = Some(figures.ttft_ms),
-            Err(err) => eprintln!("note: worker-cpu generate failed on turn {}: {err}", turn.turn),
+            Err(err) => eprintln!(
+                "note: worker-cpu generate failed on turn {}: {err}",
+                turn.turn
+            ),
         }
     }
 }
@@ -380,6 +421,7 @@ pub fn table(r: &ConversationResult) -> String {
 }
 
 /// The chart: time to first token per turn, one line per way of running.
+#[allow(clippy::too_many_lines, clippy::many_single_char_names)] // one drawing, x/y as in geometry
 pub fn chart(r: &ConversationResult) -> String {
     const W: f64 = 760.0;
     const H: f64 = 420.0;
@@ -534,6 +576,13 @@ mod tests {
             .find(|l| l.contains("#5d6d7e") && l.contains("polyline"))
             .unwrap();
         assert_eq!(generate.matches(',').count(), 2, "{generate}");
+    }
+
+    #[test]
+    fn medians_take_the_middle() {
+        assert!((median(vec![3.0, 1.0, 2.0]) - 2.0).abs() < 1e-9);
+        assert!((median(vec![4.0, 1.0, 2.0, 3.0]) - 2.5).abs() < 1e-9);
+        assert!(median(Vec::new()).is_nan());
     }
 
     #[test]

@@ -1146,7 +1146,10 @@ async fn relay_overhead(
             if in_process_turn {
                 ctx.progress
                     .say(format!("relay: in-process {}/{reps}", rep + 1));
-                inproc.push(relay::in_process(&plan.cfg, relay::Prompt::Text(text), max_tokens, limit).await?);
+                inproc.push(
+                    relay::in_process(&plan.cfg, relay::Prompt::Text(text), max_tokens, limit)
+                        .await?,
+                );
             } else {
                 ctx.progress.say(format!("relay: stack {}/{reps}", rep + 1));
                 stack.push(measure::request(client, user(text), greedy(max_tokens), limit).await?);

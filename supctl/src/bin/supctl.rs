@@ -229,14 +229,8 @@ fn run() -> anyhow::Result<ExitCode> {
                     conversation: conversation.as_deref(),
                     params,
                 };
-                let outcome = cli::ask::ask(
-                    &client_socket,
-                    question,
-                    json,
-                    &mut out,
-                    &mut note,
-                )
-                .await?;
+                let outcome =
+                    cli::ask::ask(&client_socket, question, json, &mut out, &mut note).await?;
                 Ok(match outcome {
                     AskOutcome::Done(_) => ExitCode::SUCCESS,
                     AskOutcome::Failed(_) => ExitCode::FAILURE,

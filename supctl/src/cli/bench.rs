@@ -29,7 +29,9 @@ pub async fn bench(
     out: &mut dyn Write,
 ) -> Result<BenchExit, BenchError> {
     if opts.profile.as_deref() == Some(bench::conversation::CONVERSATION)
-        && bench_config.profile(bench::conversation::CONVERSATION).is_none()
+        && bench_config
+            .profile(bench::conversation::CONVERSATION)
+            .is_none()
     {
         bench::conversation::run(config, bench_config, opts, out).await?;
         return Ok(BenchExit::Clean);

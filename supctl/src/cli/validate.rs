@@ -317,7 +317,7 @@ mod tests {
             restarts,
             last_restart_reason: reason.map(str::to_owned),
             chat_template: String::new(),
-            cache: Default::default(),
+            cache: proto::worker::CacheReport::default(),
         }
     }
 

@@ -6,8 +6,8 @@ use proto::admin::{AdminToSupervisor, MemoryCeiling, SlotState, ThermalLevel};
 use proto::chat::{ChatMessage, FinishReason, GenParams, GenStats, Role};
 use proto::client::{ErrorKind, Submit, SupervisorToClient};
 use proto::worker::{
-    CacheReport, HeldConversation, ModelFacts, Ready, SupervisorToWorker, WorkerDone, WorkerError, WorkerErrorKind,
-    WorkerToSupervisor, WorkerToken,
+    CacheReport, HeldConversation, ModelFacts, Ready, SupervisorToWorker, WorkerDone, WorkerError,
+    WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
 use crate::config::Config;

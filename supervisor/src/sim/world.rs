@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use proto::chat::{Backend, FinishReason, GenStats};
 use proto::worker::{
-    CacheReport, ExitCode, Heartbeat, LoadFailed, ModelFacts, Ready, SupervisorToWorker, WorkerDone,
-    WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
+    CacheReport, ExitCode, Heartbeat, LoadFailed, ModelFacts, Ready, SupervisorToWorker,
+    WorkerDone, WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
 use super::rng::Rng;

@@ -16,7 +16,11 @@ async fn a_second_turn_reuses_the_cache_and_the_figures_show() {
     let port = free_port();
     let sup = Sup::start(&format!(
         "[http]\nlisten = \"127.0.0.1:{port}\"\n{}",
-        cpu_slot("primary", &model(), "[slots.primary.cpu]\ncache_sequences = 2\n")
+        cpu_slot(
+            "primary",
+            &model(),
+            "[slots.primary.cpu]\ncache_sequences = 2\n"
+        )
     ))
     .await;
     sup.wait_state("primary", SlotState::Ready, Duration::from_secs(60))

@@ -144,6 +144,7 @@ fn a_second_turn_reuses_the_first_and_answers_as_a_cold_prefill() {
 }
 
 #[test]
+#[allow(clippy::many_single_char_names)] // conversations a, b, c
 fn two_conversations_interleave_and_a_third_evicts_the_least_recent() {
     let _one = BACKEND.lock().unwrap_or_else(PoisonError::into_inner);
     let mut s = session(load(512, "default", 2));
