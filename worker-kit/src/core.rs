@@ -593,6 +593,50 @@ mod tests {
     }
 
     #[test]
+    fn done_and_heartbeat_carry_the_engines_cache_report() {
+        let now = Instant::now();
+        let mut core = ready_core(now);
+        core.handle(generate(1, 10), now);
+        let report = CacheReport {
+            held: vec![proto::worker::HeldConversation {
+                key: "k".into(),
+                tokens: 30,
+            }],
+            capacity: 2,
+            hits: 1,
+            reused_tokens: 25,
+            ..CacheReport::default()
+        };
+        let prompt = EngineEvent::Prompt {
+            request_id: 1,
+            tokens: 30,
+            prefill_ms: 2.0,
+            cached: 25,
+        };
+        assert!(core.handle(Input::Engine(prompt), now).is_empty());
+        assert!(core
+            .handle(Input::Engine(EngineEvent::Cache(report.clone())), now)
+            .is_empty());
+        let out = core.handle(
+            Input::Engine(EngineEvent::LimitReached { request_id: 1 }),
+            now,
+        );
+        let Effect::Send(WorkerToSupervisor::Done(done)) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(done.cache, report);
+        assert_eq!(
+            (done.stats.prompt_tokens, done.stats.cached_tokens),
+            (30, 25)
+        );
+        let out = core.handle(msg(SupervisorToWorker::Ping(Ping { seq: 1 })), now);
+        let Effect::Send(WorkerToSupervisor::Heartbeat(hb)) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(hb.cache, report);
+    }
+
+    #[test]
     fn a_request_cap_stays_within_the_profile() {
         assert_eq!(request_limit(10, 256), 10);
         assert_eq!(request_limit(1000, 256), 256);

@@ -36,6 +36,7 @@
 //! | engine error | `Error` (`Engine`); the worker keeps serving |
 //! | load failure | `LoadFailed`, then exit with its code (64-78: never restart; 1: may work after a restart) |
 //! | supervisor of another protocol version | exit 78 (`ProtocolMismatch`) |
+//! | `Done` and heartbeats | carry the engine's latest KV-cache report ([`Model::cache`]: conversations held, figures); an engine reports it after its prompt too, so a `Done` sent at the token cap already names the conversation |
 
 pub mod core;
 pub mod engine;
