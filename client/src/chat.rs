@@ -70,6 +70,21 @@ impl ChatClient {
         params: GenParams,
         model: String,
     ) -> Result<u64, ClientError> {
+        self.submit_in(messages, params, model, None).await
+    }
+
+    /// Submits a request for `model` (empty = any) that continues
+    /// `conversation` (see [`Submit::conversation`]); returns its id.
+    ///
+    /// # Errors
+    /// Socket errors.
+    pub async fn submit_in(
+        &mut self,
+        messages: Vec<ChatMessage>,
+        params: GenParams,
+        model: String,
+        conversation: Option<String>,
+    ) -> Result<u64, ClientError> {
         let request_id = self.next_id;
         self.next_id += 1;
         self.conn
@@ -78,6 +93,7 @@ impl ChatClient {
                 messages,
                 params,
                 model,
+                conversation,
             }))
             .await
             .map_err(ClientError::protocol(&self.path))?;

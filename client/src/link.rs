@@ -125,7 +125,7 @@ pub struct Request {
     /// The request as submitted, kept until the supervisor says anything
     /// about it: a connection lost before that (a supervisor restart racing
     /// the submit) is retried once on a fresh connection.
-    resend: Option<(Vec<ChatMessage>, GenParams, String)>,
+    resend: Option<(Vec<ChatMessage>, GenParams, String, Option<String>)>,
     /// `try_next` saw such a loss; `next` resubmits.
     resubmit_due: bool,
 }
@@ -184,14 +184,35 @@ impl SupervisorLink {
         params: GenParams,
         model: String,
     ) -> Result<Request, LinkError> {
-        let (id, events) =
-            send_submit(&self.inner, messages.clone(), params, model.clone()).await?;
+        self.submit_in(messages, params, model, None).await
+    }
+
+    /// Submits a request for `model` (empty = any) that continues
+    /// `conversation` (see [`Submit::conversation`]).
+    ///
+    /// # Errors
+    /// [`LinkError`] when the supervisor cannot be reached.
+    pub async fn submit_in(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: GenParams,
+        model: String,
+        conversation: Option<String>,
+    ) -> Result<Request, LinkError> {
+        let (id, events) = send_submit(
+            &self.inner,
+            messages.clone(),
+            params,
+            model.clone(),
+            conversation.clone(),
+        )
+        .await?;
         Ok(Request {
             id,
             events,
             inner: Arc::clone(&self.inner),
             ended: false,
-            resend: Some((messages, params, model)),
+            resend: Some((messages, params, model, conversation)),
             resubmit_due: false,
         })
     }
@@ -253,6 +274,7 @@ async fn send_submit(
     messages: Vec<ChatMessage>,
     params: GenParams,
     model: String,
+    conversation: Option<String>,
 ) -> Result<(u64, mpsc::UnboundedReceiver<LinkEvent>), LinkError> {
     if inner.shutdown.is_cancelled() {
         return Err(LinkError::ShuttingDown);
@@ -264,6 +286,7 @@ async fn send_submit(
         messages,
         params,
         model,
+        conversation,
     });
     let mut conn = inner.conn.lock().await;
     if conn.is_none() {
@@ -360,12 +383,12 @@ impl Request {
 
     /// Submits the kept request again (once); `Some(Lost)` when that fails.
     async fn resubmit(&mut self) -> Option<LinkEvent> {
-        let (messages, params, model) = self.resend.take()?;
+        let (messages, params, model, conversation) = self.resend.take()?;
         tracing::info!(
             request = self.id,
             "supervisor connection lost before the request was taken; submitting it again"
         );
-        match send_submit(&self.inner, messages, params, model).await {
+        match send_submit(&self.inner, messages, params, model, conversation).await {
             Ok((id, events)) => {
                 self.id = id;
                 self.events = events;

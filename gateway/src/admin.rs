@@ -176,6 +176,7 @@ mod tests {
                 chat_template: String::new(),
                 cpus: None,
                 cpus_reason: String::new(),
+                cache: proto::worker::CacheReport::default(),
             }],
             active_backend: Some(Backend::Npu),
             routing: Routing::Auto,

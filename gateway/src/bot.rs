@@ -403,11 +403,13 @@ impl Bot {
             truncated = context.truncated,
             "answering"
         );
+        let conversation = context.conversation_key(message.id.get());
         let sent = self
             .answer(
                 self.writer(target),
                 context.turns,
                 context.truncated,
+                Some(conversation),
                 permit,
             )
             .await;
@@ -433,6 +435,7 @@ impl Bot {
         writer: Writer<'_>,
         turns: Vec<ChatMessage>,
         truncated: bool,
+        conversation: Option<String>,
         permit: UserPermit,
     ) -> Sent {
         let mut state = AnswerState::default();
@@ -442,7 +445,16 @@ impl Bot {
                 .push("older messages were left out of the context".to_owned());
         }
         let messages: Vec<ChatMessage> = self.system_turn().into_iter().chain(turns).collect();
-        match self.link.submit(messages, self.config.gen_params()).await {
+        let submitted = self
+            .link
+            .submit_in(
+                messages,
+                self.config.gen_params(),
+                String::new(),
+                conversation,
+            )
+            .await;
+        match submitted {
             Ok(request) => writer.stream(Some(request), state, Some(permit)).await,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot submit to the supervisor");
@@ -581,7 +593,10 @@ impl Bot {
             channel: origin.channel,
         };
         let turns = vec![ChatMessage::new(Role::User, prompt.clone())];
-        let sent = self.answer(self.writer(target), turns, false, permit).await;
+        // A /ask has no chain yet; replies to its answer start one.
+        let sent = self
+            .answer(self.writer(target), turns, false, None, permit)
+            .await;
         let mut parent = None;
         let mut first_prompt = Some(prompt);
         for (id, body) in sent {

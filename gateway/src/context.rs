@@ -136,6 +136,20 @@ pub struct Context {
     pub turns: Vec<ChatMessage>,
     /// Earlier messages were left out because of the budget (or could not be read).
     pub truncated: bool,
+    /// The oldest message the walk reached (the chain's root when nothing
+    /// was left out), `None` for a message that replies to nothing. Its id
+    /// names the conversation, so each turn of a chain goes to the worker
+    /// that holds the chain's KV cache.
+    pub root: Option<u64>,
+}
+
+impl Context {
+    /// The conversation key of a new message `message_id` with this context:
+    /// the chain's root, or the message itself when it starts a chain (its
+    /// replies will walk back to it).
+    pub fn conversation_key(&self, message_id: u64) -> String {
+        self.root.unwrap_or(message_id).to_string()
+    }
 }
 
 /// Something that can produce the node of a message not in the cache.
@@ -162,6 +176,7 @@ pub async fn build<F: Fetch>(
     let mut messages = 1;
     let mut truncated = false;
     let mut cursor = parent;
+    let mut root = None;
     while let Some((channel, id)) = cursor {
         if messages >= budget.max_messages {
             truncated = true;
@@ -186,6 +201,7 @@ pub async fn build<F: Fetch>(
         }
         chars += node_chars;
         messages += 1;
+        root = Some(id);
         if !node.content.is_empty() {
             turns_rev.push(ChatMessage::new(node.role, node.content.clone()));
         }
@@ -198,6 +214,7 @@ pub async fn build<F: Fetch>(
     Context {
         turns: merge_turns(turns_rev),
         truncated,
+        root,
     }
 }
 
@@ -285,6 +302,14 @@ mod tests {
             ]
         );
         assert_eq!(fake.fetched.load(Ordering::SeqCst), 5);
+        // Every turn of the chain names the same conversation: its root.
+        assert_eq!(ctx.root, Some(1));
+        assert_eq!(ctx.conversation_key(6), "1");
+        let earlier = build(&cache, &fake, "second question", Some((1, 2)), WIDE).await;
+        assert_eq!(earlier.conversation_key(3), "1");
+        // A message that replies to nothing starts a chain of its own.
+        let fresh = build(&cache, &fake, "hello", None, WIDE).await;
+        assert_eq!((fresh.root, fresh.conversation_key(9)), (None, "9".into()));
         // A second walk is served from the cache.
         let again = build(&cache, &fake, "x", Some((1, 5)), WIDE).await;
         assert_eq!(again.turns.len(), 5);

@@ -241,6 +241,7 @@ mod tests {
             model: "tiny".into(),
             stats: GenStats {
                 decode_tps: 12.34,
+                cached_tokens: 0,
                 ..GenStats::default()
             },
         })));

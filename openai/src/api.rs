@@ -288,6 +288,38 @@ impl Usage {
     }
 }
 
+/// The request header that names a conversation: requests with the same
+/// value go to the worker that keeps that conversation's KV cache, so the
+/// next turn prefills only what is new. Chosen over the body's `user` field,
+/// which names a person (who may hold many conversations at once).
+pub const CONVERSATION_HEADER: &str = "x-conversation";
+
+/// The supervisor's conversation key for `header` (the `X-Conversation`
+/// value) sent with API key `key_name`: scoped by the API key, so two
+/// clients that pick the same name do not share a KV-cache sequence.
+///
+/// # Errors
+/// A value that is empty, not visible ASCII, or too long for a key.
+pub fn conversation_key(key_name: &str, header: Option<&[u8]>) -> Result<Option<String>, ApiError> {
+    let Some(raw) = header else {
+        return Ok(None);
+    };
+    let bad = |message: String| ApiError::bad_request("X-Conversation", message);
+    let value = std::str::from_utf8(raw)
+        .ok()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| bad("the X-Conversation header must be visible ASCII characters".into()))?;
+    let key = format!("openai:{key_name}:{value}");
+    if key.len() > proto::client::MAX_CONVERSATION_KEY {
+        return Err(bad(format!(
+            "the X-Conversation header is {} bytes; at most {} fit",
+            value.len(),
+            proto::client::MAX_CONVERSATION_KEY.saturating_sub(key.len() - value.len())
+        )));
+    }
+    Ok(Some(key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +395,20 @@ mod tests {
             .as_deref(),
             Some("stop")
         );
+    }
+
+    #[test]
+    fn the_conversation_header_becomes_a_key_scoped_by_the_api_key() {
+        assert_eq!(conversation_key("team", None).unwrap(), None);
+        assert_eq!(
+            conversation_key("team", Some(b"chat-42"))
+                .unwrap()
+                .as_deref(),
+            Some("openai:team:chat-42")
+        );
+        for bad in [&b""[..], b"has space", b"\xff\xfe", &[b'x'; 200][..]] {
+            let err = conversation_key("team", Some(bad)).unwrap_err();
+            assert_eq!(param(err).as_deref(), Some("X-Conversation"));
+        }
     }
 }

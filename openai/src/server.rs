@@ -423,6 +423,12 @@ async fn start_chat(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let conversation = crate::api::conversation_key(
+        &key.0,
+        headers
+            .get(crate::api::CONVERSATION_HEADER)
+            .map(HeaderValue::as_bytes),
+    )?;
     let chat = read_chat(shared, headers, body).await?;
     let admitted = {
         let mut limits = shared.limits.lock().unwrap_or_else(PoisonError::into_inner);
@@ -455,7 +461,12 @@ async fn start_chat(
     };
     let mut request = shared
         .link
-        .submit_to(chat.messages.clone(), chat.params, chat.model.clone())
+        .submit_in(
+            chat.messages.clone(),
+            chat.params,
+            chat.model.clone(),
+            conversation,
+        )
         .await
         .map_err(|err| ApiError::Unavailable {
             message: format!("the model service is not reachable: {err}"),

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chat::Backend;
 use crate::cpus::CpuSet;
+use crate::worker::CacheReport;
 
 /// supctl to supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +222,10 @@ pub struct SlotStatus {
     pub cpus: Option<CpuSet>,
     /// Where that set comes from ("configured", or which default and why).
     pub cpus_reason: String,
+    /// The slot's KV-cache conversations: what its worker holds now, and
+    /// hits, misses, reused tokens, evictions and drops added up since the
+    /// supervisor started (across the worker's restarts).
+    pub cache: CacheReport,
 }
 
 /// Board temperatures and the admission state they cause.

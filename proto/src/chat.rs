@@ -228,4 +228,7 @@ pub struct GenStats {
     pub decode_ms: f64,
     /// Generated tokens per second after the first token.
     pub decode_tps: f64,
+    /// Prompt tokens whose KV cache was reused from an earlier turn of the
+    /// conversation (not prefilled again); 0 on a cold prefill.
+    pub cached_tokens: u32,
 }

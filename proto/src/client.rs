@@ -46,7 +46,15 @@ pub struct Submit {
     /// Empty means any (the supervisor routes). A model no slot serves is
     /// refused with [`ErrorKind::BadRequest`].
     pub model: String,
+    /// The conversation this request continues (the gateway uses the root
+    /// message of the Discord reply chain), so the supervisor can route it
+    /// to the worker that holds its KV cache. `None` = a one-off request.
+    /// At most [`MAX_CONVERSATION_KEY`] bytes.
+    pub conversation: Option<String>,
 }
+
+/// Longest conversation key accepted, in bytes: keys are ids, not text.
+pub const MAX_CONVERSATION_KEY: usize = 128;
 
 /// Body of [`ClientToSupervisor::Models`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -103,6 +103,12 @@ pub struct CpuOptions {
     /// file's own template, else its architecture's default (see
     /// `model_check::template`).
     pub chat_template: Option<String>,
+    /// Conversations whose KV cache the worker keeps between requests, each
+    /// in a sequence of its own of `context_size` tokens (0 = none: every
+    /// request is prefilled cold). The KV cache is this plus one (the
+    /// scratch sequence of requests without a conversation) times one
+    /// sequence's size.
+    pub cache_sequences: u32,
 }
 
 /// RKLLM settings beyond the profile.
@@ -137,6 +143,10 @@ pub struct Generate {
     /// user when another worker failed mid-answer); the worker continues
     /// after it and does not send it back.
     pub assistant_prefix: String,
+    /// The conversation this request continues, if the client named one: a
+    /// worker that keeps KV caches keeps this conversation's under the key
+    /// and reuses the common prefix on its next turn. `None` = a one-off.
+    pub conversation: Option<String>,
 }
 
 /// Body of [`SupervisorToWorker::Cancel`].
@@ -237,6 +247,8 @@ pub struct WorkerDone {
     pub finish: FinishReason,
     /// Its figures.
     pub stats: GenStats,
+    /// What the worker holds in its KV caches after this generation.
+    pub cache: CacheReport,
 }
 
 /// Body of [`WorkerToSupervisor::Error`].
@@ -266,7 +278,7 @@ pub enum WorkerErrorKind {
 }
 
 /// Body of [`WorkerToSupervisor::Heartbeat`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// The ping's sequence number.
     pub seq: u64,
@@ -276,6 +288,46 @@ pub struct Heartbeat {
     pub tokens_total: u64,
     /// Generations finished since start.
     pub requests_total: u64,
+    /// What the worker holds in its KV caches now.
+    pub cache: CacheReport,
+}
+
+/// The conversations a worker holds in its KV caches, and its cache figures
+/// since the process started (the supervisor adds up across restarts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheReport {
+    /// Conversations held, most recently used first.
+    pub held: Vec<HeldConversation>,
+    /// Conversations the worker can hold at once (0 = it keeps none).
+    pub capacity: u32,
+    /// KV cache bytes of one sequence at the full context size.
+    pub kv_bytes_per_sequence: u64,
+    /// Requests with a conversation key whose cached prefix was reused.
+    pub hits: u64,
+    /// Requests with a conversation key that found nothing to reuse.
+    pub misses: u64,
+    /// Prompt tokens not prefilled again because their KV was cached.
+    pub reused_tokens: u64,
+    /// Conversations evicted (least recently used) to make room for another.
+    pub evictions: u64,
+    /// Conversations dropped because a profile switch changed the context size.
+    pub dropped: u64,
+}
+
+impl CacheReport {
+    /// Whether the conversation `key` is held.
+    pub fn holds(&self, key: &str) -> bool {
+        self.held.iter().any(|h| h.key == key)
+    }
+}
+
+/// One conversation in a worker's KV cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldConversation {
+    /// The client's conversation key.
+    pub key: String,
+    /// Tokens of it the cache holds (prompt and answer so far).
+    pub tokens: u32,
 }
 
 /// Exit codes of worker processes. Codes from 64 up mean "will never work

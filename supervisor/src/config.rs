@@ -303,7 +303,16 @@ pub struct CpuConfig {
     /// slot, the cores the NPU's `enabled_cpus_mask` leaves free with one
     /// (see `crate::pinning`).
     pub cpus: Option<CpuSet>,
+    /// Conversations whose KV cache the worker keeps between turns (0 =
+    /// none). Each takes a sequence of the profile's context size, so the
+    /// KV cache is `cache_sequences + 1` times one sequence (status shows
+    /// its bytes): keep it within the slot's memory ceilings.
+    pub cache_sequences: u32,
 }
+
+/// Most conversation sequences a CPU worker may keep (llama.cpp allows 256
+/// sequences; far fewer fit any board's memory).
+pub const MAX_CACHE_SEQUENCES: u32 = 64;
 
 impl Default for CpuConfig {
     fn default() -> Self {
@@ -311,6 +320,7 @@ impl Default for CpuConfig {
             use_mmap: true,
             chat_template: None,
             cpus: None,
+            cache_sequences: 2,
         }
     }
 }
@@ -925,6 +935,12 @@ impl SlotConfig {
                 "must enable at least one CPU",
             ));
         }
+        if self.cpu.cache_sequences > MAX_CACHE_SEQUENCES {
+            return Err(invalid(
+                format!("{key}.cpu.cache_sequences"),
+                format!("must be at most {MAX_CACHE_SEQUENCES} (each is a KV cache of the context size)"),
+            ));
+        }
         if let Some(t) = &self.cpu.chat_template {
             let key = format!("{key}.cpu.chat_template");
             if t.is_empty() || t.contains('\0') {
@@ -967,6 +983,7 @@ impl SlotConfig {
             Backend::Cpu => BackendOptions::Cpu(CpuOptions {
                 use_mmap: self.cpu.use_mmap,
                 chat_template: self.cpu.chat_template.clone(),
+                cache_sequences: self.cpu.cache_sequences,
             }),
             Backend::Npu => BackendOptions::Npu(NpuOptions {
                 runtime_path: self.npu.runtime_path.to_string_lossy().into_owned(),

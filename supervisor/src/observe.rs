@@ -424,6 +424,52 @@ pub fn render_metrics(snap: Option<&Snapshot>, observed: &Observed, format: Form
     encode(&reg, format)
 }
 
+/// The KV-cache conversation figures, from the status report's per-slot
+/// counters (the workers report them; the supervisor adds them up).
+fn register_kv_cache(
+    reg: &mut Registry,
+    slots: &[proto::admin::SlotStatus],
+    slot: &dyn Fn(&proto::admin::SlotStatus) -> Labels,
+) {
+    counters(
+        reg,
+        "kv_cache_events",
+        "Conversation KV-cache hits, misses, evictions and drops by profile switches, per slot",
+        slots.iter().flat_map(|s| {
+            let c = &s.cache;
+            [
+                ("hit", c.hits),
+                ("miss", c.misses),
+                ("eviction", c.evictions),
+                ("dropped", c.dropped),
+            ]
+            .map(|(event, v)| {
+                let mut l = slot(s);
+                l.push(("event", event.to_owned()));
+                (l, v)
+            })
+        }),
+    );
+    counters(
+        reg,
+        "kv_cache_reused_tokens",
+        "Prompt tokens taken from a worker's KV cache instead of prefilled",
+        slots.iter().map(|s| (slot(s), s.cache.reused_tokens)),
+    );
+    gauges(
+        reg,
+        "kv_cache_conversations",
+        "Conversations a slot's worker holds in its KV cache",
+        None,
+        slots.iter().map(|s| {
+            (
+                slot(s),
+                i64::try_from(s.cache.held.len()).unwrap_or(i64::MAX),
+            )
+        }),
+    );
+}
+
 fn register_snapshot(reg: &mut Registry, snap: &Snapshot) {
     let c = &snap.counters;
     counters(
@@ -490,6 +536,7 @@ fn register_snapshot(reg: &mut Registry, snap: &Snapshot) {
             (l, 1)
         }),
     );
+    register_kv_cache(reg, slots, &slot);
     let temps = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     for z in &snap.status.thermal.zones {
         temps
@@ -632,6 +679,7 @@ mod tests {
                 chat_template: String::new(),
                 cpus: None,
                 cpus_reason: String::new(),
+                cache: proto::worker::CacheReport::default(),
             }],
             active_backend: Some(Backend::Npu),
             routing: Routing::Auto,

@@ -110,6 +110,36 @@ pub fn cooler(slots: &[SlotView], zones: &[ZoneTemp], chosen: usize) -> Option<u
         .map(|(i, _)| i)
 }
 
+/// The slots a request of a conversation may start on, best first.
+///
+/// `allowed` are the slots routing and policy allow now, in their order
+/// (the active slot first, then spill-over). `extra` are the other ready
+/// slots that hold the conversation and that policy would allow to take a
+/// request (never a primary in its failback hold-down, never under a pinned
+/// routing): the caller passes them only when they may. A holder that is
+/// healthy (`eligible`: not under memory pressure) moves to the front,
+/// so the conversation continues where its KV cache is; otherwise the order
+/// stays, and the request is prefilled cold where it lands.
+pub fn holder_first(
+    allowed: &[usize],
+    extra: &[usize],
+    holds: impl Fn(usize) -> bool,
+    eligible: impl Fn(usize) -> bool,
+) -> Vec<usize> {
+    let mut list: Vec<usize> = allowed.to_vec();
+    list.extend(extra.iter().filter(|j| !allowed.contains(j)));
+    let pick = list.iter().position(|&j| holds(j) && eligible(j));
+    match pick {
+        Some(at) => {
+            let j = list.remove(at);
+            list.insert(0, j);
+            list
+        }
+        // Nobody to prefer: extras were only for a holder.
+        None => allowed.to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +264,19 @@ mod tests {
             choose(&slots, Routing::Auto, None, Duration::ZERO, Millis(0)).0,
             None
         );
+    }
+
+    #[test]
+    fn the_slot_holding_the_conversation_goes_first() {
+        // The fallback holds it: it takes the request ahead of the active primary.
+        assert_eq!(holder_first(&[0, 1], &[], |j| j == 1, |_| true), vec![1, 0]);
+        // Spill-over off: the fallback is offered only as a holder.
+        assert_eq!(holder_first(&[0], &[1], |j| j == 1, |_| true), vec![1, 0]);
+        // A holder under memory pressure is not preferred; extras fall away.
+        assert_eq!(holder_first(&[0], &[1], |j| j == 1, |j| j != 1), vec![0]);
+        // Nobody holds it: routing's order.
+        assert_eq!(holder_first(&[1, 0], &[], |_| false, |_| true), vec![1, 0]);
+        // The active slot holds it: unchanged.
+        assert_eq!(holder_first(&[0, 1], &[], |j| j == 0, |_| true), vec![0, 1]);
     }
 }

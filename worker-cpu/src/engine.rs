@@ -1,5 +1,7 @@
 //! The llama.cpp engine behind `worker_kit`: loads a GGUF model and its
-//! context and decodes one generation at a time.
+//! context and decodes one generation at a time, keeping each conversation's
+//! KV cache in a sequence of its own between requests (the decisions are in
+//! [`crate::cache`]).
 //!
 //! Both run on the worker runtime's engine thread: llama.cpp calls block for
 //! milliseconds to seconds and a context borrows its model, so both live on
@@ -16,23 +18,38 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use model_check::gguf;
 use proto::chat::{Backend, FinishReason, GenParams};
 use proto::worker::{
-    BackendOptions, ExitCode, Generate, KvCacheType, Load, LoadFailed, ModelFacts, WorkerError,
-    WorkerErrorKind,
+    BackendOptions, CacheReport, ExitCode, Generate, KvCacheType, Load, LoadFailed, ModelFacts,
+    WorkerError, WorkerErrorKind,
 };
 use worker_kit::{
     Engine, Finish, Flow, GenFailure, Job, LoadFailure, Model, Serve, Served, TokenStream,
 };
 
+use crate::cache::{self, Counters, Entry, Table, SCRATCH};
 use crate::template;
 
 /// llama.cpp as a worker engine. The backend is started at the first load
-/// (llama.cpp allows it once per process) and kept for reloads.
+/// (llama.cpp allows it once per process) and kept for reloads, and so are
+/// the cache figures and, across a profile switch that keeps the context
+/// size, the cached conversations.
 #[derive(Debug, Default)]
 pub struct LlamaEngine {
     backend: Option<LlamaBackend>,
+    counters: Counters,
+    carried: Option<Carried>,
+}
+
+/// Conversations saved from the previous context, for the next load.
+#[derive(Debug)]
+struct Carried {
+    model_path: String,
+    context_size: u32,
+    sequences: Vec<(u32, Entry, SeqState)>,
 }
 
 impl Engine for LlamaEngine {
@@ -55,25 +72,251 @@ impl Engine for LlamaEngine {
             exit_code: f.exit_code,
             message: f.message,
         };
+        let carried = self.carried.take();
         let loaded = Loaded::new(backend, load).map_err(failure)?;
-        let ctx = loaded.context(backend, load).map_err(failure)?;
+        let sequences = match &load.backend {
+            BackendOptions::Cpu(cpu) => cpu.cache_sequences,
+            BackendOptions::Npu(_) => 0,
+        };
+        let ctx = loaded.context(backend, load, sequences).map_err(failure)?;
+        let kv_bytes = loaded.kv_bytes(load);
         let mut model = Serving {
             loaded: &loaded,
             ctx,
+            table: Table::new(sequences),
+            counters: self.counters,
+            context_size: load.profile.context_size,
+            kv_bytes,
         };
-        Ok(serve.serve(loaded.facts.clone(), &mut model))
+        if let Some(carried) = carried {
+            model.restore(carried, load);
+        }
+        let served = serve.serve(loaded.facts.clone(), &mut model);
+        self.counters = model.counters;
+        self.carried = model.save(&load.model_path);
+        Ok(served)
     }
 }
 
-/// A model and its context, serving generations.
+/// A model and its context, serving generations, and what the context's
+/// sequences hold.
 struct Serving<'m> {
     loaded: &'m Loaded,
     ctx: LlamaContext<'m>,
+    table: Table,
+    counters: Counters,
+    /// Tokens one sequence holds at most (the profile's context window).
+    context_size: u32,
+    /// KV bytes of one sequence.
+    kv_bytes: u64,
 }
 
 impl Model for Serving<'_> {
     fn generate(&mut self, job: &Job, out: &TokenStream) -> Result<Finish, GenFailure> {
-        self.loaded.generate(&mut self.ctx, &job.generate, out)
+        self.run(&job.generate, out)
+    }
+
+    fn cache(&self) -> CacheReport {
+        self.table.report(self.counters, self.kv_bytes)
+    }
+}
+
+impl Serving<'_> {
+    /// Puts the conversations of the previous context into this one, when
+    /// the model and the context size are the same; the rest are dropped
+    /// and counted.
+    fn restore(&mut self, carried: Carried, load: &Load) {
+        let keep = cache::survives_switch(
+            &carried.model_path,
+            carried.context_size,
+            &load.model_path,
+            load.profile.context_size,
+        );
+        for (seq, entry, state) in carried.sequences {
+            let restored = keep
+                && seq <= self.table.capacity()
+                && self
+                    .ctx
+                    .state_seq_set(&state, pos_i32(seq as usize))
+                    .is_ok();
+            if restored {
+                self.table.restore(seq, entry);
+            } else {
+                let _ = self.ctx.clear_kv_cache_seq(Some(seq), None, None);
+                self.counters.dropped += 1;
+            }
+        }
+        tracing::info!(
+            kept = self.table.held().len(),
+            dropped = self.counters.dropped,
+            "cached conversations after the profile switch"
+        );
+    }
+
+    /// Saves the held conversations' KV, for a reload that keeps them.
+    fn save(&self, model_path: &str) -> Option<Carried> {
+        let sequences: Vec<_> = self
+            .table
+            .held()
+            .into_iter()
+            .filter_map(|(seq, entry)| {
+                let state = self
+                    .ctx
+                    .state_seq_get(pos_i32(seq as usize), LlamaStateSeqFlags::empty())
+                    .ok()?;
+                Some((seq, entry.clone(), state))
+            })
+            .collect();
+        (!sequences.is_empty()).then(|| Carried {
+            model_path: model_path.to_owned(),
+            context_size: self.context_size,
+            sequences,
+        })
+    }
+
+    /// One generation in the sequence of its conversation (the scratch
+    /// sequence when it has none): the cached common prefix is kept, the
+    /// rest of the prompt decoded.
+    fn run(&mut self, g: &Generate, out: &TokenStream) -> Result<Finish, GenFailure> {
+        let t0 = Instant::now();
+        let id = g.request_id;
+        let failure = |e: WorkerError| GenFailure::new(e.kind, e.message);
+        let tokens = self.loaded.prompt_tokens(g).map_err(failure)?;
+        let n_ctx = self.context_size as usize;
+        if tokens.len() >= n_ctx {
+            return Err(GenFailure::new(
+                WorkerErrorKind::PromptTooLong,
+                format!(
+                    "the prompt is {} tokens and the context window is {n_ctx}: shorten the conversation",
+                    tokens.len()
+                ),
+            ));
+        }
+        let ids: Vec<i32> = tokens.iter().map(|t| t.0).collect();
+        let key = g.conversation.as_deref();
+        let (seq, mut reuse) = if let Some(place) = key.and_then(|k| self.table.place(k)) {
+            {
+                if place.hit {
+                    self.counters.hits += 1;
+                } else {
+                    self.counters.misses += 1;
+                }
+                if let Some(evicted) = &place.evicted {
+                    self.counters.evictions += 1;
+                    tracing::debug!(
+                        seq = place.seq,
+                        evicted_chars = evicted.len(),
+                        "evicted the least recently used conversation"
+                    );
+                }
+                let cached = self
+                    .table
+                    .entry(place.seq)
+                    .map_or(&[][..], |e| &e.tokens[..]);
+                (place.seq, cache::reusable(cached, &ids))
+            }
+        } else {
+            if key.is_some() {
+                // Keys are welcome but nothing is kept (cache_sequences = 0).
+                self.counters.misses += 1;
+            }
+            (SCRATCH, 0)
+        };
+        // Drop the divergent tail; a model whose cache cannot be cut (a
+        // recurrent one) starts the sequence over.
+        let cut = u32::try_from(reuse).unwrap_or(u32::MAX);
+        if !matches!(
+            self.ctx.clear_kv_cache_seq(Some(seq), Some(cut), None),
+            Ok(true)
+        ) {
+            let _ = self.ctx.clear_kv_cache_seq(Some(seq), None, None);
+            reuse = 0;
+        }
+        self.table.set_tokens(seq, ids[..reuse].to_vec());
+        if key.is_some() {
+            self.counters.reused_tokens += reuse as u64;
+        }
+        let mut batch = match prefill(&mut self.ctx, &tokens[reuse..], reuse, seq, id) {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.drop_sequence(seq);
+                return Err(failure(e));
+            }
+        };
+        let mut held = ids;
+        self.table.set_tokens(seq, held.clone());
+        let prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
+        let prefill_ms = ms(t0.elapsed());
+        out.prompt_cached(
+            prompt_tokens,
+            u32::try_from(reuse).unwrap_or(u32::MAX),
+            prefill_ms,
+        );
+        out.cache(self.cache());
+        let decoded = self.decode(g, &mut batch, seq, &mut held, out);
+        match decoded {
+            Ok(finish) => {
+                self.table.set_tokens(seq, held);
+                Ok(Finish {
+                    reason: finish,
+                    prompt_tokens: Some(prompt_tokens),
+                    prefill_ms: Some(prefill_ms),
+                })
+            }
+            Err(e) => {
+                self.drop_sequence(seq);
+                Err(failure(e))
+            }
+        }
+    }
+
+    /// Samples and decodes the answer in `seq`, appending each token decoded
+    /// into the cache to `held`.
+    fn decode(
+        &mut self,
+        g: &Generate,
+        batch: &mut LlamaBatch<'static>,
+        seq: u32,
+        held: &mut Vec<i32>,
+        out: &TokenStream,
+    ) -> Result<FinishReason, WorkerError> {
+        let id = g.request_id;
+        let n_ctx = self.context_size as usize;
+        let seq_id = pos_i32(seq as usize);
+        let model = &self.loaded.model;
+        let vocab = model.vocab();
+        let mut sampler = sampler(&g.params, model.n_vocab());
+        loop {
+            // Stopped by the runtime (cancel, shutdown): it has answered already.
+            if out.is_stopped() {
+                return Ok(FinishReason::Cancelled);
+            }
+            if held.len() >= n_ctx {
+                return Ok(FinishReason::ContextFull);
+            }
+            let token = sampler.sample(&self.ctx, batch.n_tokens() - 1);
+            if vocab.is_eog(token) {
+                return Ok(FinishReason::EndOfTurn);
+            }
+            // Handed over the moment it is decoded: no batching of the stream.
+            if out.token(&vocab.token_to_piece(token, false, None)) == Flow::Stop {
+                return Ok(FinishReason::MaxTokens);
+            }
+            batch.clear();
+            batch
+                .add(token, pos_i32(held.len()), &[seq_id], true)
+                .map_err(|e| engine_error(id, "token batch", &e))?;
+            self.ctx
+                .decode(batch)
+                .map_err(|e| engine_error(id, "decode", &e))?;
+            held.push(token.0);
+        }
+    }
+
+    /// Forgets a sequence whose cells are in doubt (a failed decode).
+    fn drop_sequence(&mut self, seq: u32) {
+        let _ = self.ctx.clear_kv_cache_seq(Some(seq), None, None);
+        self.table.forget(seq);
     }
 }
 
@@ -143,10 +386,32 @@ impl Loaded {
         })
     }
 
+    /// KV bytes of one sequence of the profile's context.
+    fn kv_bytes(&self, load: &Load) -> u64 {
+        let milli = match load.profile.kv_cache_type {
+            KvCacheType::F16 => 2000,
+            KvCacheType::Q8_0 => 1062,
+            KvCacheType::Q4_0 => 562,
+        };
+        let heads = u64::from(self.model.n_head().max(1));
+        let head_dim = u64::try_from(self.model.n_embd()).unwrap_or(0) / heads;
+        cache::kv_bytes(
+            u64::from(self.model.n_layer()),
+            u64::from(self.model.n_head_kv()),
+            head_dim,
+            u64::from(load.profile.context_size),
+            milli,
+        )
+    }
+
+    /// A context of `sequences` conversation sequences and the scratch one,
+    /// each of the profile's context size (llama.cpp gives every sequence
+    /// a stream of its own unless the KV cache is unified).
     fn context<'m>(
         &'m self,
         backend: &LlamaBackend,
         load: &Load,
+        sequences: u32,
     ) -> Result<LlamaContext<'m>, LoadFailed> {
         let p = &load.profile;
         let threads = if p.threads == 0 {
@@ -162,8 +427,10 @@ impl Loaded {
         };
         // A quantised V cache only works with flash attention.
         let flash = p.flash_attention || p.kv_cache_type != KvCacheType::F16;
+        let streams = sequences.saturating_add(1);
         let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(p.context_size))
+            .with_n_ctx(NonZeroU32::new(p.context_size.saturating_mul(streams)))
+            .with_n_seq_max(streams)
             .with_n_batch(p.batch_size.max(1))
             .with_n_ubatch(p.batch_size.max(1))
             .with_n_threads(threads)
@@ -187,10 +454,7 @@ impl Loaded {
             })
     }
 
-    fn prompt_tokens(
-        &self,
-        g: &Generate,
-    ) -> Result<Vec<llama_cpp_2::token::LlamaToken>, WorkerError> {
+    fn prompt_tokens(&self, g: &Generate) -> Result<Vec<LlamaToken>, WorkerError> {
         let bad = |message: String| WorkerError {
             request_id: g.request_id,
             kind: WorkerErrorKind::BadRequest,
@@ -212,66 +476,6 @@ impl Loaded {
         prompt.push_str(&g.assistant_prefix);
         Ok(self.model.vocab().tokenize(prompt.as_bytes(), true, true))
     }
-
-    fn generate(
-        &self,
-        ctx: &mut LlamaContext<'_>,
-        g: &Generate,
-        out: &TokenStream,
-    ) -> Result<Finish, GenFailure> {
-        let t0 = Instant::now();
-        let id = g.request_id;
-        let failure = |e: WorkerError| GenFailure::new(e.kind, e.message);
-        let tokens = self.prompt_tokens(g).map_err(failure)?;
-        let n_ctx = ctx.n_ctx() as usize;
-        if tokens.len() >= n_ctx {
-            return Err(GenFailure::new(
-                WorkerErrorKind::PromptTooLong,
-                format!(
-                    "the prompt is {} tokens and the context window is {n_ctx}: shorten the conversation",
-                    tokens.len()
-                ),
-            ));
-        }
-        let mut batch = prefill(ctx, &tokens, id).map_err(failure)?;
-        let prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
-        let prefill_ms = ms(t0.elapsed());
-        out.prompt(prompt_tokens, prefill_ms);
-
-        let vocab = self.model.vocab();
-        let mut sampler = sampler(&g.params, self.model.n_vocab());
-        let engine_err = |what: &str, e: &dyn std::fmt::Display| failure(engine_error(id, what, e));
-        let mut pos = tokens.len();
-        let finish = loop {
-            // Stopped by the runtime (cancel, shutdown): it has answered already.
-            if out.is_stopped() {
-                break FinishReason::Cancelled;
-            }
-            if pos >= n_ctx {
-                break FinishReason::ContextFull;
-            }
-            let token = sampler.sample(ctx, batch.n_tokens() - 1);
-            if vocab.is_eog(token) {
-                break FinishReason::EndOfTurn;
-            }
-            // Handed over the moment it is decoded: no batching of the stream.
-            if out.token(&vocab.token_to_piece(token, false, None)) == Flow::Stop {
-                break FinishReason::MaxTokens;
-            }
-            batch.clear();
-            batch
-                .add(token, pos_i32(pos), &[0], true)
-                .map_err(|e| engine_err("token batch", &e))?;
-            pos += 1;
-            ctx.decode(&mut batch)
-                .map_err(|e| engine_err("decode", &e))?;
-        };
-        Ok(Finish {
-            reason: finish,
-            prompt_tokens: Some(prompt_tokens),
-            prefill_ms: Some(prefill_ms),
-        })
-    }
 }
 
 fn engine_error(request_id: u64, what: &str, e: &dyn std::fmt::Display) -> WorkerError {
@@ -282,24 +486,27 @@ fn engine_error(request_id: u64, what: &str, e: &dyn std::fmt::Display) -> Worke
     }
 }
 
-/// Clears the KV cache and decodes the prompt in batches, asking for logits
-/// of the last prompt token only; returns the batch, whose last entry the
-/// first sample reads.
+/// Decodes `tokens` into sequence `seq` from position `start` (the cells
+/// before it are the cached prefix) in batches, asking for logits of the
+/// last token only; returns the batch, whose last entry the first sample
+/// reads. `tokens` is never empty: the prompt's last token is always decoded.
 fn prefill(
     ctx: &mut LlamaContext<'_>,
-    tokens: &[llama_cpp_2::token::LlamaToken],
+    tokens: &[LlamaToken],
+    start: usize,
+    seq: u32,
     id: u64,
 ) -> Result<LlamaBatch<'static>, WorkerError> {
-    ctx.clear_kv_cache();
     let n_batch = (ctx.n_batch() as usize).max(1);
     let mut batch = LlamaBatch::new(n_batch, 1);
-    let last = tokens.len() - 1;
+    let last = tokens.len().saturating_sub(1);
+    let seq_id = pos_i32(seq as usize);
     for (chunk_no, chunk) in tokens.chunks(n_batch).enumerate() {
         batch.clear();
         for (j, token) in chunk.iter().enumerate() {
-            let pos = chunk_no * n_batch + j;
+            let i = chunk_no * n_batch + j;
             batch
-                .add(*token, pos_i32(pos), &[0], pos == last)
+                .add(*token, pos_i32(start + i), &[seq_id], i == last)
                 .map_err(|e| engine_error(id, "prompt batch", &e))?;
         }
         ctx.decode(&mut batch)

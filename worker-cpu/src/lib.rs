@@ -5,9 +5,11 @@
 //! It must not carry test-only behaviour: fault injection lives in
 //! `test-kit`'s fake worker, never in the binary installed on the board.
 //!
+//! - [`cache`]: which KV-cache sequence a conversation uses, what is reused, what is evicted
 //! - [`engine`]: llama.cpp as a [`worker_kit::Engine`]
 //! - [`standalone`]: one generation without a supervisor
 
+pub mod cache;
 pub mod engine;
 pub mod standalone;
 pub mod template;

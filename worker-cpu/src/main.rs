@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use proto::chat::{GenParams, GenStats};
+use proto::chat::{ChatMessage, GenParams, GenStats, Role};
 use proto::cpus::CpuSet;
 use proto::worker::{BackendOptions, CpuOptions, KvCacheType, Load, Profile};
 use worker_cpu::engine::LlamaEngine;
@@ -36,8 +36,12 @@ enum Cmd {
         #[arg(long)]
         model: PathBuf,
         /// The user's message.
+        #[arg(long, required_unless_present = "chat", conflicts_with = "chat")]
+        prompt: Option<String>,
+        /// A JSON file with the whole conversation instead, ending with the
+        /// user's turn: `[{"role": "system"|"user"|"assistant", "content": "..."}, ...]`.
         #[arg(long)]
-        prompt: String,
+        chat: Option<PathBuf>,
         /// Tokens to generate at most.
         #[arg(long, default_value_t = 64)]
         max_tokens: u32,
@@ -73,7 +77,12 @@ fn main() -> anyhow::Result<()> {
         worker_kit::affinity::pin(cpus).context("pinning to --cpus")?;
     }
     match (cli.command, cli.socket) {
-        (Some(Cmd::Generate { model, prompt, max_tokens, context_size, threads, json }), _) => {
+        (Some(Cmd::Generate { model, prompt, chat, max_tokens, context_size, threads, json }), _) => {
+            let messages = match (prompt, chat) {
+                (_, Some(path)) => read_chat(&path)?,
+                (Some(prompt), None) => vec![ChatMessage::new(Role::User, prompt)],
+                (None, None) => anyhow::bail!("give --prompt or --chat"),
+            };
             let load = Load {
                 model_path: model.to_string_lossy().into_owned(),
                 profile: Profile {
@@ -85,13 +94,13 @@ fn main() -> anyhow::Result<()> {
                     flash_attention: false,
                     max_new_tokens: max_tokens,
                 },
-                backend: BackendOptions::Cpu(CpuOptions { use_mmap: true, chat_template: None }),
+                backend: BackendOptions::Cpu(CpuOptions { use_mmap: true, chat_template: None, cache_sequences: 0 }),
             };
             let params = GenParams { max_tokens, ..GenParams::default() };
             let mut out = std::io::stdout();
             let mut first: Option<Instant> = None;
             let mut token_ms = Vec::new();
-            let result = standalone::generate(load, &prompt, params, &mut |piece| {
+            let result = standalone::generate_chat(load, messages, params, &mut |piece| {
                 let now = Instant::now();
                 let first = *first.get_or_insert(now);
                 token_ms.push(now.duration_since(first).as_secs_f64() * 1000.0);
@@ -131,6 +140,36 @@ fn main() -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("nothing to do: pass --socket PATH (as the supervisor does) or a subcommand; see --help"),
     }
+}
+
+/// One message of a `--chat` file.
+#[derive(serde::Deserialize)]
+struct ChatLine {
+    role: String,
+    content: String,
+}
+
+/// Reads a `--chat` file.
+fn read_chat(path: &std::path::Path) -> anyhow::Result<Vec<ChatMessage>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the conversation {}", path.display()))?;
+    let lines: Vec<ChatLine> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a JSON list of {{role, content}}", path.display()))?;
+    lines
+        .into_iter()
+        .map(|l| {
+            let role = match l.role.as_str() {
+                "system" => Role::System,
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                other => anyhow::bail!(
+                    "{}: unknown role {other:?} (system, user, assistant)",
+                    path.display()
+                ),
+            };
+            Ok(ChatMessage::new(role, l.content))
+        })
+        .collect()
 }
 
 /// The figures of a standalone generation as one JSON object (numbers only,

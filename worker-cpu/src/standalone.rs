@@ -20,12 +20,33 @@ pub fn generate(
     params: GenParams,
     on_token: &mut dyn FnMut(&str),
 ) -> Result<(String, f64, GenStats), StandaloneError> {
+    generate_chat(
+        load,
+        vec![ChatMessage::new(Role::User, prompt)],
+        params,
+        on_token,
+    )
+}
+
+/// Like [`generate`], for a whole conversation ending with the user's turn
+/// (a cold prefill of all of it: the baseline of `supctl bench`'s
+/// conversation profile).
+///
+/// # Errors
+/// [`StandaloneError`] when loading or generating fails.
+pub fn generate_chat(
+    load: Load,
+    messages: Vec<ChatMessage>,
+    params: GenParams,
+    on_token: &mut dyn FnMut(&str),
+) -> Result<(String, f64, GenStats), StandaloneError> {
     let mut text = String::new();
     let generate = Generate {
         request_id: 1,
-        messages: vec![ChatMessage::new(Role::User, prompt)],
+        messages,
         params,
         assistant_prefix: String::new(),
+        conversation: None,
     };
     let (ready, done) =
         worker_kit::generate_locally(LlamaEngine::default(), load, generate, &mut |piece| {

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use proto::chat::{Backend, FinishReason};
 use proto::worker::{
-    Generate, Heartbeat, Load, LoadFailed, Ready, SupervisorToWorker, WorkerDone, WorkerError,
-    WorkerErrorKind, WorkerToSupervisor, WorkerToken,
+    CacheReport, Generate, Heartbeat, Load, LoadFailed, Ready, SupervisorToWorker, WorkerDone,
+    WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
 use crate::engine::{EngineEvent, Finish, GenFailure, Job, StopReason};
@@ -93,6 +93,8 @@ pub struct Core {
     current: Option<Current>,
     tokens_total: u64,
     requests_total: u64,
+    /// The engine's latest report of its KV caches.
+    cache: CacheReport,
     exiting: bool,
 }
 
@@ -107,6 +109,7 @@ impl Core {
             current: None,
             tokens_total: 0,
             requests_total: 0,
+            cache: CacheReport::default(),
             exiting: false,
         }
     }
@@ -175,6 +178,7 @@ impl Core {
                     busy_with: self.busy_with(),
                     tokens_total: self.tokens_total,
                     requests_total: self.requests_total,
+                    cache: self.cache.clone(),
                 })));
             }
             SupervisorToWorker::Shutdown => {
@@ -320,12 +324,15 @@ impl Core {
                 request_id,
                 tokens,
                 prefill_ms,
+                cached,
             } => {
                 if let Some(cur) = self.current_for(request_id) {
                     cur.tally.prompt_tokens = Some(tokens);
                     cur.tally.prefill_ms = Some(prefill_ms);
+                    cur.tally.cached_tokens = Some(cached);
                 }
             }
+            EngineEvent::Cache(report) => self.cache = report,
             EngineEvent::LimitReached { request_id } => {
                 if self.current_for(request_id).is_some() {
                     self.answer_done(FinishReason::MaxTokens, out);
@@ -391,6 +398,7 @@ impl Core {
             request_id: cur.request_id,
             finish,
             stats: cur.tally.stats(),
+            cache: self.cache.clone(),
         })));
     }
 
@@ -482,6 +490,7 @@ mod tests {
                 ..GenParams::default()
             },
             assistant_prefix: String::new(),
+            conversation: None,
         }))
     }
 
@@ -581,6 +590,50 @@ mod tests {
         assert!(core
             .handle(msg(SupervisorToWorker::Ping(Ping { seq: 2 })), now)
             .is_empty());
+    }
+
+    #[test]
+    fn done_and_heartbeat_carry_the_engines_cache_report() {
+        let now = Instant::now();
+        let mut core = ready_core(now);
+        core.handle(generate(1, 10), now);
+        let report = CacheReport {
+            held: vec![proto::worker::HeldConversation {
+                key: "k".into(),
+                tokens: 30,
+            }],
+            capacity: 2,
+            hits: 1,
+            reused_tokens: 25,
+            ..CacheReport::default()
+        };
+        let prompt = EngineEvent::Prompt {
+            request_id: 1,
+            tokens: 30,
+            prefill_ms: 2.0,
+            cached: 25,
+        };
+        assert!(core.handle(Input::Engine(prompt), now).is_empty());
+        assert!(core
+            .handle(Input::Engine(EngineEvent::Cache(report.clone())), now)
+            .is_empty());
+        let out = core.handle(
+            Input::Engine(EngineEvent::LimitReached { request_id: 1 }),
+            now,
+        );
+        let Effect::Send(WorkerToSupervisor::Done(done)) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(done.cache, report);
+        assert_eq!(
+            (done.stats.prompt_tokens, done.stats.cached_tokens),
+            (30, 25)
+        );
+        let out = core.handle(msg(SupervisorToWorker::Ping(Ping { seq: 1 })), now);
+        let Effect::Send(WorkerToSupervisor::Heartbeat(hb)) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(hb.cache, report);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use proto::chat::{Backend, FinishReason};
-use proto::worker::{ExitCode, Generate, Load, ModelFacts, WorkerErrorKind};
+use proto::worker::{CacheReport, ExitCode, Generate, Load, ModelFacts, WorkerErrorKind};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::utf8::Utf8Assembler;
@@ -44,6 +44,13 @@ pub trait Model {
     /// # Errors
     /// [`GenFailure`]: a request the model cannot serve, or an engine failure.
     fn generate(&mut self, job: &Job, out: &TokenStream) -> Result<Finish, GenFailure>;
+
+    /// What the model holds in its KV caches (conversations, figures), sent
+    /// with every `Done` and heartbeat. A model that keeps no cache between
+    /// generations reports nothing.
+    fn cache(&self) -> CacheReport {
+        CacheReport::default()
+    }
 }
 
 /// One generation as the engine sees it.
@@ -174,7 +181,11 @@ pub enum EngineEvent {
         tokens: u32,
         /// Time spent on it.
         prefill_ms: f64,
+        /// Of its tokens, those whose KV was reused from the cache.
+        cached: u32,
     },
+    /// What the model holds in its KV caches now.
+    Cache(CacheReport),
     /// The token cap was reached; the stream has stopped itself.
     LimitReached {
         /// The generation.
@@ -307,11 +318,25 @@ impl TokenStream {
     /// Reports the prompt's size and processing time, when the engine knows
     /// them (before the first token, or at the end).
     pub fn prompt(&self, tokens: u32, prefill_ms: f64) {
+        self.prompt_cached(tokens, 0, prefill_ms);
+    }
+
+    /// Like [`prompt`](Self::prompt), for an engine that reused the KV of
+    /// `cached` of the prompt's `tokens` and prefilled only the rest.
+    pub fn prompt_cached(&self, tokens: u32, cached: u32, prefill_ms: f64) {
         self.send(EngineEvent::Prompt {
             request_id: self.inner.request_id,
             tokens,
             prefill_ms,
+            cached,
         });
+    }
+
+    /// Reports what the model holds in its KV caches now (an engine calls
+    /// it after the prompt, so the `Done` of a generation stopped by its
+    /// cap already names the conversation).
+    pub fn cache(&self, report: CacheReport) {
+        self.send(EngineEvent::Cache(report));
     }
 
     /// Whether the generation should stop (engines that decode in a loop
@@ -419,6 +444,9 @@ impl Serve<'_> {
     /// Reports the model ready with `facts`, then runs the generations the
     /// runtime hands over until it wants another model or the worker ends.
     pub fn serve(self, facts: ModelFacts, model: &mut dyn Model) -> Served {
+        // The cache first: the Ready that follows must not find a report of
+        // the previous model.
+        let _ = self.events.send(EngineEvent::Cache(model.cache()));
         let _ = self.events.send(EngineEvent::Loaded(Ok(facts)));
         loop {
             match self.commands.recv() {
@@ -455,6 +483,7 @@ fn run_job(
         )
     };
     let tokens = stream.close();
+    let _ = events.send(EngineEvent::Cache(model.cache()));
     let _ = events.send(EngineEvent::Finished {
         request_id,
         result,

@@ -17,7 +17,7 @@
 //! - [`affinity`]: pinning the worker's threads to its CPUs (`--cpus`)
 //! - [`run`](mod@run): the driver (socket, engine thread, SIGTERM, exit)
 //! - [`engine`]: what a backend implements and is handed
-//! - [`local`]: one generation without a supervisor
+//! - [`local`]: generations without a supervisor
 //! - [`utf8`]: token bytes into whole characters
 //! - [`stats`]: the figures of a generation
 //!
@@ -37,6 +37,7 @@
 //! | engine error | `Error` (`Engine`); the worker keeps serving |
 //! | load failure | `LoadFailed`, then exit with its code (64-78: never restart; 1: may work after a restart) |
 //! | supervisor of another protocol version | exit 78 (`ProtocolMismatch`) |
+//! | `Done` and heartbeats | carry the engine's latest KV-cache report ([`Model::cache`]: conversations held, figures); an engine reports it after its prompt too, so a `Done` sent at the token cap already names the conversation |
 
 pub mod affinity;
 pub mod core;
@@ -53,7 +54,7 @@ pub use engine::{
     Engine, Finish, Flow, GenFailure, Job, LoadFailure, Model, Serve, Served, StopReason,
     TokenStream,
 };
-pub use local::{generate_locally, LocalError};
+pub use local::{generate_locally, LocalError, LocalSession};
 pub use run::{run, serve};
 
 /// How the worker process ends.

@@ -24,6 +24,8 @@ pub struct Tally {
     pub prompt_tokens: Option<u32>,
     /// Prompt processing time, when the engine said.
     pub prefill_ms: Option<f64>,
+    /// Prompt tokens reused from the KV cache, when the engine said.
+    pub cached_tokens: Option<u32>,
 }
 
 impl Tally {
@@ -36,6 +38,7 @@ impl Tally {
             tokens: 0,
             prompt_tokens: None,
             prefill_ms: None,
+            cached_tokens: None,
         }
     }
 
@@ -65,6 +68,7 @@ impl Tally {
             prefill_ms: self.prefill_ms.unwrap_or(0.0),
             decode_ms: millis(decode),
             decode_tps: decode_tps(self.tokens, decode),
+            cached_tokens: self.cached_tokens.unwrap_or(0),
         }
     }
 }

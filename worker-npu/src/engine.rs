@@ -283,11 +283,36 @@ fn init_message(
     }
 }
 
+/// What one run sends the runtime.
+#[derive(Debug, Clone, Copy)]
+pub struct RunInput<'a> {
+    /// The prompt text (the whole conversation, or only the new user turn
+    /// when the runtime's history holds the rest).
+    pub input: &'a str,
+    /// Keep this run in the runtime's KV cache for the next.
+    pub keep_history: bool,
+    /// Tokens of the conversation already in the runtime's cache.
+    pub reused: u32,
+}
+
+/// What a run left in the runtime, for the next turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ran {
+    /// The answer as the runtime produced it.
+    pub answer: String,
+    /// Tokens of the conversation in the cache after the run (reused,
+    /// prefilled and generated), when the runtime reported its figures.
+    pub tokens: Option<u32>,
+}
+
 /// What the runtime's callbacks left behind for the end of a run.
 #[derive(Default)]
 struct SinkState {
     perf: Option<RKLLMPerfStat>,
     error: bool,
+    /// The answer's bytes as the runtime gave them (what its KV cache now
+    /// holds after the prompt, for a run that keeps its history).
+    answer: Vec<u8>,
 }
 
 /// Receives the runtime's callbacks for one generation and puts the text
@@ -309,7 +334,10 @@ impl RunSink for GenSink {
         match event {
             RunEvent::Text { bytes, .. } => {
                 // Text after an error belongs to no answer.
-                if !self.lock().error {
+                let mut state = self.lock();
+                if !state.error {
+                    state.answer.extend_from_slice(bytes);
+                    drop(state);
                     self.out.token(bytes);
                 }
             }
@@ -373,6 +401,16 @@ impl Engine {
         }
     }
 
+    /// Empties the runtime's KV cache.
+    ///
+    /// # Errors
+    /// [`GenFailure`] (`Engine`) when the runtime refuses.
+    pub fn clear_kv_cache(&self) -> Result<(), GenFailure> {
+        self.model
+            .clear_kv_cache()
+            .map_err(|e| GenFailure::new(WorkerErrorKind::Engine, e.to_string()))
+    }
+
     /// Whether the runtime enforces the per-request token cap itself (1.3.0).
     pub fn caps_tokens_per_run(&self) -> bool {
         self.abi == Abi::V1_3
@@ -390,9 +428,10 @@ impl Engine {
     pub fn run(
         &self,
         prompt: &RenderedPrompt,
+        run: RunInput<'_>,
         limit: u32,
         out: &TokenStream,
-    ) -> Result<Finish, GenFailure> {
+    ) -> Result<(Finish, Ran), GenFailure> {
         let engine_failure = |message: String| GenFailure::new(WorkerErrorKind::Engine, message);
         let caps_itself = self.caps_tokens_per_run();
         let model = Arc::clone(&self.model);
@@ -420,8 +459,9 @@ impl Engine {
             .set_chat_template(&t.system_prompt, &t.prompt_prefix, &t.prompt_postfix)
             .map_err(|e| engine_failure(e.to_string()))?;
         let result = self.model.run(
-            &prompt.input,
+            run.input,
             per_run_cap,
+            run.keep_history,
             Arc::clone(&sink) as Arc<dyn RunSink>,
         );
         tracing::debug!(
@@ -440,16 +480,25 @@ impl Engine {
         }
         let context = i64::from(self.settings.context_size());
         let mut finish = Finish::new(FinishReason::EndOfTurn);
+        let mut ran = Ran {
+            answer: String::from_utf8_lossy(&state.answer).into_owned(),
+            tokens: None,
+        };
         if let Some(p) = state
             .perf
             .filter(|p| p.prefill_tokens > 0 || p.generate_tokens > 0)
         {
-            if i64::from(p.prefill_tokens) + i64::from(p.generate_tokens) >= context {
+            let run_tokens = i64::from(p.prefill_tokens) + i64::from(p.generate_tokens);
+            if i64::from(run.reused) + run_tokens >= context {
                 finish.reason = FinishReason::ContextFull;
             }
-            finish.prompt_tokens = u32::try_from(p.prefill_tokens).ok();
+            let prefilled = u32::try_from(p.prefill_tokens).unwrap_or(0);
+            finish.prompt_tokens = Some(prefilled.saturating_add(run.reused));
             finish.prefill_ms = Some(f64::from(p.prefill_time_ms));
+            ran.tokens = u32::try_from(run_tokens)
+                .ok()
+                .map(|t| t.saturating_add(run.reused));
         }
-        Ok(finish)
+        Ok((finish, ran))
     }
 }

@@ -15,6 +15,7 @@
 //! - [`classify`]: what the runtime's init log means
 //! - [`capture`]: capturing the runtime's output during init
 //! - [`chat`]: conversations rendered into the runtime's prompt and template
+//! - [`history`]: whether a request continues the runtime's KV history or clears it
 //! - [`config`]: settings from the supervisor's `Load`
 
 pub mod abi;
@@ -24,6 +25,7 @@ pub mod classify;
 pub mod config;
 pub mod engine;
 pub mod ffi;
+pub mod history;
 pub mod worker;
 
 use std::fs::File;

@@ -7,13 +7,14 @@
 use std::time::{Duration, Instant};
 
 use model_check::rkllm::Platform;
-use proto::chat::Backend;
-use proto::worker::{Load, WorkerErrorKind};
+use proto::chat::{Backend, ChatMessage, FinishReason, Role};
+use proto::worker::{CacheReport, Load, WorkerErrorKind};
 use worker_kit::{Finish, GenFailure, Job, LoadFailure, Model, Serve, Served, TokenStream};
 
 use crate::chat;
 use crate::config::LoadSettings;
-use crate::engine::{self, Engine};
+use crate::engine::{self, Engine, RunInput};
+use crate::history::{self, Counters, Held, Plan};
 
 /// How long the end of a model waits for the runtime to let go of it (its
 /// last run and abort calls to return) before leaving it alone.
@@ -23,13 +24,18 @@ const RELEASE_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct NpuEngine {
     board: Option<Platform>,
+    /// Cache figures since the process started (they outlive model loads).
+    counters: Counters,
 }
 
 impl NpuEngine {
     /// An engine for a machine whose SoC is `board` (when known), which the
     /// model file's target platform is checked against.
     pub fn new(board: Option<Platform>) -> Self {
-        Self { board }
+        Self {
+            board,
+            counters: Counters::default(),
+        }
     }
 }
 
@@ -56,8 +62,18 @@ impl worker_kit::Engine for NpuEngine {
             init_ms = started.elapsed().as_millis(),
             "NPU model initialised"
         );
-        let mut model = NpuModel { engine };
+        let mut model = NpuModel {
+            engine,
+            held: None,
+            dirty: false,
+            counters: self.counters,
+        };
         let served = serve.serve(report.model, &mut model);
+        // A new model (a profile switch) starts with an empty cache.
+        if model.held.is_some() {
+            model.counters.dropped += 1;
+        }
+        self.counters = model.counters;
         // Only the runtime's last references remain (a returning run, an
         // abort call); a model still in use by a run that never ends is left
         // alone: destroying it could hang.
@@ -73,6 +89,12 @@ impl worker_kit::Engine for NpuEngine {
 
 struct NpuModel {
     engine: Engine,
+    /// The conversation the runtime's KV cache holds.
+    held: Option<Held>,
+    /// The runtime holds history no `held` describes (a run that kept its
+    /// history but did not end cleanly): cleared before the next run.
+    dirty: bool,
+    counters: Counters,
 }
 
 impl Model for NpuModel {
@@ -86,11 +108,76 @@ impl Model for NpuModel {
             &g.assistant_prefix,
         )
         .map_err(|err| GenFailure::new(WorkerErrorKind::BadRequest, err.to_string()))?;
+        let key = g.conversation.as_deref();
+        let plan = history::plan(
+            self.held.as_ref(),
+            self.dirty,
+            key,
+            &g.messages,
+            &g.assistant_prefix,
+            &prompt.template,
+        );
         tracing::debug!(
             request_id = g.request_id,
             limit = job.limit,
+            continues = matches!(plan, Plan::Continue { .. }),
             "generation starts"
         );
-        self.engine.run(&prompt, job.limit, out)
+        let run = match &plan {
+            Plan::Continue { input, reused } => {
+                self.counters.hits += 1;
+                self.counters.reused_tokens += u64::from(*reused);
+                RunInput {
+                    input,
+                    keep_history: true,
+                    reused: *reused,
+                }
+            }
+            Plan::Fresh { clear, keep } => {
+                if key.is_some() {
+                    self.counters.misses += 1;
+                }
+                if *clear {
+                    if self.held.is_some() {
+                        self.counters.evictions += 1;
+                    }
+                    self.held = None;
+                    self.engine.clear_kv_cache()?;
+                    self.dirty = false;
+                }
+                RunInput {
+                    input: &prompt.input,
+                    keep_history: *keep,
+                    reused: 0,
+                }
+            }
+        };
+        // Until the run ends cleanly, the cache holds something unknown.
+        self.held = None;
+        self.dirty = run.keep_history;
+        let (finish, ran) = self.engine.run(&prompt, run, job.limit, out)?;
+        if let (Some(p), Some(ms)) = (finish.prompt_tokens, finish.prefill_ms) {
+            out.prompt_cached(p, run.reused, ms);
+        }
+        // Kept only after a whole answer: a stopped run left tokens in the
+        // cache that the client may never see.
+        let whole = finish.reason == FinishReason::EndOfTurn && !out.is_stopped();
+        if let (Some(key), true, true) = (key, run.keep_history, whole) {
+            let mut messages = g.messages.clone();
+            messages.push(ChatMessage::new(Role::Assistant, ran.answer));
+            self.held = Some(Held {
+                key: key.to_owned(),
+                messages,
+                template: prompt.template.clone(),
+                tokens: ran.tokens.unwrap_or(0),
+            });
+            self.dirty = false;
+        }
+        out.cache(self.cache());
+        Ok(finish)
+    }
+
+    fn cache(&self) -> CacheReport {
+        history::report(self.held.as_ref(), &self.counters)
     }
 }

@@ -46,6 +46,10 @@ async fn reply_to_the_bot_carries_earlier_turns() {
         ]
     );
     assert!(!r2[0].1.contains("left out"));
+    // Both turns name the chain by its root message, the first question.
+    let root = q1.to_string();
+    assert_eq!(submits[0].conversation.as_deref(), Some(root.as_str()));
+    assert_eq!(submits[1].conversation.as_deref(), Some(root.as_str()));
 
     // Three messages fit; the fourth back is cut, and the answer says so.
     let a2 = echo_answer(&submits[1]);
@@ -179,6 +183,7 @@ fn report() -> StatusReport {
             chat_template: String::new(),
             cpus: None,
             cpus_reason: String::new(),
+            cache: proto::worker::CacheReport::default(),
         }],
         active_backend: Some(Backend::Cpu),
         routing: Routing::Auto,

@@ -60,6 +60,7 @@ pub fn stream_answer(answer: &str, piece: usize, delay: Duration) -> Vec<Step> {
         stats: GenStats {
             generated_tokens: u32::try_from(chars.len() / piece.max(1)).unwrap_or(0),
             decode_tps: TPS,
+            cached_tokens: 0,
             ..GenStats::default()
         },
     })));

@@ -3,7 +3,7 @@
 
 use tokio::io::AsyncReadExt;
 
-use crate::support::{cpu_slot, raw_http_full, slow_slot, Board, KEY};
+use crate::support::{cpu_slot, raw_http_full, slow_slot, Board, KEY, KEY_NAME};
 use test_kit::harness::bin;
 
 fn post(body: &[u8], content_type: &str) -> Vec<u8> {
@@ -196,4 +196,60 @@ fn no_keys_on_a_non_loopback_address_refuses_to_start() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(all.contains("1 API keys") && !all.contains(KEY), "{all}");
+}
+
+fn post_in(conversation: Option<&[u8]>, body: &[u8]) -> Vec<u8> {
+    let header = conversation.map_or_else(Vec::new, |c| {
+        let mut h = b"X-Conversation: ".to_vec();
+        h.extend_from_slice(c);
+        h.extend_from_slice(b"\r\n");
+        h
+    });
+    let mut req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&header);
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(body);
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_conversation_reaches_the_workers_cache_and_a_bad_one_is_refused() {
+    let board = Board::start(
+        "",
+        &cpu_slot("primary", "[slots.primary.cpu]\ncache_sequences = 2\n"),
+        "",
+        false,
+    )
+    .await;
+    let first = br#"{"messages":[{"role":"user","content":"Name a colour."}],"max_tokens":8,"temperature":0}"#;
+    let (status, body) = board.http(&post_in(Some(b"chat-1"), first)).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    let second = serde_json::json!({
+        "messages": [
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": text},
+            {"role": "user", "content": "Another one?"}
+        ],
+        "max_tokens": 8,
+        "temperature": 0
+    })
+    .to_string();
+    let (status, body) = board
+        .http(&post_in(Some(b"chat-1"), second.as_bytes()))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let cache = board.slot("primary").await.cache;
+    assert_eq!((cache.hits, cache.misses), (1, 1), "{cache:?}");
+    assert_eq!(cache.held[0].key, format!("openai:{KEY_NAME}:chat-1"));
+    assert!(cache.reused_tokens > 0);
+
+    let (status, body) = board.http(&post_in(Some(b"two words"), first)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(error(&body)["param"], "X-Conversation");
 }

@@ -12,6 +12,7 @@ fn submit(text: &str) -> ClientToSupervisor {
         messages: vec![ChatMessage::new(Role::User, text)],
         params: GenParams::default(),
         model: String::new(),
+        conversation: None,
     })
 }
 

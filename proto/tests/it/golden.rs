@@ -17,8 +17,9 @@ use proto::client::{
 use proto::frame::{decode, encode};
 use proto::hello::Hello;
 use proto::worker::{
-    BackendOptions, CpuOptions, Generate, KvCacheType, Load, ModelFacts, Profile, Ready,
-    SupervisorToWorker, WorkerDone, WorkerToSupervisor, WorkerToken,
+    BackendOptions, CacheReport, CpuOptions, Generate, Heartbeat, HeldConversation, KvCacheType,
+    Load, ModelFacts, Profile, Ready, SupervisorToWorker, WorkerDone, WorkerToSupervisor,
+    WorkerToken,
 };
 use proto::PeerRole;
 use serde::{de::DeserializeOwned, Serialize};
@@ -73,6 +74,7 @@ fn client_submit() {
             messages: messages(),
             params: GenParams::default(),
             model: "SmolLM2-135M-Instruct".into(),
+            conversation: Some("1180000000000000001".into()),
         }),
     );
 }
@@ -135,6 +137,7 @@ fn client_events() {
                 prefill_ms: 10.0,
                 decode_ms: 50.0,
                 decode_tps: 140.0,
+                cached_tokens: 24,
             },
         }),
     );
@@ -166,6 +169,7 @@ fn worker_messages() {
             backend: BackendOptions::Cpu(CpuOptions {
                 use_mmap: true,
                 chat_template: Some("gemma".into()),
+                cache_sequences: 4,
             }),
         }),
     );
@@ -176,6 +180,7 @@ fn worker_messages() {
             messages: messages(),
             params: GenParams::default(),
             assistant_prefix: "The answer".into(),
+            conversation: Some("1180000000000000001".into()),
         }),
     );
     check(
@@ -211,8 +216,35 @@ fn worker_messages() {
             request_id: 9,
             finish: FinishReason::EndOfTurn,
             stats: GenStats::default(),
+            cache: cache_report(),
         }),
     );
+    check(
+        "worker_heartbeat",
+        &WorkerToSupervisor::Heartbeat(Heartbeat {
+            seq: 3,
+            busy_with: None,
+            tokens_total: 120,
+            requests_total: 4,
+            cache: cache_report(),
+        }),
+    );
+}
+
+fn cache_report() -> CacheReport {
+    CacheReport {
+        held: vec![HeldConversation {
+            key: "1180000000000000001".into(),
+            tokens: 312,
+        }],
+        capacity: 4,
+        kv_bytes_per_sequence: 47_185_920,
+        hits: 3,
+        misses: 1,
+        reused_tokens: 900,
+        evictions: 0,
+        dropped: 0,
+    }
 }
 
 #[test]

@@ -14,10 +14,15 @@
 //!    and an SVG chart, compared with the previous result, and reported as
 //!    Markdown.
 //!
+//! The `conversation` profile ([`conversation`]) measures something else:
+//! time to first token over the turns of a chat chain, with the CPU
+//! worker's KV-cache reuse on and off.
+//!
 //! `--spawn` runs each target on a private supervisor started in-process
 //! instead, which is how models other than the configured ones are compared.
 
 pub mod compare;
+pub mod conversation;
 pub mod measure;
 pub mod preflight;
 pub mod profile;

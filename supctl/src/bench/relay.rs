@@ -31,6 +31,15 @@ pub struct InProcess {
     pub text: String,
 }
 
+/// What an in-process generation answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Prompt<'a> {
+    /// One user message.
+    Text(&'a str),
+    /// A whole conversation in a JSON file (`worker-cpu generate --chat`).
+    ChatFile(&'a Path),
+}
+
 /// Runs one in-process generation with the model and settings of the CPU
 /// `slot`, greedy, `max_tokens` at most, within `limit`.
 ///
@@ -38,18 +47,18 @@ pub struct InProcess {
 /// The worker binary cannot be run, fails, or prints no figures.
 pub async fn in_process(
     slot: &SlotConfig,
-    prompt: &str,
+    prompt: Prompt<'_>,
     max_tokens: u32,
     limit: Duration,
 ) -> Result<InProcess, BenchError> {
     let worker = slot.worker_binary();
     let mut cmd = tokio::process::Command::new(&worker);
-    cmd.arg("generate")
-        .arg("--model")
-        .arg(&slot.model)
-        .arg("--prompt")
-        .arg(prompt)
-        .arg("--max-tokens")
+    cmd.arg("generate").arg("--model").arg(&slot.model);
+    match prompt {
+        Prompt::Text(text) => cmd.arg("--prompt").arg(text),
+        Prompt::ChatFile(path) => cmd.arg("--chat").arg(path),
+    };
+    cmd.arg("--max-tokens")
         .arg(max_tokens.to_string())
         .arg("--context-size")
         .arg(slot.profile.context_size.to_string())

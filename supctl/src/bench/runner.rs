@@ -65,9 +65,9 @@ struct Plan {
 
 /// Where to reach the supervisor serving a plan.
 #[derive(Debug, Clone)]
-struct Sockets {
-    client: PathBuf,
-    admin: PathBuf,
+pub(super) struct Sockets {
+    pub(super) client: PathBuf,
+    pub(super) admin: PathBuf,
 }
 
 /// How the worker came to be ready.
@@ -80,14 +80,14 @@ struct LoadInfo {
 }
 
 /// A supervisor started in-process for `--spawn`.
-struct PrivateSup {
+pub(super) struct PrivateSup {
     _dir: tempfile::TempDir,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), supervisor::StartError>>,
 }
 
 impl PrivateSup {
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
     }
@@ -138,7 +138,7 @@ async fn status(admin: &Path) -> Result<StatusReport, BenchError> {
     }
 }
 
-async fn slot_status(admin: &Path, slot: &str) -> Result<SlotStatus, BenchError> {
+pub(super) async fn slot_status(admin: &Path, slot: &str) -> Result<SlotStatus, BenchError> {
     status(admin)
         .await?
         .slots
@@ -568,7 +568,7 @@ async fn measure_all(
     let mut skipped = Vec::new();
     for plan in plans {
         let outcome = if plan.private {
-            match start_private(ctx.config, plan).await {
+            match start_private(ctx.config, &plan.cfg).await {
                 Ok((sup, sockets)) => {
                     privates.push(sup);
                     let r = measure_target(ctx, plan, &sockets, true).await;
@@ -607,7 +607,12 @@ async fn measure_all(
     Ok((targets, relays, skipped))
 }
 
-async fn start_private(config: &Config, plan: &Plan) -> Result<(PrivateSup, Sockets), BenchError> {
+/// Starts a supervisor in-process on a private runtime directory with
+/// `slot` as its only slot.
+pub(super) async fn start_private(
+    config: &Config,
+    slot: &SlotConfig,
+) -> Result<(PrivateSup, Sockets), BenchError> {
     let dir = tempfile::Builder::new()
         .prefix("rocksteady-bench-")
         .tempdir()
@@ -615,7 +620,7 @@ async fn start_private(config: &Config, plan: &Plan) -> Result<(PrivateSup, Sock
     let mut cfg = config.clone();
     cfg.supervisor.runtime_dir = dir.path().join("run");
     cfg.supervisor.state_dir = dir.path().join("state");
-    cfg.slots.primary = plan.cfg.clone();
+    cfg.slots.primary = slot.clone();
     cfg.slots.fallback = None;
     // The live service may hold the HTTP port; the private one needs none.
     cfg.http.listen = String::new();
@@ -1141,7 +1146,10 @@ async fn relay_overhead(
             if in_process_turn {
                 ctx.progress
                     .say(format!("relay: in-process {}/{reps}", rep + 1));
-                inproc.push(relay::in_process(&plan.cfg, text, max_tokens, limit).await?);
+                inproc.push(
+                    relay::in_process(&plan.cfg, relay::Prompt::Text(text), max_tokens, limit)
+                        .await?,
+                );
             } else {
                 ctx.progress.say(format!("relay: stack {}/{reps}", rep + 1));
                 stack.push(measure::request(client, user(text), greedy(max_tokens), limit).await?);

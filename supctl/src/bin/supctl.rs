@@ -44,6 +44,10 @@ enum Cmd {
         /// A system prompt.
         #[arg(long)]
         system: Option<String>,
+        /// Conversation key: requests with the same key go to the worker
+        /// that keeps their KV cache (e.g. a Discord reply chain's root id).
+        #[arg(long)]
+        conversation: Option<String>,
         /// Print every event as a JSON line.
         #[arg(long)]
         json: bool,
@@ -209,6 +213,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 max_tokens,
                 temperature,
                 system,
+                conversation,
                 json,
             } => {
                 let params = GenParams {
@@ -218,16 +223,14 @@ fn run() -> anyhow::Result<ExitCode> {
                 };
                 let mut out = std::io::stdout();
                 let mut note = std::io::stderr();
-                let outcome = cli::ask::ask(
-                    &client_socket,
-                    &prompt,
-                    system.as_deref(),
+                let question = cli::ask::Question {
+                    prompt: &prompt,
+                    system: system.as_deref(),
+                    conversation: conversation.as_deref(),
                     params,
-                    json,
-                    &mut out,
-                    &mut note,
-                )
-                .await?;
+                };
+                let outcome =
+                    cli::ask::ask(&client_socket, question, json, &mut out, &mut note).await?;
                 Ok(match outcome {
                     AskOutcome::Done(_) => ExitCode::SUCCESS,
                     AskOutcome::Failed(_) => ExitCode::FAILURE,

@@ -17,7 +17,22 @@ pub enum AskOutcome {
     Failed(ErrorEvent),
 }
 
-/// Sends `prompt` and writes the answer to `out` token by token; progress
+/// What `ask` sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Question<'a> {
+    /// The user's prompt.
+    pub prompt: &'a str,
+    /// A system prompt.
+    pub system: Option<&'a str>,
+    /// The conversation key (`--conversation`): the supervisor routes the
+    /// request to the worker that holds that conversation's KV cache, and
+    /// the worker keeps it for the next request with the same key.
+    pub conversation: Option<&'a str>,
+    /// Sampling and limits.
+    pub params: GenParams,
+}
+
+/// Sends `question` and writes the answer to `out` token by token; progress
 /// notes (queue, failover) and the summary go to `note`. With `json`, every
 /// event is one JSON line on `out` instead.
 ///
@@ -25,20 +40,25 @@ pub enum AskOutcome {
 /// Connection failures.
 pub async fn ask(
     client_socket: &Path,
-    prompt: &str,
-    system: Option<&str>,
-    params: GenParams,
+    question: Question<'_>,
     json: bool,
     out: &mut dyn Write,
     note: &mut dyn Write,
 ) -> Result<AskOutcome, ClientError> {
     let mut client = ChatClient::connect(client_socket).await?;
     let mut messages = Vec::new();
-    if let Some(system) = system {
+    if let Some(system) = question.system {
         messages.push(ChatMessage::new(Role::System, system));
     }
-    messages.push(ChatMessage::new(Role::User, prompt));
-    client.submit(messages, params).await?;
+    messages.push(ChatMessage::new(Role::User, question.prompt));
+    client
+        .submit_in(
+            messages,
+            question.params,
+            String::new(),
+            question.conversation.map(str::to_owned),
+        )
+        .await?;
     loop {
         let event = client.next_event().await?;
         if json {
@@ -77,9 +97,14 @@ pub async fn ask(
                 if !json {
                     let s = &done.stats;
                     let _ = writeln!(out);
+                    let cached = if s.cached_tokens > 0 {
+                        format!(" ({} from the KV cache)", s.cached_tokens)
+                    } else {
+                        String::new()
+                    };
                     let _ = writeln!(
                         note,
-                        "[{} · {} · prompt {} tokens · generated {} tokens · first token {:.0} ms · {:.1} tokens/s]",
+                        "[{} · {} · prompt {} tokens{cached} · generated {} tokens · first token {:.0} ms · {:.1} tokens/s]",
                         done.backend, done.model, s.prompt_tokens, s.generated_tokens, s.ttft_ms, s.decode_tps
                     );
                 }

@@ -28,6 +28,14 @@ pub async fn bench(
     opts: &BenchOptions,
     out: &mut dyn Write,
 ) -> Result<BenchExit, BenchError> {
+    if opts.profile.as_deref() == Some(bench::conversation::CONVERSATION)
+        && bench_config
+            .profile(bench::conversation::CONVERSATION)
+            .is_none()
+    {
+        bench::conversation::run(config, bench_config, opts, out).await?;
+        return Ok(BenchExit::Clean);
+    }
     let progress = Progress::stderr();
     let outcome = bench::run(config, bench_config, opts, &progress, out).await?;
     Ok(if outcome.flagged() {

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use proto::admin::{Routing, StatusReport};
+use proto::worker::CacheReport;
 
 fn mib(kb: Option<u64>) -> String {
     kb.map_or_else(|| "-".into(), |kb| format!("{}", (kb + 512) / 1024))
@@ -71,6 +72,9 @@ pub fn render(r: &StatusReport) -> String {
         }
         if !s.chat_template.is_empty() {
             let _ = writeln!(out, "          chat template: {}", s.chat_template);
+        }
+        if let Some(line) = cache_line(&s.cache) {
+            let _ = writeln!(out, "          kv cache: {line}");
         }
         let _ = writeln!(
             out,
@@ -172,6 +176,27 @@ pub fn render(r: &StatusReport) -> String {
     out
 }
 
+/// The slot's KV-cache line: what it holds and its figures; `None` for a
+/// slot that keeps no conversations and never did.
+fn cache_line(c: &CacheReport) -> Option<String> {
+    let counted = c.hits + c.misses + c.evictions + c.dropped;
+    if c.capacity == 0 && counted == 0 {
+        return None;
+    }
+    let tokens: u64 = c.held.iter().map(|h| u64::from(h.tokens)).sum();
+    Some(format!(
+        "{} of {} conversations held ({tokens} tokens; {} MiB KV per sequence) · hits {} · misses {} · reused {} tokens · evictions {} · dropped by profile switches {}",
+        c.held.len(),
+        c.capacity,
+        (c.kv_bytes_per_sequence + (1 << 19)) >> 20,
+        c.hits,
+        c.misses,
+        c.reused_tokens,
+        c.evictions,
+        c.dropped
+    ))
+}
+
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_owned()
@@ -211,6 +236,7 @@ mod tests {
             chat_template: String::new(),
             cpus: Some(cpus.parse().unwrap()),
             cpus_reason: reason.into(),
+            cache: proto::worker::CacheReport::default(),
         }
     }
 
@@ -292,5 +318,28 @@ mod tests {
         );
         assert!(text.contains("left out: gpu-thermal"), "{text}");
         assert!(text.contains("3 worker memory reads failed"), "{text}");
+    }
+
+    #[test]
+    fn the_kv_cache_line_shows_what_is_held_and_the_figures() {
+        assert_eq!(cache_line(&CacheReport::default()), None);
+        let c = CacheReport {
+            held: vec![proto::worker::HeldConversation {
+                key: "1".into(),
+                tokens: 300,
+            }],
+            capacity: 4,
+            kv_bytes_per_sequence: 47_185_920,
+            hits: 3,
+            misses: 1,
+            reused_tokens: 900,
+            evictions: 2,
+            dropped: 1,
+        };
+        let line = cache_line(&c).unwrap();
+        assert_eq!(
+            line,
+            "1 of 4 conversations held (300 tokens; 45 MiB KV per sequence) · hits 3 · misses 1 · reused 900 tokens · evictions 2 · dropped by profile switches 1"
+        );
     }
 }

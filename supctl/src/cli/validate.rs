@@ -319,6 +319,7 @@ mod tests {
             chat_template: String::new(),
             cpus: None,
             cpus_reason: String::new(),
+            cache: proto::worker::CacheReport::default(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use proto::admin::{SlotState, ThermalLevel};
 use proto::chat::{ChatMessage, GenParams, Role};
-use proto::client::{ErrorEvent, ErrorKind, Submit, SupervisorToClient};
+use proto::client::{ErrorEvent, ErrorKind, Submit, SupervisorToClient, MAX_CONVERSATION_KEY};
 use proto::worker::{CancelGeneration, SupervisorToWorker};
 
 use super::slot::{fail, Job};
@@ -48,6 +48,19 @@ impl Core {
                 ErrorKind::BadRequest,
                 format!("unknown model {:?}: no slot serves it", submit.model),
             );
+        }
+        if let Some(key) = &submit.conversation {
+            if key.is_empty() || key.len() > MAX_CONVERSATION_KEY {
+                return self.refuse(
+                    conn,
+                    id,
+                    ErrorKind::BadRequest,
+                    format!(
+                        "the conversation key must be 1 to {MAX_CONVERSATION_KEY} bytes (got {})",
+                        key.len()
+                    ),
+                );
+            }
         }
         if let Err(e) = submit.params.validate() {
             return self.refuse(
@@ -99,6 +112,7 @@ impl Core {
         let job = self.new_job(conn, id, submit.messages, submit.params, false);
         if let Some(j) = self.jobs.get_mut(&job) {
             j.model = submit.model;
+            j.conversation = submit.conversation;
         }
         self.queue.push_back(job);
     }
@@ -135,6 +149,7 @@ impl Core {
                 refusals: 0,
                 model: String::new(),
                 stopped: false,
+                conversation: None,
             },
         );
         id

@@ -144,6 +144,31 @@ impl Core {
         list
     }
 
+    /// [`candidates`](Self::candidates) for `job`: a ready slot whose
+    /// worker holds the job's conversation in its KV cache goes first,
+    /// unless policy (a pinned backend, the primary's failback hold-down,
+    /// the cooler silicon while throttled) or health (memory pressure) says
+    /// otherwise.
+    fn candidates_for(&self, active: usize, job: &Job) -> Vec<usize> {
+        let allowed = self.candidates(active);
+        let Some(key) = job.conversation.as_deref() else {
+            return allowed;
+        };
+        let cooler_first = self.cfg.thermal.prefer_cooler && self.thermal != ThermalLevel::Normal;
+        if self.routing != Routing::Auto || cooler_first {
+            return allowed;
+        }
+        let extra: Vec<usize> = (0..self.slots.len())
+            .filter(|&j| j != active && j != 0 && self.slots[j].can_take())
+            .collect();
+        routing::holder_first(
+            &allowed,
+            &extra,
+            |j| self.slots[j].holds(key),
+            |j| !self.slots[j].memory_pressure,
+        )
+    }
+
     /// Starts queued requests while a slot can take them.
     fn start_waiting(&mut self, active: usize) {
         while let Some(&id) = self.queue.front() {
@@ -151,7 +176,7 @@ impl Core {
                 self.queue.pop_front();
                 continue;
             };
-            let mut free = self.candidates(active);
+            let mut free = self.candidates_for(active, job);
             if !job.model.is_empty() {
                 // A request for a named model goes only where that model is
                 // served (whatever the routing), and waits for such a slot.
@@ -177,7 +202,17 @@ impl Core {
             }
             if target != active {
                 let (from, to) = (self.slots[active].name, self.slots[target].name);
-                self.routing_reason = if target == first {
+                self.routing_reason = if target == first
+                    && job
+                        .conversation
+                        .as_deref()
+                        .is_some_and(|k| self.slots[target].holds(k))
+                {
+                    format!(
+                        "{}; {to} takes a request of a conversation its KV cache holds",
+                        self.routing_reason
+                    )
+                } else if target == first {
                     format!(
                         "{}; spill-over: {to} takes a request while {from} is busy",
                         self.routing_reason
@@ -241,6 +276,7 @@ impl Core {
                 messages: job.messages.clone(),
                 params,
                 assistant_prefix: job.text.clone(),
+                conversation: job.conversation.clone(),
             }),
         });
         job.slot = Some(i);

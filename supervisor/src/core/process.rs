@@ -30,6 +30,7 @@ impl Core {
             return;
         }
         s.incarnation += 1;
+        s.cache_new_process();
         s.spawning = true;
         s.stopped_for = None;
         s.load_failure = None;

@@ -34,7 +34,10 @@ impl Core {
                 );
                 self.slots[i].load_failure = Some(failed.message);
             }
-            WorkerToSupervisor::Heartbeat(_) => self.slots[i].last_heartbeat = now,
+            WorkerToSupervisor::Heartbeat(hb) => {
+                self.slots[i].last_heartbeat = now;
+                self.slots[i].cache = hb.cache;
+            }
             WorkerToSupervisor::Token(t) => {
                 let s = &mut self.slots[i];
                 if s.job != Some(t.request_id) {
@@ -136,6 +139,8 @@ impl Core {
     }
 
     fn on_done(&mut self, i: usize, done: &WorkerDone) {
+        // What the worker holds is news whatever request it ends.
+        self.slots[i].cache.clone_from(&done.cache);
         if self.slots[i].job != Some(done.request_id) {
             return;
         }
@@ -148,8 +153,10 @@ impl Core {
             s.requests_served += 1;
         }
         let st = &done.stats;
-        if st.prompt_tokens > 0 && st.prefill_ms > 0.0 {
-            s.prefill_tps = Some(f64::from(st.prompt_tokens) / (st.prefill_ms / 1000.0));
+        // Only the tokens not taken from the KV cache were prefilled.
+        let prefilled = st.prompt_tokens.saturating_sub(st.cached_tokens);
+        if prefilled > 0 && st.prefill_ms > 0.0 {
+            s.prefill_tps = Some(f64::from(prefilled) / (st.prefill_ms / 1000.0));
         }
         if st.generated_tokens > 1 {
             s.last_decode_tps = Some(st.decode_tps);

@@ -5,6 +5,7 @@
 use proto::admin::SlotState;
 use proto::chat::{Backend, ChatMessage, GenParams};
 use proto::client::{ErrorEvent, ErrorKind, SupervisorToClient};
+use proto::worker::CacheReport;
 
 use super::{Core, Effect, Level, MemSample, Millis, OomCounters};
 use crate::config::SlotConfig;
@@ -103,6 +104,11 @@ pub struct Slot {
     /// until then (cleared by the tick, so routing changes only on events
     /// that run dispatch).
     pub refused_until: Option<Millis>,
+    /// What the current process holds in its KV caches and its cache
+    /// figures, as its latest heartbeat or `Done` said.
+    pub cache: CacheReport,
+    /// Cache figures of the slot's earlier processes, added up.
+    pub cache_before: CacheReport,
 }
 
 impl Slot {
@@ -153,7 +159,39 @@ impl Slot {
             pressure_since: None,
             calm_since: None,
             refused_until: None,
+            cache: CacheReport::default(),
+            cache_before: CacheReport::default(),
         }
+    }
+
+    /// Whether the current process holds conversation `key` in its KV cache.
+    pub fn holds(&self, key: &str) -> bool {
+        self.pid.is_some() && self.cache.holds(key)
+    }
+
+    /// The slot's cache for status: what its process holds now, figures
+    /// added up over its processes.
+    pub fn cache_status(&self) -> CacheReport {
+        let (now, before) = (&self.cache, &self.cache_before);
+        CacheReport {
+            held: now.held.clone(),
+            capacity: now.capacity,
+            kv_bytes_per_sequence: now.kv_bytes_per_sequence,
+            hits: before.hits + now.hits,
+            misses: before.misses + now.misses,
+            reused_tokens: before.reused_tokens + now.reused_tokens,
+            evictions: before.evictions + now.evictions,
+            dropped: before.dropped + now.dropped,
+        }
+    }
+
+    /// A new process starts with an empty cache: the figures of the old
+    /// one are kept, what it held is gone.
+    pub fn cache_new_process(&mut self) {
+        let mut total = self.cache_status();
+        total.held.clear();
+        self.cache_before = total;
+        self.cache = CacheReport::default();
     }
 
     /// The profile it serves.
@@ -237,6 +275,8 @@ pub struct Job {
     /// Ended early by the client's `Stop` (a stop string): a cancel whose
     /// answer still ends with `Done` and its figures.
     pub stopped: bool,
+    /// The conversation it continues (the client's key), if any.
+    pub conversation: Option<String>,
 }
 
 impl Job {

@@ -70,6 +70,7 @@ impl Core {
                         .placement
                         .as_ref()
                         .map_or_else(String::new, |p| p.reason.clone()),
+                    cache: s.cache_status(),
                 })
                 .collect(),
             active_backend: self.active.map(|i| self.slots[i].cfg.backend),

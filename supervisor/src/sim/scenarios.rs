@@ -73,6 +73,7 @@ impl Clients {
                         messages: vec![ChatMessage::new(Role::User, "x".repeat(chars))],
                         params,
                         model: String::new(),
+                        conversation: None,
                     },
                 })
             }

@@ -6,8 +6,8 @@ use proto::admin::{AdminToSupervisor, MemoryCeiling, SlotState, ThermalLevel};
 use proto::chat::{ChatMessage, FinishReason, GenParams, GenStats, Role};
 use proto::client::{ErrorKind, Submit, SupervisorToClient};
 use proto::worker::{
-    ModelFacts, Ready, SupervisorToWorker, WorkerDone, WorkerError, WorkerErrorKind,
-    WorkerToSupervisor, WorkerToken,
+    CacheReport, HeldConversation, ModelFacts, Ready, SupervisorToWorker, WorkerDone, WorkerError,
+    WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
 use crate::config::Config;
@@ -159,8 +159,38 @@ impl H {
                 messages: vec![ChatMessage::new(Role::User, "x".repeat(chars))],
                 params,
                 model: String::new(),
+                conversation: None,
             },
         })
+    }
+
+    /// Submits a request of conversation `key`.
+    fn submit_in(&mut self, conn: u64, id: u64, key: &str) -> Vec<Effect> {
+        self.feed(Event::ClientSubmit {
+            conn,
+            submit: Submit {
+                request_id: id,
+                messages: vec![ChatMessage::new(Role::User, "hello")],
+                params: params(8),
+                model: String::new(),
+                conversation: Some(key.into()),
+            },
+        })
+    }
+
+    /// The Generate messages sent to `slot` so far.
+    fn generate_messages(&self, slot: usize) -> Vec<proto::worker::Generate> {
+        self.log
+            .iter()
+            .filter_map(|e| match e {
+                Effect::ToWorker {
+                    slot: s,
+                    msg: SupervisorToWorker::Generate(g),
+                    ..
+                } if *s == slot => Some(g.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     fn exit(&mut self, slot: usize, code: Option<i32>, signal: Option<i32>) {
@@ -236,6 +266,37 @@ fn done(request_id: u64, prompt_tokens: u32, prefill_ms: f64) -> WorkerToSupervi
             prefill_ms,
             ..GenStats::default()
         },
+        cache: CacheReport::default(),
+    })
+}
+
+/// A worker's cache report holding `keys`, with `hits` hits.
+fn holding(keys: &[&str], hits: u64) -> CacheReport {
+    CacheReport {
+        held: keys
+            .iter()
+            .map(|k| HeldConversation {
+                key: (*k).into(),
+                tokens: 40,
+            })
+            .collect(),
+        capacity: 2,
+        kv_bytes_per_sequence: 1 << 20,
+        hits,
+        misses: 1,
+        reused_tokens: 30 * hits,
+        evictions: 0,
+        dropped: 0,
+    }
+}
+
+fn heartbeat(cache: CacheReport) -> WorkerToSupervisor {
+    WorkerToSupervisor::Heartbeat(proto::worker::Heartbeat {
+        seq: 1,
+        busy_with: None,
+        tokens_total: 0,
+        requests_total: 0,
+        cache,
     })
 }
 
@@ -627,4 +688,124 @@ fn latencies_are_measured_on_the_core_clock_and_probes_are_not_requests() {
     h.say(0, done(probe, 5, 10.0));
     assert!(observed(&h, Latency::QueueWait).is_empty());
     assert!(observed(&h, Latency::FirstToken).is_empty());
+}
+
+// Issue 13: conversations go where their KV cache is.
+
+#[test]
+fn a_conversation_goes_to_the_ready_slot_that_holds_it() {
+    // No spill-over: the fallback is offered a request only as the holder.
+    let mut h = H::new(config("spill_over = false\n", ""));
+    h.ready(0);
+    h.ready(1);
+    h.say(1, heartbeat(holding(&["chain-7"], 1)));
+    h.submit_in(1, 1, "chain-7");
+    let sent = h.generate_messages(1);
+    assert_eq!(sent.len(), 1, "the fallback holds chain-7");
+    assert_eq!(sent[0].conversation.as_deref(), Some("chain-7"));
+    assert!(h.core.status().routing_reason.contains("KV cache holds"));
+    // Another conversation follows routing: the primary.
+    h.submit_in(1, 2, "chain-8");
+    assert_eq!(h.generate_messages(0).len(), 1);
+    // A request without a key too.
+    h.say(0, done(h.generates(0)[0], 10, 5.0));
+    h.submit(1, 3, 10, params(8));
+    assert_eq!(h.generates(0).len(), 2);
+}
+
+#[test]
+fn policy_and_health_overrule_the_cache() {
+    // Pinned to the NPU by an operator: the holder is not used.
+    let mut h = H::new(config("spill_over = false\n", ""));
+    h.ready(0);
+    h.ready(1);
+    h.say(1, heartbeat(holding(&["k"], 1)));
+    h.feed(Event::Admin {
+        id: 9,
+        cmd: AdminToSupervisor::Failover(proto::admin::FailoverCommand {
+            to: Some(proto::chat::Backend::Npu),
+        }),
+    });
+    h.submit_in(1, 1, "k");
+    assert_eq!(
+        (h.generates(0).len(), h.generates(1).len()),
+        (1, 0),
+        "pinned"
+    );
+
+    // Under memory pressure the holder is passed over.
+    let mut h = H::new(config("spill_over = false\n", ""));
+    h.ready(0);
+    h.ready(1);
+    h.feed(Event::Admin {
+        id: 9,
+        cmd: AdminToSupervisor::SetMemoryCeiling(MemoryCeiling {
+            slot: "fallback".into(),
+            soft_mib: 50,
+            hard_mib: 0,
+        }),
+    });
+    h.wait(2_000);
+    assert!(h.core.slots()[1].memory_pressure);
+    h.say(1, heartbeat(holding(&["k"], 1)));
+    h.submit_in(1, 1, "k");
+    assert_eq!((h.generates(0).len(), h.generates(1).len()), (1, 0));
+}
+
+#[test]
+fn a_failover_continues_the_conversation_cold_elsewhere() {
+    let mut h = H::new(config("spill_over = false\n", ""));
+    h.ready(0);
+    h.ready(1);
+    h.say(1, heartbeat(holding(&["k"], 1)));
+    h.submit_in(1, 1, "k");
+    let id = h.generates(1)[0];
+    h.say(
+        1,
+        WorkerToSupervisor::Token(WorkerToken {
+            request_id: id,
+            text: "Hel".into(),
+            tokens: 1,
+        }),
+    );
+    h.exit(1, None, Some(9));
+    let again = h.generate_messages(0);
+    assert_eq!(again.len(), 1, "continued on the primary");
+    assert_eq!(again[0].assistant_prefix, "Hel");
+    assert_eq!(again[0].conversation.as_deref(), Some("k"));
+    // The dead worker's cache is gone: nothing is routed to it for "k".
+    assert!(!h.core.slots()[1].holds("k"));
+}
+
+#[test]
+fn cache_figures_add_up_across_worker_restarts() {
+    let mut h = H::new(config("", ""));
+    h.ready(0);
+    h.ready(1);
+    h.say(1, heartbeat(holding(&["a", "b"], 2)));
+    let st = h.core.status();
+    let c = &st.slots[1].cache;
+    assert_eq!((c.hits, c.misses, c.reused_tokens), (2, 1, 60));
+    assert_eq!(c.held.len(), 2);
+    h.exit(1, Some(1), None);
+    h.wait(1_000);
+    h.ready(1);
+    h.say(1, heartbeat(holding(&["c"], 1)));
+    let st = h.core.status();
+    let c = &st.slots[1].cache;
+    assert_eq!((c.hits, c.misses, c.reused_tokens), (3, 2, 90));
+    let held: Vec<&str> = c.held.iter().map(|h| h.key.as_str()).collect();
+    assert_eq!(held, vec!["c"], "only what the new process holds");
+}
+
+#[test]
+fn an_oversized_conversation_key_is_refused() {
+    let mut h = H::new(config("", ""));
+    h.ready(0);
+    h.submit_in(1, 1, &"k".repeat(proto::client::MAX_CONVERSATION_KEY + 1));
+    assert!(h.client(1).iter().any(|e| matches!(
+        e,
+        SupervisorToClient::Error(err) if err.kind == ErrorKind::BadRequest && err.message.contains("conversation key")
+    )));
+    assert!(h.generates(0).is_empty());
 }

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use proto::chat::{Backend, FinishReason, GenStats};
 use proto::worker::{
-    ExitCode, Heartbeat, LoadFailed, ModelFacts, Ready, SupervisorToWorker, WorkerDone,
-    WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
+    CacheReport, ExitCode, Heartbeat, LoadFailed, ModelFacts, Ready, SupervisorToWorker,
+    WorkerDone, WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
 use super::rng::Rng;
@@ -425,6 +425,7 @@ impl World {
                     busy_with: p.gen.as_ref().map(|g| g.request_id),
                     tokens_total: 0,
                     requests_total: 0,
+                    cache: CacheReport::default(),
                 }));
                 vec![(now_words, hb)]
             }
@@ -476,6 +477,7 @@ impl World {
                 prefill_ms: f64::from(g.prompt_tokens) / p.prefill_tps * 1000.0,
                 decode_ms: 1.0,
                 decode_tps: 10.0,
+                cached_tokens: 0,
             };
             let finish = if g.cancelled {
                 FinishReason::Cancelled
@@ -486,6 +488,7 @@ impl World {
                 request_id: g.request_id,
                 finish,
                 stats,
+                cache: CacheReport::default(),
             })));
             p.gen = None;
             p.phase = Phase::Idle;

@@ -4,6 +4,7 @@
 mod broken_models;
 mod config;
 mod instance;
+mod kv_cache;
 mod limits;
 mod metrics;
 mod npu_telemetry;

@@ -123,6 +123,7 @@ fn load() -> Load {
         backend: BackendOptions::Cpu(CpuOptions {
             use_mmap: true,
             chat_template: None,
+            cache_sequences: 0,
         }),
     }
 }
@@ -136,6 +137,7 @@ fn ask(id: u64, max_tokens: u32, prefix: &str) -> SupervisorToWorker {
             ..GenParams::default()
         },
         assistant_prefix: prefix.to_owned(),
+        conversation: None,
     })
 }
 

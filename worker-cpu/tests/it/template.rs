@@ -4,7 +4,7 @@
 //! template is in use and where it came from.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::PoisonError;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
@@ -17,10 +17,9 @@ use proto::worker::{
 use worker_cpu::engine::LlamaEngine;
 use worker_kit::LocalError;
 
-/// llama.cpp's backend can be initialised once per process at a time.
-static BACKEND: Mutex<()> = Mutex::new(());
+use crate::BACKEND;
 
-fn model() -> PathBuf {
+pub fn model() -> PathBuf {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
@@ -65,6 +64,7 @@ fn load(path: &Path, chat_template: Option<&str>) -> Load {
         backend: BackendOptions::Cpu(CpuOptions {
             use_mmap: true,
             chat_template: chat_template.map(str::to_owned),
+            cache_sequences: 0,
         }),
     }
 }
@@ -85,6 +85,7 @@ fn run(load: Load, question: Option<&str>) -> (Result<Ready, LoadFailed>, String
             ..GenParams::default()
         },
         assistant_prefix: String::new(),
+        conversation: None,
     };
     let mut answer = String::new();
     let outcome = worker_kit::generate_locally(LlamaEngine::default(), load, generate, &mut |p| {

@@ -278,6 +278,7 @@ pub fn load(profile: &str) -> Load {
         backend: BackendOptions::Cpu(CpuOptions {
             use_mmap: true,
             chat_template: None,
+            cache_sequences: 0,
         }),
     }
 }
@@ -288,5 +289,6 @@ pub fn ask(id: u64) -> SupervisorToWorker {
         messages: vec![ChatMessage::new(Role::User, "count")],
         params: GenParams::default(),
         assistant_prefix: String::new(),
+        conversation: None,
     })
 }

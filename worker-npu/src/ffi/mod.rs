@@ -80,6 +80,7 @@ struct Common {
     abort: raw::common::Abort,
     destroy: raw::common::Destroy,
     set_chat_template: raw::common::SetChatTemplate,
+    clear_kv_cache: raw::common::ClearKvCache,
 }
 
 /// Functions whose signature depends on the layout.
@@ -157,6 +158,7 @@ impl Runtime {
                 abort: lookup.get("rkllm_abort")?,
                 destroy: lookup.get("rkllm_destroy")?,
                 set_chat_template: lookup.get("rkllm_set_chat_template")?,
+                clear_kv_cache: lookup.get("rkllm_clear_kv_cache")?,
             }
         };
         // SAFETY: as above, with the types of the layout chosen by `abi`
@@ -531,8 +533,9 @@ impl Model {
     /// Runs one generation of `prompt` and blocks until the runtime returns;
     /// the text arrives through `sink` meanwhile (on the runtime's threads).
     /// `max_new_tokens` > 0 caps this run where the layout allows it (1.3.0);
-    /// elsewhere the init value applies. The KV cache is not kept between
-    /// runs: each prompt is a whole conversation.
+    /// elsewhere the init value applies. With `keep_history` the runtime
+    /// keeps the KV cache of this run (prompt and answer) and the next run's
+    /// prompt continues it; without, each prompt is a whole conversation.
     ///
     /// Returns `rkllm_run`'s return code.
     ///
@@ -543,8 +546,10 @@ impl Model {
         &self,
         prompt: &str,
         max_new_tokens: i32,
+        keep_history: bool,
         sink: Arc<dyn RunSink>,
     ) -> Result<i32, FfiError> {
+        let keep_history = c_int::from(keep_history);
         let prompt = CString::new(prompt).map_err(|_| FfiError::Nul { what: "the prompt" })?;
         let _guard = self.run_lock.try_lock().map_err(|_| FfiError::Busy)?;
         set_active_sink(Some(sink));
@@ -563,7 +568,7 @@ impl Model {
                     mode: raw::RKLLM_INFER_GENERATE,
                     lora_params: ptr::null_mut(),
                     prompt_cache_params: ptr::null_mut(),
-                    keep_history: 0,
+                    keep_history,
                 };
                 // SAFETY: a live handle; input and infer are valid 1.2 layouts
                 // whose pointers (role, prompt) outlive the blocking call;
@@ -591,7 +596,7 @@ impl Model {
                     lora_params: ptr::null_mut(),
                     prompt_cache_params: ptr::null_mut(),
                     sampling_params: ptr::null_mut(),
-                    keep_history: 0,
+                    keep_history,
                     max_new_tokens: max_new_tokens.max(0),
                 };
                 // SAFETY: as for 1.2, with the 1.3 layouts.
@@ -607,6 +612,33 @@ impl Model {
         };
         set_active_sink(None);
         Ok(code)
+    }
+
+    /// Empties the runtime's KV cache (`rkllm_clear_kv_cache`), the system
+    /// prompt too: the next run starts from nothing.
+    ///
+    /// # Errors
+    /// [`FfiError::Busy`] during a run, or the runtime's failure code.
+    pub fn clear_kv_cache(&self) -> Result<(), FfiError> {
+        let _guard = self.run_lock.try_lock().map_err(|_| FfiError::Busy)?;
+        // SAFETY: a live handle, no run in progress (run_lock), and null
+        // position pointers, which the runtime takes as "the whole cache".
+        let code = unsafe {
+            (self.runtime.common.clear_kv_cache)(
+                self.handle.as_ptr(),
+                0,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(FfiError::Call {
+                function: "rkllm_clear_kv_cache",
+                code,
+            })
+        }
     }
 
     /// Asks the runtime to stop the run in progress (`rkllm_abort`); it takes

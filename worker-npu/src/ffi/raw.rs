@@ -149,6 +149,13 @@ pub mod common {
     pub type Abort = unsafe extern "C" fn(handle: LLMHandle) -> c_int;
     /// `int rkllm_destroy(LLMHandle)`.
     pub type Destroy = unsafe extern "C" fn(handle: LLMHandle) -> c_int;
+    /// `int rkllm_clear_kv_cache(LLMHandle, int keep_system_prompt, int* start_pos, int* end_pos)`.
+    pub type ClearKvCache = unsafe extern "C" fn(
+        handle: LLMHandle,
+        keep_system_prompt: c_int,
+        start_pos: *mut c_int,
+        end_pos: *mut c_int,
+    ) -> c_int;
     /// `int rkllm_set_chat_template(LLMHandle, const char*, const char*, const char*)`.
     pub type SetChatTemplate = unsafe extern "C" fn(
         handle: LLMHandle,

@@ -27,6 +27,12 @@
  *   FAKE_RKLLM_LOCK          file locked (flock) by rkllm_init until the process
  *                            ends, standing in for the NPU that only one process
  *                            may use: a second live process records npu_busy=<pid>
+ *
+ * The KV cache is modelled as text: a run with keep_history sees what the
+ * earlier kept runs left (their prompts and answers) before its own prompt,
+ * and leaves its prompt and answer for the next; a run without it, or after
+ * rkllm_clear_kv_cache, sees only its own prompt. run_seen records what a run
+ * saw, run_history_chars how much of it came from the cache.
  *   RKLLM_LOG_LEVEL          >= 1: log version, model facts (as the real runtime does)
  *
  * Continuation: when the full prompt (system + prefix + input + postfix) ends
@@ -247,8 +253,26 @@ typedef struct {
     char *system_prompt;
     char *prompt_prefix;
     char *prompt_postfix;
+    char *history; /* the KV cache, as text; NULL when empty */
     atomic_int abort_requested;
 } FakeModel;
+
+/* What the cache holds after a run: what it saw and the answer so far. */
+static void keep_history(FakeModel *m, const char *seen, const char *script, size_t from, size_t to) {
+    size_t n = strlen(seen), a = to > from ? to - from : 0;
+    char *h = malloc(n + a + 1);
+    if (!h) return;
+    memcpy(h, seen, n);
+    memcpy(h + n, script + from, a);
+    h[n + a] = '\0';
+    free(m->history);
+    m->history = h;
+}
+
+static void forget_history(FakeModel *m) {
+    free(m->history);
+    m->history = NULL;
+}
 
 static const char *env_or(const char *name, const char *fallback) {
     const char *v = getenv(name);
@@ -517,18 +541,26 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
 #endif
     if (!prompt) return -1;
 
-    /* What the model would see: system + prefix + input + postfix. */
+    /* What the model would see: system + prefix + input + postfix, or, when
+     * the cache holds earlier turns and this run keeps history, those turns
+     * + prefix + input + postfix. */
     const char *sys = m->system_prompt ? m->system_prompt : "";
     const char *pre = m->prompt_prefix ? m->prompt_prefix : "";
     const char *post = m->prompt_postfix ? m->prompt_postfix : "";
-    size_t full_len = strlen(sys) + strlen(pre) + strlen(prompt) + strlen(post);
+    bool from_cache = infer->keep_history && m->history;
+    const char *base = from_cache ? m->history : sys;
+    size_t cached_len = from_cache ? strlen(m->history) : 0;
+    size_t full_len = strlen(base) + strlen(pre) + strlen(prompt) + strlen(post);
     char *full = malloc(full_len + 1);
     if (!full) return -1;
-    strcpy(full, sys);
+    strcpy(full, base);
     strcat(full, pre);
     strcat(full, prompt);
     strcat(full, post);
     record_str("run_full_prompt", full);
+    record_str("run_seen", full);
+    record_fmt("run_history_chars", "%zu", cached_len);
+    if (!infer->keep_history) forget_history(m);
 
     if (m->max_context_len > env_long("FAKE_RKLLM_CONTEXT_LIMIT", 4096)) {
         /* What older runtimes did after accepting a context above the model's limit. */
@@ -566,6 +598,7 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
         if (limit > 0 && pieces >= limit) break;
         if (atomic_load(&m->abort_requested)) {
             record_fmt("run_aborted_after", "%d", pieces);
+            if (infer->keep_history) keep_history(m, full, script, start, pos);
             free(full);
             return 0; /* like the runtime: no FINISH after an abort */
         }
@@ -608,7 +641,9 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
     RKLLMPerfStat perf;
     memset(&perf, 0, sizeof perf);
     perf.prefill_time_ms = 12.5f;
-    perf.prefill_tokens = (int)(full_len / 4) + 1;
+    /* Only what the cache did not hold is prefilled. */
+    perf.prefill_tokens = (int)((full_len - cached_len) / 4) + 1;
+    if (infer->keep_history) keep_history(m, full, script, start, pos);
     perf.generate_time_ms = (float)(now_ms() - t0);
     perf.generate_tokens = pieces;
     perf.memory_usage_mb = 100.0f;
@@ -643,10 +678,13 @@ int rkllm_is_running(LLMHandle handle) {
 }
 
 int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt, int *start_pos, int *end_pos) {
-    (void)handle;
-    (void)keep_system_prompt;
+    FakeModel *m = handle;
     (void)start_pos;
     (void)end_pos;
+    if (!m) return -1;
+    record_fmt("clear_kv_cache", "%d", keep_system_prompt);
+    forget_history(m);
+    if (keep_system_prompt && m->system_prompt && *m->system_prompt) m->history = strdup(m->system_prompt);
     return 0;
 }
 
@@ -658,6 +696,7 @@ int rkllm_destroy(LLMHandle handle) {
     free(m->system_prompt);
     free(m->prompt_prefix);
     free(m->prompt_postfix);
+    free(m->history);
     free(m);
     return 0;
 }

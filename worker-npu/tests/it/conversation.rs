@@ -161,6 +161,7 @@ async fn history_and_system_message_are_rendered_into_the_prompt() {
         ],
         params: GenParams::default(),
         assistant_prefix: String::new(),
+        conversation: None,
     };
     w.send(SupervisorToWorker::Generate(generate)).await;
     let (_, end) = w.collect(3).await;
@@ -417,6 +418,7 @@ async fn requests_are_checked_before_the_runtime_sees_them() {
         messages: vec![ChatMessage::new(Role::Assistant, "no question")],
         params: GenParams::default(),
         assistant_prefix: String::new(),
+        conversation: None,
     };
     w.send(SupervisorToWorker::Generate(bad)).await;
     match w.recv().await {

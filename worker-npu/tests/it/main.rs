@@ -7,6 +7,7 @@
 mod artifact;
 mod conversation;
 mod failures;
+mod history;
 mod layout;
 mod support;
 mod through_supervisor;

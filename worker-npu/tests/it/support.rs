@@ -240,6 +240,7 @@ pub fn ask(request_id: u64, question: &str) -> Generate {
         messages: vec![ChatMessage::new(Role::User, question)],
         params: GenParams::default(),
         assistant_prefix: String::new(),
+        conversation: None,
     }
 }
 
