@@ -18,6 +18,7 @@
 
 mod admin;
 mod chat;
+pub mod cluster;
 mod connect;
 pub mod link;
 
