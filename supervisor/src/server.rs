@@ -459,7 +459,14 @@ async fn client_connection(
         };
         last.store(millis_since(start), Ordering::Relaxed);
         match msg {
-            Ok(Some(ClientToSupervisor::Submit(submit))) => {
+            Ok(Some(
+                msg @ (ClientToSupervisor::Submit(_) | ClientToSupervisor::Continue(_)),
+            )) => {
+                let (submit, prefix) = match msg {
+                    ClientToSupervisor::Continue(c) => (c.submit, Some(c.assistant_prefix)),
+                    ClientToSupervisor::Submit(submit) => (submit, None),
+                    _ => continue,
+                };
                 // Checked here, so an oversized conversation never reaches the queue.
                 if let Some(chars) =
                     conns::prompt_too_long(&submit.messages, limits.max_prompt_chars)
@@ -481,11 +488,20 @@ async fn client_connection(
                     }
                     continue;
                 }
-                let _ = core.send(Event::ClientSubmit {
-                    conn,
-                    submit,
-                    events: link.clone(),
-                });
+                let input = match prefix {
+                    Some(assistant_prefix) => Event::ClientContinue {
+                        conn,
+                        submit,
+                        assistant_prefix,
+                        events: link.clone(),
+                    },
+                    None => Event::ClientSubmit {
+                        conn,
+                        submit,
+                        events: link.clone(),
+                    },
+                };
+                let _ = core.send(input);
             }
             Ok(Some(ClientToSupervisor::Cancel(c))) => {
                 let _ = core.send(Event::ClientCancel {

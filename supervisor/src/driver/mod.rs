@@ -41,6 +41,17 @@ pub enum Input {
         /// Where the connection's events go.
         events: ClientLink,
     },
+    /// A client submitted a request whose answer continues given text.
+    ClientContinue {
+        /// Connection id.
+        conn: u64,
+        /// The request.
+        submit: Submit,
+        /// The start of the answer, already shown.
+        assistant_prefix: String,
+        /// Where the connection's events go.
+        events: ClientLink,
+    },
     /// A client cancelled a request.
     ClientCancel {
         /// Connection id.
@@ -256,6 +267,19 @@ impl Driver {
             } => {
                 self.clients.entry(conn).or_insert(events);
                 Event::ClientSubmit { conn, submit }
+            }
+            Input::ClientContinue {
+                conn,
+                submit,
+                assistant_prefix,
+                events,
+            } => {
+                self.clients.entry(conn).or_insert(events);
+                Event::ClientContinue {
+                    conn,
+                    submit,
+                    assistant_prefix,
+                }
             }
             Input::ClientCancel { conn, request_id } => Event::ClientCancel { conn, request_id },
             Input::ClientStop { conn, request_id } => Event::ClientStop { conn, request_id },
