@@ -38,7 +38,12 @@ fn serves(slot: &SlotView<'_>, model: &str) -> bool {
 /// per ready slot serving it, less those this bridge submitted that have
 /// not started yet; none while the supervisor has a queue (its own clients
 /// come first, and a pulled request must not wait behind them).
-pub fn free_slots(slots: &[SlotView<'_>], queue_depth: u32, model: &str, not_started: usize) -> usize {
+pub fn free_slots(
+    slots: &[SlotView<'_>],
+    queue_depth: u32,
+    model: &str,
+    not_started: usize,
+) -> usize {
     if queue_depth > 0 {
         return 0;
     }
@@ -142,8 +147,18 @@ mod tests {
         assert!(!class_alive(&slots, "qwen"));
         assert!(class_alive(&slots, "smollm"));
         assert!(class_alive(&slots, ""));
-        let beat = heartbeat("b", &[("c".into(), String::new())], None, "no supervisor", vec!["r/1".into()], 500);
-        assert!(beat.classes.is_empty(), "an unreadable supervisor serves nothing");
+        let beat = heartbeat(
+            "b",
+            &[("c".into(), String::new())],
+            None,
+            "no supervisor",
+            vec!["r/1".into()],
+            500,
+        );
+        assert!(
+            beat.classes.is_empty(),
+            "an unreadable supervisor serves nothing"
+        );
         assert_eq!(beat.problem, "no supervisor");
         assert_eq!(beat.active, vec!["r/1".to_owned()]);
     }

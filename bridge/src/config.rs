@@ -207,7 +207,13 @@ fn host_name() -> String {
     let name: String = name
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if name.is_empty() {
         "board".to_owned()
@@ -234,7 +240,10 @@ mod tests {
         assert_eq!(c.nats.prefix, "lab");
         assert_eq!(c.classes["npu-1_5b"], "qwen");
         assert_eq!(c.heartbeat, Duration::from_secs(1));
-        assert_eq!(c.client_socket, PathBuf::from("/run/rocksteady/client.sock"));
+        assert_eq!(
+            c.client_socket,
+            PathBuf::from("/run/rocksteady/client.sock")
+        );
     }
 
     #[test]
@@ -242,10 +251,20 @@ mod tests {
         let err = |t: &str| parse(t).unwrap_err().to_string();
         assert!(err("[supervisor]\n").contains("no [bridge] section"));
         assert!(err("[bridge]\nnats = \"nats://n\"\n").contains("[bridge.classes] is empty"));
-        assert!(err("[bridge]\nnats = \"/run/x.sock\"\n[bridge.classes]\na = \"\"\n").contains("must be a NATS URL"));
-        assert!(err("[bridge]\nnats = \"nats://n\"\n[bridge.classes]\n\"a.b\" = \"\"\n").contains("model class"));
-        assert!(err("[bridge]\nnats = \"nats://n\"\nheartbeat_ms = 5\n[bridge.classes]\na = \"\"\n").contains("heartbeat_ms"));
-        let e = parse("[bridge]\nnats = \"nats://n\"\ncolour = 1\n[bridge.classes]\na = \"\"\n").unwrap_err();
+        assert!(
+            err("[bridge]\nnats = \"/run/x.sock\"\n[bridge.classes]\na = \"\"\n")
+                .contains("must be a NATS URL")
+        );
+        assert!(
+            err("[bridge]\nnats = \"nats://n\"\n[bridge.classes]\n\"a.b\" = \"\"\n")
+                .contains("model class")
+        );
+        assert!(err(
+            "[bridge]\nnats = \"nats://n\"\nheartbeat_ms = 5\n[bridge.classes]\na = \"\"\n"
+        )
+        .contains("heartbeat_ms"));
+        let e = parse("[bridge]\nnats = \"nats://n\"\ncolour = 1\n[bridge.classes]\na = \"\"\n")
+            .unwrap_err();
         assert!(format!("{:#}", anyhow::Error::from(e)).contains("colour"));
     }
 }

@@ -75,7 +75,10 @@ impl Shared {
     }
 
     pub(crate) fn pulled(&self, class: &str, delta: isize) {
-        let mut map = self.not_started.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self
+            .not_started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let n = map.entry(class.to_owned()).or_default();
         *n = n.saturating_add_signed(delta);
         drop(map);
@@ -83,12 +86,18 @@ impl Shared {
     }
 
     pub(crate) fn started(&self) {
-        *self.last_start.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        *self
+            .last_start
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
     }
 
     /// How many requests of `class` (local `model`) to pull now.
     fn free(&self, class: &str, model: &str) -> usize {
-        let last_start = *self.last_start.lock().unwrap_or_else(PoisonError::into_inner);
+        let last_start = *self
+            .last_start
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let not_started = self
             .not_started
             .lock()
@@ -103,7 +112,12 @@ impl Shared {
         if last_start.is_some_and(|s| s >= taken) {
             return 0;
         }
-        capacity::free_slots(&capacity::view(report), report.queue_depth, model, not_started)
+        capacity::free_slots(
+            &capacity::view(report),
+            report.queue_depth,
+            model,
+            not_started,
+        )
     }
 }
 
@@ -118,7 +132,11 @@ pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::R
         .connect(&format!("rocksteady-bridge {}", config.board))
         .await
         .context("connecting to NATS")?;
-    let link = SupervisorLink::start(config.client_socket.clone(), "rocksteady-bridge", shutdown.clone());
+    let link = SupervisorLink::start(
+        config.client_socket.clone(),
+        "rocksteady-bridge",
+        shutdown.clone(),
+    );
     let shared = Arc::new(Shared {
         config,
         client,
@@ -141,7 +159,11 @@ pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::R
     while tasks.join_next().await.is_some() {}
     // Let the serving tasks hand their requests back before the connection goes.
     let deadline = Instant::now() + Duration::from_secs(3);
-    while !shared.active.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+    while !shared
+        .active
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_empty()
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -188,7 +210,10 @@ async fn poll_status(shared: Arc<Shared>) {
 fn set_problem(shared: &Shared, problem: &str) {
     let mut status = shared.status.lock().unwrap_or_else(PoisonError::into_inner);
     if status.problem.is_empty() {
-        tracing::warn!(problem, "the local supervisor cannot be read; announcing no classes");
+        tracing::warn!(
+            problem,
+            "the local supervisor cannot be read; announcing no classes"
+        );
     }
     status.report = None;
     status.problem = problem.to_owned();
@@ -230,10 +255,20 @@ async fn announce(shared: Arc<Shared>) {
         }
     }
     // A last heartbeat with no classes: front doors stop routing here at once.
-    let beat = capacity::heartbeat(&shared.config.board, &classes, None, "stopping", Vec::new(), interval_ms);
+    let beat = capacity::heartbeat(
+        &shared.config.board,
+        &classes,
+        None,
+        "stopping",
+        Vec::new(),
+        interval_ms,
+    );
     let _ = shared
         .client
-        .publish(subject, serde_json::to_vec(&beat).unwrap_or_default().into())
+        .publish(
+            subject,
+            serde_json::to_vec(&beat).unwrap_or_default().into(),
+        )
         .await;
 }
 
@@ -243,7 +278,11 @@ async fn pull(shared: Arc<Shared>, class: String, model: String) {
         match consumer(&shared, &class).await {
             Ok(c) => break c,
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), class, "cannot set up the work consumer; retrying");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    class,
+                    "cannot set up the work consumer; retrying"
+                );
                 tokio::select! {
                     () = shared.shutdown.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -286,7 +325,12 @@ async fn pull(shared: Arc<Shared>, class: String, model: String) {
             match next {
                 Some(Ok(msg)) => {
                     shared.pulled(&class, 1);
-                    tokio::spawn(serve::serve(Arc::clone(&shared), class.clone(), model.clone(), msg));
+                    tokio::spawn(serve::serve(
+                        Arc::clone(&shared),
+                        class.clone(),
+                        model.clone(),
+                        msg,
+                    ));
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "pull interrupted");

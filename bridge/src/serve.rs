@@ -69,7 +69,12 @@ impl Drop for Pulled<'_> {
 }
 
 /// Serves one pulled message.
-pub(crate) async fn serve(shared: Arc<Shared>, class: String, model: String, msg: jetstream::Message) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    class: String,
+    model: String,
+    msg: jetstream::Message,
+) {
     let mut pulled = Pulled {
         shared: &shared,
         class: &class,
@@ -95,7 +100,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, class: String, model: String, msg
         attempt: work.attempt,
         seq: 0,
     };
-    let controls = shared.client.subscribe(shared.subjects.control(&work.id)).await;
+    let controls = shared
+        .client
+        .subscribe(shared.subjects.control(&work.id))
+        .await;
     let mut controls = match controls {
         Ok(s) => Some(s),
         Err(e) => {
@@ -192,12 +200,15 @@ async fn claim(shared: &Shared, work: &WorkRequest, msg: &jetstream::Message) ->
     .unwrap_or_default();
     let asked = tokio::time::timeout(
         CLAIM_TIMEOUT,
-        shared.client.request(shared.subjects.claim(&work.id), body.into()),
+        shared
+            .client
+            .request(shared.subjects.claim(&work.id), body.into()),
     )
     .await;
     match asked {
         Ok(Ok(answer)) => {
-            let granted = serde_json::from_slice::<ClaimAnswer>(&answer.payload).is_ok_and(|a| a.granted);
+            let granted =
+                serde_json::from_slice::<ClaimAnswer>(&answer.payload).is_ok_and(|a| a.granted);
             if !granted {
                 tracing::info!(request = %work.id, attempt = work.attempt, "dropped a request the front door no longer wants");
                 let _ = msg.ack_with(AckKind::Term).await;
@@ -211,7 +222,9 @@ async fn claim(shared: &Shared, work: &WorkRequest, msg: &jetstream::Message) ->
         }
         _ => {
             // The front door may be reconnecting: let it come round again.
-            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
             false
         }
     }
@@ -253,7 +266,12 @@ impl Publisher<'_> {
             body,
         };
         let bytes = serde_json::to_vec(&reply).unwrap_or_default();
-        if let Err(e) = self.shared.client.publish(self.subject.clone(), bytes.into()).await {
+        if let Err(e) = self
+            .shared
+            .client
+            .publish(self.subject.clone(), bytes.into())
+            .await
+        {
             tracing::debug!(error = %e, "reply not sent");
         }
     }
@@ -275,8 +293,14 @@ mod tests {
     #[test]
     fn board_troubles_hand_back_and_request_troubles_finish() {
         assert!(matches!(step(&LinkEvent::Lost), Step::HandBack(_)));
-        assert!(matches!(step(&error(ErrorKind::NoWorker)), Step::HandBack(_)));
-        assert!(matches!(step(&error(ErrorKind::ShuttingDown)), Step::HandBack(_)));
+        assert!(matches!(
+            step(&error(ErrorKind::NoWorker)),
+            Step::HandBack(_)
+        ));
+        assert!(matches!(
+            step(&error(ErrorKind::ShuttingDown)),
+            Step::HandBack(_)
+        ));
         assert_eq!(step(&error(ErrorKind::BadRequest)), Step::Finish);
         assert_eq!(step(&error(ErrorKind::WorkerFailed)), Step::Finish);
         let token = LinkEvent::Event(SupervisorToClient::Token(Token {

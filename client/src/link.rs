@@ -404,7 +404,10 @@ impl Request {
             if self.ended {
                 return std::future::pending().await;
             }
-            let event = cluster.next().await.map_or(LinkEvent::Lost, LinkEvent::Event);
+            let event = cluster
+                .next()
+                .await
+                .map_or(LinkEvent::Lost, LinkEvent::Event);
             self.note(&event);
             return event;
         }
@@ -457,7 +460,9 @@ impl Request {
             return None;
         }
         if let Some(cluster) = &mut self.cluster {
-            let event = cluster.try_next()?.map_or(LinkEvent::Lost, LinkEvent::Event);
+            let event = cluster
+                .try_next()?
+                .map_or(LinkEvent::Lost, LinkEvent::Event);
             self.note(&event);
             return Some(event);
         }

@@ -459,9 +459,7 @@ async fn client_connection(
         };
         last.store(millis_since(start), Ordering::Relaxed);
         match msg {
-            Ok(Some(
-                msg @ (ClientToSupervisor::Submit(_) | ClientToSupervisor::Continue(_)),
-            )) => {
+            Ok(Some(msg @ (ClientToSupervisor::Submit(_) | ClientToSupervisor::Continue(_)))) => {
                 let (submit, prefix) = match msg {
                     ClientToSupervisor::Continue(c) => (c.submit, Some(c.assistant_prefix)),
                     ClientToSupervisor::Submit(submit) => (submit, None),

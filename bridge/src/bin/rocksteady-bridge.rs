@@ -41,7 +41,11 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        println!("config ok: board {}, classes {:?}", config.board, config.classes.keys().collect::<Vec<_>>());
+        println!(
+            "config ok: board {}, classes {:?}",
+            config.board,
+            config.classes.keys().collect::<Vec<_>>()
+        );
         return ExitCode::SUCCESS;
     }
     match run(config) {

@@ -83,7 +83,10 @@ impl Drop for Board {
         // The bridge first: it hands back nothing after its supervisor is gone.
         for child in [&mut self.bridge, &mut self.supervisor] {
             if let Some(c) = child.as_mut() {
-                let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(c.id().to_string())
+                    .status();
             }
         }
         for child in [&mut self.bridge, &mut self.supervisor] {
@@ -114,7 +117,10 @@ impl Cluster {
             .collect();
         let shutdown = CancellationToken::new();
         let target = Target::parse(
-            &format!("{}?prefix=it&class={CLASS}&silence_ms={silence_ms}", nats.url()),
+            &format!(
+                "{}?prefix=it&class={CLASS}&silence_ms={silence_ms}",
+                nats.url()
+            ),
             None,
         )
         .unwrap();
@@ -141,7 +147,9 @@ impl Cluster {
                 .filter(|(b, alive, _)| {
                     *alive
                         && b.classes.iter().any(|c| c == CLASS)
-                        && b.slots.iter().any(|s| s.state == proto::admin::SlotState::Ready)
+                        && b.slots
+                            .iter()
+                            .any(|s| s.state == proto::admin::SlotState::Ready)
                 })
                 .count();
             if ready >= n {
@@ -194,7 +202,10 @@ async fn collect(req: &mut Request, limit: Duration) -> Vec<(Instant, Supervisor
         let LinkEvent::Event(event) = event else {
             panic!("request lost; so far: {events:?}")
         };
-        let end = matches!(event, SupervisorToClient::Done(_) | SupervisorToClient::Error(_));
+        let end = matches!(
+            event,
+            SupervisorToClient::Done(_) | SupervisorToClient::Error(_)
+        );
         events.push((Instant::now(), event));
         if end {
             return events;
@@ -278,7 +289,9 @@ async fn twelve_requests_spread_over_three_boards_and_an_unserved_class_fails_fa
         panic!("{events:?}")
     };
     assert!(
-        e.message.contains("no board serves model class \"gpu-huge\"") && e.message.contains(CLASS),
+        e.message
+            .contains("no board serves model class \"gpu-huge\"")
+            && e.message.contains(CLASS),
         "{}",
         e.message
     );
@@ -325,10 +338,12 @@ async fn death_mid_stream(kill_supervisor: bool) {
         .map(|(at, _)| *at - killed_at);
     events.extend(rest);
     let text = done_text(&events);
-    let which = if kill_supervisor { "supervisor" } else { "bridge" };
-    println!(
-        "{which} of {first_board} killed: next token from another board after {next_token:?}"
-    );
+    let which = if kill_supervisor {
+        "supervisor"
+    } else {
+        "bridge"
+    };
+    println!("{which} of {first_board} killed: next token from another board after {next_token:?}");
     assert_eq!(streamed(&events), text, "no text repeated or lost");
     assert!(text.starts_with(&before));
     assert_eq!(text.matches(before.as_str()).count(), 1, "{text:?}");
@@ -364,20 +379,28 @@ async fn a_nats_restart_loses_no_accepted_request_and_answers_none_twice() {
         let first_token = first_token.clone();
         tasks.push(tokio::spawn(async move {
             let mut req = link
-                .submit(user(&format!("Tell me a fact about the sea. ({i})")), greedy(16))
+                .submit(
+                    user(&format!("Tell me a fact about the sea. ({i})")),
+                    greedy(16),
+                )
                 .await
                 .unwrap();
             let mut events = Vec::new();
             loop {
                 let LinkEvent::Event(e) =
-                    tokio::time::timeout(Duration::from_secs(240), req.next()).await.unwrap()
+                    tokio::time::timeout(Duration::from_secs(240), req.next())
+                        .await
+                        .unwrap()
                 else {
                     panic!("lost: {events:?}")
                 };
                 if matches!(e, SupervisorToClient::Token(_)) {
                     let _ = first_token.send(());
                 }
-                let end = matches!(e, SupervisorToClient::Done(_) | SupervisorToClient::Error(_));
+                let end = matches!(
+                    e,
+                    SupervisorToClient::Done(_) | SupervisorToClient::Error(_)
+                );
                 events.push((Instant::now(), e));
                 if end {
                     break;
@@ -400,9 +423,16 @@ async fn a_nats_restart_loses_no_accepted_request_and_answers_none_twice() {
         done += 1;
     }
     assert_eq!(done, 6);
-    println!("all 6 answered once, {:?} after the restart", restarted.elapsed());
+    println!(
+        "all 6 answered once, {:?} after the restart",
+        restarted.elapsed()
+    );
     // After the restart the cluster still takes work.
-    let mut req = cluster.link.submit(user("Say hi."), greedy(4)).await.unwrap();
+    let mut req = cluster
+        .link
+        .submit(user("Say hi."), greedy(4))
+        .await
+        .unwrap();
     let events = collect(&mut req, Duration::from_secs(120)).await;
     done_text(&events);
     let _ = cluster.board("board-1");
@@ -439,7 +469,12 @@ async fn figures_nats_path_against_the_unix_socket() {
     let socket = cluster.boards[0].dir.path().join("run/client.sock");
     let unix = SupervisorLink::start(socket, "figures", cluster.shutdown.clone());
     let mut rows = Vec::new();
-    for (name, link) in [("unix", &unix), ("nats", &cluster.link), ("unix", &unix), ("nats", &cluster.link)] {
+    for (name, link) in [
+        ("unix", &unix),
+        ("nats", &cluster.link),
+        ("unix", &unix),
+        ("nats", &cluster.link),
+    ] {
         let (ttft, gaps) = timing(link, "Write one sentence about rivers.").await;
         rows.push((name, ttft, gaps));
     }

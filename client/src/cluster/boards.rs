@@ -127,7 +127,10 @@ mod tests {
         b.on_heartbeat(beat("b", &["npu-1.5b"], &[]), 0);
         assert_eq!(b.route("cpu-small", 2000, 5000, 1500), Route::Publish);
         assert_eq!(b.serving("cpu-small", 3000), vec!["a"]);
-        assert!(b.serving("cpu-small", 3001).is_empty(), "three missed heartbeats");
+        assert!(
+            b.serving("cpu-small", 3001).is_empty(),
+            "three missed heartbeats"
+        );
         assert_eq!(b.lists("a", "r/1"), Some(0));
         assert_eq!(b.lists("a", "r/2"), None);
     }
@@ -136,10 +139,14 @@ mod tests {
     fn an_unserved_class_waits_out_the_grace_then_is_refused_by_name() {
         let mut b = Boards::default();
         assert_eq!(b.route("x", 10, 10, 1500), Route::Wait);
-        let Route::Refuse(m) = b.route("x", 2000, 2000, 1500) else { panic!() };
+        let Route::Refuse(m) = b.route("x", 2000, 2000, 1500) else {
+            panic!()
+        };
         assert!(m.contains("no board is announcing"), "{m}");
         b.on_heartbeat(beat("a", &["cpu-small"], &[]), 2000);
-        let Route::Refuse(m) = b.route("gpu-huge", 2100, 2100, 1500) else { panic!() };
+        let Route::Refuse(m) = b.route("gpu-huge", 2100, 2100, 1500) else {
+            panic!()
+        };
         assert!(m.contains("\"gpu-huge\"") && m.contains("cpu-small"), "{m}");
     }
 }

@@ -229,7 +229,11 @@ impl ClusterLink {
                     backend,
                     model: class.clone(),
                     model_file: class.clone(),
-                    state: if ready { SlotState::Ready } else { SlotState::Busy },
+                    state: if ready {
+                        SlotState::Ready
+                    } else {
+                        SlotState::Busy
+                    },
                 });
             }
         }
@@ -278,9 +282,12 @@ impl ClusterLink {
         };
         loop {
             let now = front.now();
-            let route = front
-                .boards()
-                .route(&class, now, now, u64::try_from(GRACE.as_millis()).unwrap_or(0));
+            let route = front.boards().route(
+                &class,
+                now,
+                now,
+                u64::try_from(GRACE.as_millis()).unwrap_or(0),
+            );
             match route {
                 Route::Publish => break,
                 Route::Wait => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -308,8 +315,15 @@ impl ClusterLink {
             .subscribe(front.subjects.claim(&id))
             .await
             .map_err(ClusterError::Subscribe)?;
-        let (tracker, first) =
-            Tracker::new(id, owner_id, class, messages, params, front.limits, front.now());
+        let (tracker, first) = Tracker::new(
+            id,
+            owner_id,
+            class,
+            messages,
+            params,
+            front.limits,
+            front.now(),
+        );
         publish(front, &first).await?;
         tokio::spawn(drive(
             Arc::clone(front),
@@ -359,7 +373,11 @@ async fn publish(front: &Front, work: &WorkRequest) -> Result<(), ClusterError> 
         let attempt = async {
             front
                 .js
-                .publish_with_headers(front.subjects.work(&work.class), headers, body.clone().into())
+                .publish_with_headers(
+                    front.subjects.work(&work.class),
+                    headers,
+                    body.clone().into(),
+                )
                 .await?
                 .await
         };
@@ -389,7 +407,9 @@ async fn listen_heartbeats(front: Arc<Front>, mut sub: async_nats::Subscriber) {
                 let now = front.now();
                 front.boards().on_heartbeat(beat, now);
             }
-            Err(err) => tracing::debug!(error = %err, subject = %msg.subject, "ignored a malformed heartbeat"),
+            Err(err) => {
+                tracing::debug!(error = %err, subject = %msg.subject, "ignored a malformed heartbeat")
+            }
         }
     }
 }
@@ -479,7 +499,11 @@ async fn drive(
     }
 }
 
-async fn send_control(front: &Front, subject: &str, ctl: Control) -> Result<(), async_nats::PublishError> {
+async fn send_control(
+    front: &Front,
+    subject: &str,
+    ctl: Control,
+) -> Result<(), async_nats::PublishError> {
     let body = serde_json::to_vec(&ctl).unwrap_or_default();
     front.client.publish(subject.to_owned(), body.into()).await
 }

@@ -193,7 +193,11 @@ impl Target {
     }
 }
 
-fn secret_path(key: &str, val: &str, credentials_dir: Option<&Path>) -> Result<PathBuf, TargetError> {
+fn secret_path(
+    key: &str,
+    val: &str,
+    credentials_dir: Option<&Path>,
+) -> Result<PathBuf, TargetError> {
     if let Some(name) = val.strip_prefix("credential:") {
         let dir = credentials_dir.ok_or_else(|| TargetError::NoCredentialsDirectory {
             key: key.into(),
@@ -241,7 +245,10 @@ impl NatsTarget {
     /// # Errors
     /// [`NatsConnectError`]: an unreadable secret, or no server reachable
     /// within the first attempt.
-    pub async fn connect(&self, default_name: &str) -> Result<async_nats::Client, NatsConnectError> {
+    pub async fn connect(
+        &self,
+        default_name: &str,
+    ) -> Result<async_nats::Client, NatsConnectError> {
         let mut options = async_nats::ConnectOptions::new()
             .name(self.name.as_deref().unwrap_or(default_name))
             .retry_on_initial_connect()
@@ -256,13 +263,14 @@ impl NatsTarget {
                 tracing::info!(%event, "NATS connection");
             });
         if let Some(path) = &self.creds {
-            options = options
-                .credentials_file(path)
-                .await
-                .map_err(|source| NatsConnectError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+            options =
+                options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|source| NatsConnectError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
         }
         if let Some(path) = &self.nkey {
             let seed = std::fs::read_to_string(path).map_err(|source| NatsConnectError::Read {
@@ -322,7 +330,9 @@ mod tests {
         assert_eq!(n.creds, Some(dir.join("nats-creds")));
         assert_eq!(n.silence, Duration::from_secs(3));
         assert!(!n.tls);
-        let Target::Nats(n) = Target::parse("tls://h:4222?ca=/etc/ca.pem", None).unwrap() else { panic!() };
+        let Target::Nats(n) = Target::parse("tls://h:4222?ca=/etc/ca.pem", None).unwrap() else {
+            panic!()
+        };
         assert!(n.tls);
     }
 

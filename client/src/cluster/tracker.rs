@@ -11,9 +11,7 @@
 //! one board continues; the user is told once per continuation.
 
 use proto::chat::{Backend, ChatMessage, GenParams};
-use proto::client::{
-    Done, ErrorEvent, ErrorKind, Failover, Started, SupervisorToClient, Token,
-};
+use proto::client::{Done, ErrorEvent, ErrorKind, Failover, Started, SupervisorToClient, Token};
 
 use super::wire::{Reply, ReplyBody, WorkRequest};
 
@@ -386,15 +384,32 @@ mod tests {
         t.on_claim("a", 1, 0);
         assert!(t.on_reply(reply("b", 1, 1, token("x")), 1).is_empty());
         let out = t.on_reply(reply("a", 1, 1, token("Hel")), 1);
-        assert_eq!(emitted(&out), vec![SupervisorToClient::Token(Token { request_id: 7, text: "Hel".into() })]);
+        assert_eq!(
+            emitted(&out),
+            vec![SupervisorToClient::Token(Token {
+                request_id: 7,
+                text: "Hel".into()
+            })]
+        );
         let out = t.on_reply(reply("a", 1, 2, done("Hello")), 2);
         // The lost "lo" is sent before Done, so the stream adds up.
         let events = emitted(&out);
-        assert_eq!(events[0], SupervisorToClient::Token(Token { request_id: 7, text: "lo".into() }));
-        assert!(matches!(&events[1], SupervisorToClient::Done(d) if d.text == "Hello" && d.request_id == 7));
+        assert_eq!(
+            events[0],
+            SupervisorToClient::Token(Token {
+                request_id: 7,
+                text: "lo".into()
+            })
+        );
+        assert!(
+            matches!(&events[1], SupervisorToClient::Done(d) if d.text == "Hello" && d.request_id == 7)
+        );
         assert_eq!(out.last(), Some(&Out::End));
         assert!(t.ended());
-        assert!(t.on_tick(100_000).is_empty(), "an ended request is never republished");
+        assert!(
+            t.on_tick(100_000).is_empty(),
+            "an ended request is never republished"
+        );
     }
 
     #[test]
@@ -404,23 +419,37 @@ mod tests {
         t.on_reply(reply("a", 1, 1, token("One ")), 100);
         t.on_reply(reply("a", 1, 2, token("two ")), 200);
         t.on_heartbeat("a", 900);
-        assert!(t.on_tick(1500).is_empty(), "the heartbeat listed the request");
+        assert!(
+            t.on_tick(1500).is_empty(),
+            "the heartbeat listed the request"
+        );
         let out = t.on_tick(1900);
         let events = emitted(&out);
         assert_eq!(events.len(), 1);
-        assert!(matches!(&events[0], SupervisorToClient::Failover(f) if f.reason.contains("board a went silent")));
-        let Some(Out::Publish(next)) = out.last() else { panic!("{out:?}") };
+        assert!(
+            matches!(&events[0], SupervisorToClient::Failover(f) if f.reason.contains("board a went silent"))
+        );
+        let Some(Out::Publish(next)) = out.last() else {
+            panic!("{out:?}")
+        };
         assert_eq!(next.attempt, 2);
         assert_eq!(next.assistant_prefix, "One two ");
         assert_eq!(next.params.max_tokens, 8);
         // The dead board's late words no longer count.
-        assert!(t.on_reply(reply("a", 1, 3, token("three")), 2000).is_empty());
-        assert!(t.on_tick(2500).is_empty(), "waiting for a claim is not silence");
+        assert!(t
+            .on_reply(reply("a", 1, 3, token("three")), 2000)
+            .is_empty());
+        assert!(
+            t.on_tick(2500).is_empty(),
+            "waiting for a claim is not silence"
+        );
         assert!(t.on_claim("b", 2, 2600));
         let out = t.on_reply(reply("b", 2, 1, token("three")), 2700);
         assert_eq!(emitted(&out).len(), 1);
         let out = t.on_reply(reply("b", 2, 2, done("One two three")), 2800);
-        assert!(matches!(&emitted(&out)[0], SupervisorToClient::Done(d) if d.text == "One two three"));
+        assert!(
+            matches!(&emitted(&out)[0], SupervisorToClient::Done(d) if d.text == "One two three")
+        );
     }
 
     #[test]
@@ -428,11 +457,23 @@ mod tests {
         let (mut t, _) = tracker();
         t.on_claim("a", 1, 0);
         let out = t.on_reply(
-            Reply { attempt: 1, board: "a".into(), seq: 1, body: ReplyBody::HandBack { reason: "supervisor gone".into() } },
+            Reply {
+                attempt: 1,
+                board: "a".into(),
+                seq: 1,
+                body: ReplyBody::HandBack {
+                    reason: "supervisor gone".into(),
+                },
+            },
             10,
         );
-        assert!(emitted(&out).is_empty(), "nothing was shown, nothing to explain");
-        assert!(matches!(out.last(), Some(Out::Publish(w)) if w.attempt == 2 && w.assistant_prefix.is_empty()));
+        assert!(
+            emitted(&out).is_empty(),
+            "nothing was shown, nothing to explain"
+        );
+        assert!(
+            matches!(out.last(), Some(Out::Publish(w)) if w.attempt == 2 && w.assistant_prefix.is_empty())
+        );
     }
 
     #[test]
@@ -445,11 +486,15 @@ mod tests {
         }
         assert!(t.on_claim("a", 3, 10_000));
         let out = t.on_tick(20_000);
-        assert!(matches!(&emitted(&out)[0], SupervisorToClient::Error(e) if e.kind == ErrorKind::WorkerFailed));
+        assert!(
+            matches!(&emitted(&out)[0], SupervisorToClient::Error(e) if e.kind == ErrorKind::WorkerFailed)
+        );
 
         let (mut t, _) = tracker();
         assert!(t.on_tick(59_000).is_empty());
         let out = t.on_tick(60_000);
-        assert!(matches!(&emitted(&out)[0], SupervisorToClient::Error(e) if e.kind == ErrorKind::Busy && e.message.contains("no board took")));
+        assert!(
+            matches!(&emitted(&out)[0], SupervisorToClient::Error(e) if e.kind == ErrorKind::Busy && e.message.contains("no board took"))
+        );
     }
 }
