@@ -191,7 +191,7 @@ impl BridgeConfig {
         }
         Ok(Self {
             board,
-            nats,
+            nats: *nats,
             client_socket: raw.client_socket,
             admin_socket: raw.admin_socket,
             heartbeat: Duration::from_millis(raw.heartbeat_ms),

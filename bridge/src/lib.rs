@@ -216,7 +216,7 @@ fn set_problem(shared: &Shared, problem: &str) {
         );
     }
     status.report = None;
-    status.problem = problem.to_owned();
+    problem.clone_into(&mut status.problem);
     status.taken = Some(Instant::now());
 }
 

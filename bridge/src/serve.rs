@@ -91,11 +91,23 @@ pub(crate) async fn serve(
     if !claim(&shared, &work, &msg).await {
         return;
     }
+    answer(&shared, &class, model, work, &msg, &mut pulled).await;
+}
+
+/// Serves a claimed attempt until it is done, handed back or cancelled.
+async fn answer(
+    shared: &Shared,
+    class: &str,
+    model: String,
+    work: WorkRequest,
+    msg: &jetstream::Message,
+    pulled: &mut Pulled<'_>,
+) {
     let key = format!("{}/{}", work.id, work.attempt);
     shared.set_active(&key, true);
     tracing::info!(request = %key, class, "serving a request");
     let mut out = Publisher {
-        shared: &shared,
+        shared,
         subject: shared.subjects.reply(&work.id),
         attempt: work.attempt,
         seq: 0,
@@ -122,7 +134,7 @@ pub(crate) async fn serve(
                 reason: format!("the board's supervisor is not reachable: {e}"),
             })
             .await;
-            ack(&shared, &msg).await;
+            ack(shared, msg).await;
             shared.set_active(&key, false);
             return;
         }
@@ -133,7 +145,7 @@ pub(crate) async fn serve(
         tokio::select! {
             () = shared.shutdown.cancelled() => {
                 out.send(ReplyBody::HandBack { reason: "the board's bridge is stopping".into() }).await;
-                ack(&shared, &msg).await;
+                ack(shared, msg).await;
                 break;
             }
             event = request.next() => {
@@ -147,14 +159,14 @@ pub(crate) async fn serve(
                         let end = matches!(e, SupervisorToClient::Done(_) | SupervisorToClient::Error(_));
                         out.send(ReplyBody::Event(e)).await;
                         if end {
-                            ack(&shared, &msg).await;
+                            ack(shared, msg).await;
                             break;
                         }
                     }
                     Step::HandBack(reason) => {
                         tracing::warn!(request = %key, reason, "handing the request back");
                         out.send(ReplyBody::HandBack { reason }).await;
-                        ack(&shared, &msg).await;
+                        ack(shared, msg).await;
                         break;
                     }
                 }
@@ -163,7 +175,7 @@ pub(crate) async fn serve(
                 Some(Control::Stop) => request.stop().await,
                 Some(Control::Cancel) => {
                     // Dropping the request cancels it at the supervisor.
-                    ack(&shared, &msg).await;
+                    ack(shared, msg).await;
                     break;
                 }
                 None => controls = None,

@@ -4,6 +4,7 @@
 //! restart, an unserved class, and the figures of the NATS path.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -170,7 +171,7 @@ impl Cluster {
             for bin in ["rocksteady-bridge", "rocksteady-supervisor"] {
                 let log = b.log(bin);
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                out.push_str(&format!("--- {} {bin}\n", b.name));
+                let _ = writeln!(out, "--- {} {bin}", b.name);
                 for l in tail.into_iter().rev() {
                     out.push_str(l);
                     out.push('\n');
@@ -443,7 +444,8 @@ fn mean_ms(xs: &[Duration]) -> f64 {
     if xs.is_empty() {
         return f64::NAN;
     }
-    xs.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0 / xs.len() as f64
+    let n = u32::try_from(xs.len()).unwrap_or(u32::MAX);
+    xs.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0 / f64::from(n)
 }
 
 /// Time to first token and the mean gap between tokens of one request.

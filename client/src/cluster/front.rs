@@ -408,7 +408,7 @@ async fn listen_heartbeats(front: Arc<Front>, mut sub: async_nats::Subscriber) {
                 front.boards().on_heartbeat(beat, now);
             }
             Err(err) => {
-                tracing::debug!(error = %err, subject = %msg.subject, "ignored a malformed heartbeat")
+                tracing::debug!(error = %err, subject = %msg.subject, "ignored a malformed heartbeat");
             }
         }
     }

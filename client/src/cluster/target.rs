@@ -29,7 +29,7 @@ pub enum Target {
     /// The local supervisor's client socket.
     Unix(PathBuf),
     /// A NATS cluster.
-    Nats(NatsTarget),
+    Nats(Box<NatsTarget>),
 }
 
 /// A NATS server and how to use it. `Debug` shows file paths, never secrets
@@ -138,7 +138,7 @@ impl Target {
             match key {
                 "prefix" => {
                     Subjects::new(val)?;
-                    target.prefix = val.to_owned();
+                    val.clone_into(&mut target.prefix);
                 }
                 "class" => {
                     check_token("model class", val)?;
@@ -189,7 +189,7 @@ impl Target {
                 })
             }
         }
-        Ok(Self::Nats(target))
+        Ok(Self::Nats(Box::new(target)))
     }
 }
 

@@ -150,13 +150,13 @@ impl Tracker {
         true
     }
 
-    fn from_server(&self, reply: &Reply) -> bool {
+    fn is_from_server(&self, reply: &Reply) -> bool {
         !self.ended && reply.attempt == self.attempt && self.board.as_deref() == Some(&reply.board)
     }
 
     /// A reply arrived.
     pub fn on_reply(&mut self, reply: Reply, now: u64) -> Vec<Out> {
-        if !self.from_server(&reply) {
+        if !self.is_from_server(&reply) {
             return Vec::new();
         }
         self.last_sign = now;
