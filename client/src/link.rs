@@ -259,7 +259,9 @@ impl SupervisorLink {
         prefix: String,
     ) -> Result<Request, LinkError> {
         if let Some(cluster) = &self.cluster {
-            let request = cluster.submit(messages, params, &model).await?;
+            // Boxed: the cluster's submit is a large future, and every
+            // front door's request handler would carry it inline.
+            let request = Box::pin(cluster.submit(messages, params, &model)).await?;
             let (_, events) = mpsc::unbounded_channel();
             return Ok(Request {
                 id: request.id(),

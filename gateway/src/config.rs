@@ -179,6 +179,10 @@ pub struct Config {
     pub rest_url: String,
     /// The supervisor's client socket.
     pub client_socket: PathBuf,
+    /// Where requests go instead of `client_socket`, when set: a NATS URL
+    /// (`nats://host:4222?class=cpu-small`) for a cluster of boards, or
+    /// `unix:/path`. Empty = `client_socket`.
+    pub supervisor: String,
     /// The supervisor's admin socket (for `/status`).
     pub admin_socket: PathBuf,
     /// Least time between two message writes in one channel, in milliseconds.
@@ -246,6 +250,7 @@ impl Default for Config {
             gateway_url: DISCORD_GATEWAY_URL.to_owned(),
             rest_url: DISCORD_REST_URL.to_owned(),
             client_socket: PathBuf::from("/run/rocksteady/client.sock"),
+            supervisor: String::new(),
             admin_socket: PathBuf::from("/run/rocksteady/admin.sock"),
             edit_interval_ms: 1000,
             context_max_messages: 12,
@@ -285,6 +290,7 @@ impl fmt::Debug for Config {
             .field("gateway_url", &self.gateway_url)
             .field("rest_url", &self.rest_url)
             .field("client_socket", &self.client_socket)
+            .field("supervisor", &self.supervisor)
             .field("admin_socket", &self.admin_socket)
             .field("edit_interval_ms", &self.edit_interval_ms)
             .field("token", &self.token)

@@ -90,6 +90,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The supervisor's client socket.
     pub client_socket: PathBuf,
+    /// Where requests go instead of `client_socket`, when set: a NATS URL
+    /// (`nats://host:4222?class=cpu-small`) for a cluster of boards, or
+    /// `unix:/path`. Empty = `client_socket`.
+    pub supervisor: String,
     /// The supervisor's HTTP endpoint (`host:port` of its `[http] listen`),
     /// whose `/health` is passed through; empty = health from the slots'
     /// states over the client socket.
@@ -127,6 +131,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             client_socket: PathBuf::from("/run/rocksteady/client.sock"),
+            supervisor: String::new(),
             supervisor_http: "127.0.0.1:9464".to_owned(),
             keys_file: PathBuf::new(),
             max_body_bytes: 1024 * 1024,

@@ -278,6 +278,43 @@ async fn twelve_requests_spread_over_three_boards_and_an_unserved_class_fails_fa
     assert_eq!(per_board.values().sum::<usize>(), 12, "{per_board:?}");
     assert_eq!(per_board.len(), 3, "every board served: {per_board:?}");
 
+    // The operator's view and `supctl ask` through the same cluster.
+    let url = format!("{}?prefix=it", cluster.nats.url());
+    let status = Command::new(bin("supctl"))
+        .args(["--supervisor", &url, "status", "--cluster"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for board in ["board-1", "board-2", "board-3"] {
+        assert!(table.contains(&format!("{board}  up")), "{table}");
+    }
+    assert!(
+        table.contains("classes: cpu-small") && table.contains("primary"),
+        "{table}"
+    );
+    let ask = Command::new(bin("supctl"))
+        .args([
+            "--supervisor",
+            &format!("{url}&class={CLASS}"),
+            "ask",
+            "Say hi.",
+            "--max-tokens",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ask.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ask.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&ask.stdout).trim().is_empty());
+
     let asked = Instant::now();
     let mut req = cluster
         .link
