@@ -6,7 +6,7 @@
 #   lint           shellcheck over the deployment and maintainer scripts
 #   board-tune     deploy/tests/board-tune-test.sh on a fake sysfs tree
 #   arm64-build    deploy/cross-build.sh --smoke (release without LTO)
-#   units          systemd-analyze verify on the three units (any warning
+#   units          systemd-analyze verify on the units (any warning
 #                  fails), and systemd-analyze security --offline against a
 #                  ceiling per unit so hardening cannot quietly regress
 #   qemu-supctl    the arm64 supctl prints its version under qemu-aarch64
@@ -127,7 +127,7 @@ verify_units() { # DIR-WITH-UNITS
 }
 # Exposure ceilings (0 = fully locked down, 10 = none). Raising one needs a
 # reason in the unit file.
-declare -A SECURITY_CEILING=([rocksteady-supervisor]=2.5 [rocksteady-gateway]=2.0 [rocksteady-openai]=2.0 [rocksteady-board-tune]=2.5)
+declare -A SECURITY_CEILING=([rocksteady-supervisor]=2.5 [rocksteady-gateway]=2.0 [rocksteady-openai]=2.0 [rocksteady-board-tune]=2.5 [rocksteady-bridge]=2.0 [rocksteady-nats]=2.0)
 security_units() { # DIR-WITH-UNITS
     local unit score rc=0
     for unit in "${!SECURITY_CEILING[@]}"; do
