@@ -55,12 +55,20 @@ pub fn free_port() -> u16 {
 impl NatsServer {
     /// Starts a server with JetStream on a free port and a new store directory.
     pub fn start() -> Self {
+        Self::start_with_config("")
+    }
+
+    /// Like [`Self::start`], with `config` (nats-server's config syntax:
+    /// accounts, users, TLS) in a config file; port, address and store stay
+    /// on the command line.
+    pub fn start_with_config(config: &str) -> Self {
         let mut server = Self {
             dir: tempfile::tempdir().unwrap(),
             port: free_port(),
             child: None,
             starts: 0,
         };
+        std::fs::write(server.dir.path().join("server.conf"), config).unwrap();
         server.spawn();
         server
     }
@@ -79,6 +87,8 @@ impl NatsServer {
         let log = self.log_path();
         let store = self.dir.path().join("store");
         let child = Command::new(server_binary())
+            .arg("-c")
+            .arg(self.dir.path().join("server.conf"))
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use client::cluster::Target;
 use client::link::{LinkEvent, Request, SupervisorLink};
+use futures::StreamExt;
 use proto::client::SupervisorToClient;
-use test_kit::harness::{bin, cpu_slot, greedy, model, user};
+use test_kit::harness::{bin, cpu_slot, greedy, model, user as user_msg};
 use test_kit::nats::NatsServer;
 use tokio_util::sync::CancellationToken;
 
@@ -30,11 +31,12 @@ struct Board {
 }
 
 impl Board {
-    fn start(name: &str, nats_url: &str) -> Self {
+    /// `query` adds NATS options (`&nkey=...`) to the board's target.
+    fn start(name: &str, nats_url: &str, query: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let text = format!(
-            "[supervisor]\nruntime_dir = \"{d}/run\"\nstate_dir = \"{d}/state\"\n[http]\nlisten = \"\"\n{slot}\n[bridge]\nboard = \"{name}\"\nnats = \"{nats_url}?prefix=it\"\nclient_socket = \"{d}/run/client.sock\"\nadmin_socket = \"{d}/run/admin.sock\"\nheartbeat_ms = 300\nack_wait_s = 10\n[bridge.classes]\n{CLASS} = \"\"\n",
+            "[supervisor]\nruntime_dir = \"{d}/run\"\nstate_dir = \"{d}/state\"\n[http]\nlisten = \"\"\n{slot}\n[bridge]\nboard = \"{name}\"\nnats = \"{nats_url}?prefix=it{query}\"\nclient_socket = \"{d}/run/client.sock\"\nadmin_socket = \"{d}/run/admin.sock\"\nheartbeat_ms = 300\nack_wait_s = 10\n[bridge.classes]\n{CLASS} = \"\"\n",
             slot = cpu_slot("primary", &model(), "")
         );
         std::fs::write(dir.path().join("config.toml"), text).unwrap();
@@ -112,14 +114,18 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: usize, silence_ms: u64) -> Self {
-        let nats = NatsServer::start();
+        Self::start_on(NatsServer::start(), n, silence_ms, "").await
+    }
+
+    /// `n` boards and a front door on `nats`, all with the NATS options `query`.
+    async fn start_on(nats: NatsServer, n: usize, silence_ms: u64, query: &str) -> Self {
         let boards: Vec<Board> = (1..=n)
-            .map(|i| Board::start(&format!("board-{i}"), &nats.url()))
+            .map(|i| Board::start(&format!("board-{i}"), &nats.url(), query))
             .collect();
         let shutdown = CancellationToken::new();
         let target = Target::parse(
             &format!(
-                "{}?prefix=it&class={CLASS}&silence_ms={silence_ms}",
+                "{}?prefix=it&class={CLASS}&silence_ms={silence_ms}{query}",
                 nats.url()
             ),
             None,
@@ -258,7 +264,7 @@ async fn twelve_requests_spread_over_three_boards_and_an_unserved_class_fails_fa
         let link = cluster.link.clone();
         tasks.push(tokio::spawn(async move {
             let mut req = link
-                .submit(user(&format!("Name a colour. ({i})")), greedy(6))
+                .submit(user_msg(&format!("Name a colour. ({i})")), greedy(6))
                 .await
                 .unwrap();
             collect(&mut req, Duration::from_secs(240)).await
@@ -318,7 +324,7 @@ async fn twelve_requests_spread_over_three_boards_and_an_unserved_class_fails_fa
     let asked = Instant::now();
     let mut req = cluster
         .link
-        .submit_to(user("hi"), greedy(4), "gpu-huge".into())
+        .submit_to(user_msg("hi"), greedy(4), "gpu-huge".into())
         .await
         .unwrap();
     let events = collect(&mut req, Duration::from_secs(10)).await;
@@ -344,7 +350,7 @@ async fn death_mid_stream(kill_supervisor: bool) {
     let mut cluster = Cluster::start(3, 2500).await;
     let mut req = cluster
         .link
-        .submit(user("Count from one to twenty in words."), greedy(40))
+        .submit(user_msg("Count from one to twenty in words."), greedy(40))
         .await
         .unwrap();
     let mut events = Vec::new();
@@ -418,7 +424,7 @@ async fn a_nats_restart_loses_no_accepted_request_and_answers_none_twice() {
         tasks.push(tokio::spawn(async move {
             let mut req = link
                 .submit(
-                    user(&format!("Tell me a fact about the sea. ({i})")),
+                    user_msg(&format!("Tell me a fact about the sea. ({i})")),
                     greedy(16),
                 )
                 .await
@@ -468,7 +474,7 @@ async fn a_nats_restart_loses_no_accepted_request_and_answers_none_twice() {
     // After the restart the cluster still takes work.
     let mut req = cluster
         .link
-        .submit(user("Say hi."), greedy(4))
+        .submit(user_msg("Say hi."), greedy(4))
         .await
         .unwrap();
     let events = collect(&mut req, Duration::from_secs(120)).await;
@@ -488,7 +494,7 @@ fn mean_ms(xs: &[Duration]) -> f64 {
 /// Time to first token and the mean gap between tokens of one request.
 async fn timing(link: &SupervisorLink, prompt: &str) -> (Duration, Vec<Duration>) {
     let sent = Instant::now();
-    let mut req = link.submit(user(prompt), greedy(24)).await.unwrap();
+    let mut req = link.submit(user_msg(prompt), greedy(24)).await.unwrap();
     let events = collect(&mut req, Duration::from_secs(120)).await;
     let tokens: Vec<Instant> = events
         .iter()
@@ -535,4 +541,44 @@ async fn figures_nats_path_against_the_unix_socket() {
     );
     let seen: BTreeSet<_> = by.keys().collect();
     assert_eq!(seen.len(), 2);
+}
+
+/// Boards and front door log in with nkeys into an account of their own: a
+/// client without credentials is refused, and a user of another account
+/// sees none of the requests or replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_cluster_keeps_its_requests_from_other_accounts() {
+    let _serial = SERIAL.lock().await;
+    let user = nkeys::KeyPair::new_user();
+    let keys = tempfile::tempdir().unwrap();
+    let seed = keys.path().join("nats-nkey");
+    std::fs::write(&seed, user.seed().unwrap()).unwrap();
+    let nats = NatsServer::start_with_config(&format!(
+        "accounts {{\n  ROCKSTEADY {{ jetstream: enabled, users: [ {{ nkey: {} }} ] }}\n  OTHER {{ users: [ {{ user: other, password: other-pw }} ] }}\n}}\n",
+        user.public_key()
+    ));
+    let url = nats.url();
+    assert!(
+        async_nats::ConnectOptions::new()
+            .connect(url.as_str())
+            .await
+            .is_err(),
+        "a client without credentials must be refused"
+    );
+    let other =
+        async_nats::ConnectOptions::with_user_and_password("other".into(), "other-pw".into())
+            .connect(url.as_str())
+            .await
+            .unwrap();
+    let mut spy = other.subscribe("it.>").await.unwrap();
+    let cluster = Cluster::start_on(nats, 1, 5000, &format!("&nkey={}", seed.display())).await;
+    let mut req = cluster
+        .link
+        .submit(user_msg("Say hi."), greedy(4))
+        .await
+        .unwrap();
+    let events = collect(&mut req, Duration::from_secs(120)).await;
+    assert!(!done_text(&events).is_empty());
+    let seen = tokio::time::timeout(Duration::from_millis(500), spy.next()).await;
+    assert!(seen.is_err(), "another account saw {seen:?}");
 }
