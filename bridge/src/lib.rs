@@ -62,6 +62,9 @@ pub(crate) struct Shared {
     /// its slot ready.
     last_start: Mutex<Option<Instant>>,
     changed: Notify,
+    /// A request ended here: read the status now, not at the next tick, so
+    /// the freed slot pulls the next request at once.
+    poll_now: Notify,
 }
 
 impl Shared {
@@ -83,6 +86,10 @@ impl Shared {
         *n = n.saturating_add_signed(delta);
         drop(map);
         self.changed.notify_waiters();
+    }
+
+    pub(crate) fn ended(&self) {
+        self.poll_now.notify_one();
     }
 
     pub(crate) fn started(&self) {
@@ -148,6 +155,7 @@ pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::R
         not_started: Mutex::new(HashMap::new()),
         last_start: Mutex::new(None),
         changed: Notify::new(),
+        poll_now: Notify::new(),
     });
     tracing::info!(board = %shared.config.board, classes = ?shared.config.classes.keys().collect::<Vec<_>>(), "bridge starting");
     let mut tasks = tokio::task::JoinSet::new();
@@ -181,6 +189,7 @@ async fn poll_status(shared: Arc<Shared>) {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            () = shared.poll_now.notified() => {}
         }
         if admin.is_none() {
             admin = AdminClient::connect_as(&shared.config.admin_socket, "rocksteady-bridge")

@@ -188,6 +188,7 @@ async fn answer(
     }
     drop(request);
     shared.set_active(&key, false);
+    shared.ended();
 }
 
 async fn next_control(controls: &mut Option<async_nats::Subscriber>) -> Option<Control> {

@@ -364,6 +364,13 @@ impl Config {
         if let Err(reason) = RestEndpoint::parse(&self.rest_url) {
             return bad("rest_url", reason);
         }
+        if !self.supervisor.is_empty() {
+            // The syntax only: credentials are read when the link starts.
+            let probe = Path::new("/");
+            if let Err(e) = client::cluster::Target::parse(&self.supervisor, Some(probe)) {
+                return bad("supervisor", e.to_string());
+            }
+        }
         if !(50..=60_000).contains(&self.edit_interval_ms) {
             return bad("edit_interval_ms", "must be between 50 and 60000");
         }

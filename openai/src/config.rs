@@ -199,6 +199,16 @@ impl Config {
                 reason: reason.to_owned(),
             })
         }
+        if !self.supervisor.is_empty() {
+            // Checked without the credentials directory: only the syntax here.
+            let probe = Path::new("/");
+            if let Err(e) = client::cluster::Target::parse(&self.supervisor, Some(probe)) {
+                return Err(ConfigError::Invalid {
+                    key: "supervisor",
+                    reason: e.to_string(),
+                });
+            }
+        }
         if !self.supervisor_http.is_empty() && self.supervisor_http.parse::<SocketAddr>().is_err() {
             return bad(
                 "supervisor_http",
@@ -320,6 +330,10 @@ mod tests {
         assert!(err.to_string().contains("openai.key_rate_limit"), "{err}");
         let err = Config::from_toml("[openai]\ncors_origins = [\"example.com\"]\n").unwrap_err();
         assert!(err.to_string().contains("cors_origins"), "{err}");
+        let err = Config::from_toml("[openai]\nsupervisor = \"http://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("supervisor"), "{err}");
+        let ok = Config::from_toml("[openai]\nsupervisor = \"nats://h:4222?class=cpu-small\"\n");
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]
