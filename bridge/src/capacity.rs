@@ -37,19 +37,27 @@ fn serves(slot: &SlotView<'_>, model: &str) -> bool {
 /// How many requests for a class served by local `model` to pull now: one
 /// per ready slot serving it, less those this bridge submitted that have
 /// not started yet; none while the supervisor has a queue (its own clients
-/// come first, and a pulled request must not wait behind them).
+/// come first, and a pulled request must not wait behind them). A slot the
+/// status shows busy counts as ready when it is in `freed`: it finished a
+/// request of this bridge after the status was read, so the next one need
+/// not wait for the next reading.
 pub fn free_slots(
     slots: &[SlotView<'_>],
     queue_depth: u32,
     model: &str,
     not_started: usize,
+    freed: &[String],
 ) -> usize {
     if queue_depth > 0 {
         return 0;
     }
     let ready = slots
         .iter()
-        .filter(|s| s.state == SlotState::Ready && serves(s, model))
+        .filter(|s| {
+            let free = s.state == SlotState::Ready
+                || (s.state == SlotState::Busy && freed.iter().any(|f| f == s.name));
+            free && serves(s, model)
+        })
         .count();
     ready.saturating_sub(not_started)
 }
@@ -130,12 +138,20 @@ mod tests {
             slot("fallback", "smollm", SlotState::Ready),
             slot("third", "smollm", SlotState::Busy),
         ];
-        assert_eq!(free_slots(&slots, 0, "", 0), 2);
-        assert_eq!(free_slots(&slots, 0, "smollm", 0), 1);
-        assert_eq!(free_slots(&slots, 0, "smollm", 1), 0);
-        assert_eq!(free_slots(&slots, 0, "qwen", 3), 0);
-        assert_eq!(free_slots(&slots, 1, "", 0), 0, "local clients queue first");
-        assert_eq!(free_slots(&slots, 0, "llama", 0), 0);
+        assert_eq!(free_slots(&slots, 0, "", 0, &[]), 2);
+        assert_eq!(free_slots(&slots, 0, "smollm", 0, &[]), 1);
+        assert_eq!(free_slots(&slots, 0, "smollm", 1, &[]), 0);
+        assert_eq!(free_slots(&slots, 0, "qwen", 3, &[]), 0);
+        assert_eq!(
+            free_slots(&slots, 1, "", 0, &[]),
+            0,
+            "local clients queue first"
+        );
+        assert_eq!(free_slots(&slots, 0, "llama", 0, &[]), 0);
+        // "third" finished our request after the status was read.
+        let freed = ["third".to_owned()];
+        assert_eq!(free_slots(&slots, 0, "smollm", 0, &freed), 2);
+        assert_eq!(free_slots(&slots, 0, "qwen", 0, &freed), 1);
     }
 
     #[test]

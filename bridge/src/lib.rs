@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     /// A request ended here: read the status now, not at the next tick, so
     /// the freed slot pulls the next request at once.
     poll_now: Notify,
+    /// Slots that finished a request of this bridge, and when.
+    freed: Mutex<HashMap<String, Instant>>,
 }
 
 impl Shared {
@@ -88,7 +90,15 @@ impl Shared {
         self.changed.notify_waiters();
     }
 
-    pub(crate) fn ended(&self) {
+    /// A request ended; `slot` served it to the end.
+    pub(crate) fn ended(&self, slot: Option<&str>) {
+        if let Some(slot) = slot {
+            self.freed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(slot.to_owned(), Instant::now());
+            self.changed.notify_waiters();
+        }
         self.poll_now.notify_one();
     }
 
@@ -119,11 +129,20 @@ impl Shared {
         if last_start.is_some_and(|s| s >= taken) {
             return 0;
         }
+        let freed: Vec<String> = self
+            .freed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, at)| **at > taken)
+            .map(|(slot, _)| slot.clone())
+            .collect();
         capacity::free_slots(
             &capacity::view(report),
             report.queue_depth,
             model,
             not_started,
+            &freed,
         )
     }
 }
@@ -156,6 +175,7 @@ pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> anyhow::R
         last_start: Mutex::new(None),
         changed: Notify::new(),
         poll_now: Notify::new(),
+        freed: Mutex::new(HashMap::new()),
     });
     tracing::info!(board = %shared.config.board, classes = ?shared.config.classes.keys().collect::<Vec<_>>(), "bridge starting");
     let mut tasks = tokio::task::JoinSet::new();

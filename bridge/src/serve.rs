@@ -140,6 +140,9 @@ async fn answer(
         }
     };
     let mut progress = tokio::time::interval(shared.config.ack_wait / 3);
+    // The slot serving it, and whether it finished there (then it is free).
+    let mut slot = None;
+    let mut finished = false;
     progress.tick().await;
     loop {
         tokio::select! {
@@ -149,10 +152,12 @@ async fn answer(
                 break;
             }
             event = request.next() => {
-                if matches!(event, LinkEvent::Event(SupervisorToClient::Started(_))) {
+                if let LinkEvent::Event(SupervisorToClient::Started(s)) = &event {
+                    slot = Some(s.slot.clone());
                     shared.started();
                     pulled.uncount();
                 }
+                finished = matches!(event, LinkEvent::Event(SupervisorToClient::Done(_)));
                 match step(&event) {
                     Step::Relay | Step::Finish => {
                         let LinkEvent::Event(e) = event else { break };
@@ -188,7 +193,7 @@ async fn answer(
     }
     drop(request);
     shared.set_active(&key, false);
-    shared.ended();
+    shared.ended(slot.as_deref().filter(|_| finished));
 }
 
 async fn next_control(controls: &mut Option<async_nats::Subscriber>) -> Option<Control> {
