@@ -482,6 +482,9 @@ async fn a_nats_restart_loses_no_accepted_request_and_answers_none_twice() {
     let _ = cluster.board("board-1");
 }
 
+/// Per path: times to reach a worker, to the first token, between tokens.
+type Samples = (Vec<Duration>, Vec<Duration>, Vec<Duration>);
+
 /// Median of a list of durations in milliseconds.
 fn median_ms(xs: &[Duration]) -> f64 {
     let mut xs = xs.to_vec();
@@ -522,7 +525,6 @@ async fn figures_nats_path_against_the_unix_socket() {
     for link in [&unix, &cluster.link] {
         timing(link, "Say hi.").await;
     }
-    type Samples = (Vec<Duration>, Vec<Duration>, Vec<Duration>);
     let mut by: BTreeMap<&str, Samples> = BTreeMap::new();
     for round in 0..6 {
         // Alternate which path goes first: the second of a pair finds warmer caches.
@@ -597,6 +599,6 @@ async fn an_authenticated_cluster_keeps_its_requests_from_other_accounts() {
         .unwrap();
     let events = collect(&mut req, Duration::from_secs(120)).await;
     assert!(!done_text(&events).is_empty());
-    let seen = tokio::time::timeout(Duration::from_millis(500), spy.next()).await;
-    assert!(seen.is_err(), "another account saw {seen:?}");
+    let spied = tokio::time::timeout(Duration::from_millis(500), spy.next()).await;
+    assert!(spied.is_err(), "another account saw {spied:?}");
 }
