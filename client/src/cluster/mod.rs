@@ -11,6 +11,8 @@
 
 pub mod boards;
 pub mod front;
+#[cfg(test)]
+mod sim;
 pub mod target;
 pub mod tracker;
 pub mod wire;

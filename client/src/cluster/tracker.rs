@@ -69,6 +69,10 @@ pub struct Tracker {
     /// Backend that served last, for the note.
     backend: Backend,
     next_seq: u64,
+    /// A reply of the current attempt was lost (a sequence gap, e.g. across
+    /// a NATS restart): its tokens are held back until `Done`, which carries
+    /// the whole answer, so the owner never sees text with a hole in it.
+    gap: bool,
     ended: bool,
 }
 
@@ -97,6 +101,7 @@ impl Tracker {
             tokens: 0,
             backend: Backend::Cpu,
             next_seq: 1,
+            gap: false,
             ended: false,
         };
         let first = tracker.work();
@@ -147,6 +152,7 @@ impl Tracker {
         self.board = Some(board.to_owned());
         self.last_sign = now;
         self.next_seq = 1;
+        self.gap = false;
         true
     }
 
@@ -160,6 +166,9 @@ impl Tracker {
             return Vec::new();
         }
         self.last_sign = now;
+        if reply.seq != self.next_seq {
+            self.gap = true;
+        }
         self.next_seq = reply.seq + 1;
         match reply.body {
             ReplyBody::HandBack { reason } => self.continue_elsewhere(&reason, now),
@@ -184,6 +193,7 @@ impl Tracker {
                     model: s.model,
                 }))]
             }
+            SupervisorToClient::Token(_) if self.gap => Vec::new(),
             SupervisorToClient::Token(t) => {
                 self.text.push_str(&t.text);
                 self.tokens += 1;
@@ -450,6 +460,27 @@ mod tests {
         assert!(
             matches!(&emitted(&out)[0], SupervisorToClient::Done(d) if d.text == "One two three")
         );
+    }
+
+    #[test]
+    fn after_a_lost_reply_tokens_wait_for_done_so_the_text_has_no_hole() {
+        let (mut t, _) = tracker();
+        t.on_claim("a", 1, 0);
+        assert_eq!(
+            emitted(&t.on_reply(reply("a", 1, 1, token("The "),), 1)).len(),
+            1
+        );
+        // seq 2 ("qui") is lost; "ck" arrives as seq 3.
+        assert!(emitted(&t.on_reply(reply("a", 1, 3, token("ck")), 2)).is_empty());
+        let out = emitted(&t.on_reply(reply("a", 1, 4, done("The quick")), 3));
+        assert_eq!(
+            out[0],
+            SupervisorToClient::Token(Token {
+                request_id: 7,
+                text: "quick".into()
+            })
+        );
+        assert!(matches!(&out[1], SupervisorToClient::Done(d) if d.text == "The quick"));
     }
 
     #[test]
