@@ -319,9 +319,19 @@ async fn pull(shared: Arc<Shared>, class: String, model: String) {
             }
         }
     };
+    let mut consumer = consumer;
+    let mut failures = 0;
     loop {
         if shared.shutdown.is_cancelled() {
             return;
+        }
+        if failures >= 5 {
+            // The server may have lost its store (a new server, a wiped
+            // disk): set the stream and the consumer up again.
+            if let Ok(c) = self::consumer(&shared, &class).await {
+                consumer = c;
+            }
+            failures = 0;
         }
         let free = shared.free(&class, &model);
         if free == 0 {
@@ -339,8 +349,12 @@ async fn pull(shared: Arc<Shared>, class: String, model: String) {
             .messages()
             .await;
         let mut batch = match batch {
-            Ok(b) => b,
+            Ok(b) => {
+                failures = 0;
+                b
+            }
             Err(e) => {
+                failures += 1;
                 tracing::debug!(error = %e, "pull failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
@@ -362,6 +376,7 @@ async fn pull(shared: Arc<Shared>, class: String, model: String) {
                     ));
                 }
                 Some(Err(e)) => {
+                    failures += 1;
                     tracing::debug!(error = %e, "pull interrupted");
                     break;
                 }

@@ -486,7 +486,7 @@ async fn drive(
                     tracing::info!(request = %work.id, attempt = work.attempt, "continuing a request on another board");
                     if let Err(err) = publish(&front, &work).await {
                         let _ = events.send(SupervisorToClient::Error(ErrorEvent {
-                            request_id: 0,
+                            request_id: tracker.owner_id(),
                             kind: ErrorKind::WorkerFailed,
                             message: format!("the answer could not be continued: {err}"),
                         }));

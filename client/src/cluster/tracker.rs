@@ -113,6 +113,11 @@ impl Tracker {
         &self.id
     }
 
+    /// The owner's id of the request.
+    pub fn owner_id(&self) -> u64 {
+        self.owner_id
+    }
+
     /// The current attempt.
     pub fn attempt(&self) -> u32 {
         self.attempt
