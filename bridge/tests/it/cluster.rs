@@ -602,3 +602,65 @@ async fn an_authenticated_cluster_keeps_its_requests_from_other_accounts() {
     let spied = tokio::time::timeout(Duration::from_millis(500), spy.next()).await;
     assert!(spied.is_err(), "another account saw {spied:?}");
 }
+
+/// The OpenAI-compatible front door, unchanged but for `supervisor =
+/// "nats://..."`, lists the cluster's class and answers through a board.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_front_door_answers_through_the_cluster() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(1, 5000).await;
+    let port = test_kit::nats::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[openai]\nlisten = \"127.0.0.1:{port}\"\nsupervisor = \"{}?prefix=it&class={CLASS}\"\nsupervisor_http = \"\"\n",
+            cluster.nats.url()
+        ),
+    )
+    .unwrap();
+    let mut api = Command::new(bin("rocksteady-openai"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let models = loop {
+        let answer = tokio::task::block_in_place(|| http(port, "GET", "/v1/models", ""));
+        if answer.contains(CLASS) || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(models.contains(&format!("\"{CLASS}\"")), "{models}");
+    let body = format!(
+        "{{\"model\":\"{CLASS}\",\"max_tokens\":4,\"temperature\":0,\"messages\":[{{\"role\":\"user\",\"content\":\"Say hi.\"}}]}}"
+    );
+    let answer = tokio::task::block_in_place(|| http(port, "POST", "/v1/chat/completions", &body));
+    let _ = api.kill();
+    let _ = api.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"chat.completion\""), "{answer}");
+}
+
+/// One HTTP/1.1 exchange on loopback; "" when it fails.
+fn http(port: u16, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let exchange = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    exchange().unwrap_or_default()
+}
