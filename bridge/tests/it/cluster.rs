@@ -343,9 +343,21 @@ async fn twelve_requests_spread_over_three_boards_and_an_unserved_class_fails_fa
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
-/// Starts a long answer, waits for a few tokens from some board, lets
-/// `kill` end that board, and checks the answer completes elsewhere.
-async fn death_mid_stream(kill_supervisor: bool) {
+/// How a board ends mid-stream.
+#[derive(Debug, Clone, Copy)]
+enum Death {
+    /// `kill -9` of its supervisor: the bridge hands the request back.
+    Supervisor,
+    /// `kill -9` of its bridge: the front door hears nothing more.
+    Bridge,
+    /// SIGTERM of its bridge (an upgrade, a stop): it hands back before going.
+    BridgeStopped,
+}
+
+/// Starts a long answer, waits for a few tokens from some board, ends that
+/// board as `death` says, and checks the answer completes elsewhere; the
+/// note names why (`reason`).
+async fn death_mid_stream(death: Death, reason: &str) {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(3, 2500).await;
     let mut req = cluster
@@ -370,10 +382,13 @@ async fn death_mid_stream(kill_supervisor: bool) {
     let before = streamed(&events);
     let board = cluster.board(&first_board);
     let killed_at = Instant::now();
-    if kill_supervisor {
-        Board::kill(&mut board.supervisor);
-    } else {
-        Board::kill(&mut board.bridge);
+    match death {
+        Death::Supervisor => Board::kill(&mut board.supervisor),
+        Death::Bridge => Board::kill(&mut board.bridge),
+        Death::BridgeStopped => {
+            let pid = board.bridge.as_ref().unwrap().id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        }
     }
     let rest = collect(&mut req, Duration::from_secs(180)).await;
     let next_token = rest
@@ -382,17 +397,22 @@ async fn death_mid_stream(kill_supervisor: bool) {
         .map(|(at, _)| *at - killed_at);
     events.extend(rest);
     let text = done_text(&events);
-    let which = if kill_supervisor {
-        "supervisor"
-    } else {
-        "bridge"
-    };
-    println!("{which} of {first_board} killed: next token from another board after {next_token:?}");
+    println!(
+        "{death:?} of {first_board} ended: next token from another board after {next_token:?}"
+    );
     assert_eq!(streamed(&events), text, "no text repeated or lost");
     assert!(text.starts_with(&before));
     assert_eq!(text.matches(before.as_str()).count(), 1, "{text:?}");
     assert!(text.len() > before.len(), "the answer went on: {text:?}");
     assert_eq!(failovers(&events), 1, "the user is told once: {events:?}");
+    let note = events.iter().find_map(|(_, e)| match e {
+        SupervisorToClient::Failover(f) => Some(f.reason.clone()),
+        _ => None,
+    });
+    assert!(
+        note.as_deref().is_some_and(|n| n.contains(reason)),
+        "{note:?}"
+    );
     let served = boards_of(&events);
     assert_eq!(served.first(), Some(&first_board));
     assert!(
@@ -404,12 +424,17 @@ async fn death_mid_stream(kill_supervisor: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_supervisor_mid_stream_continues_on_another_board_told_once() {
-    death_mid_stream(true).await;
+    death_mid_stream(Death::Supervisor, "the board's supervisor went away").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_bridge_mid_stream_continues_on_another_board_told_once() {
-    death_mid_stream(false).await;
+    death_mid_stream(Death::Bridge, "went silent").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_bridge_hands_its_request_back_and_it_continues_on_another_board() {
+    death_mid_stream(Death::BridgeStopped, "the board's bridge is stopping").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
