@@ -10,7 +10,7 @@
 #                  board's cores: sdot/udot and fp16 vector arithmetic in
 #                  `aarch64-linux-gnu-objdump -d` (deploy/check-a76-build.sh;
 #                  a plain armv8-a build has neither)
-#   units          systemd-analyze verify on the three units (any warning
+#   units          systemd-analyze verify on the units (any warning
 #                  fails), and systemd-analyze security --offline against a
 #                  ceiling per unit so hardening cannot quietly regress
 #   qemu-supctl    the arm64 supctl prints its version under qemu-aarch64
@@ -139,7 +139,7 @@ verify_units() { # DIR-WITH-UNITS
 }
 # Exposure ceilings (0 = fully locked down, 10 = none). Raising one needs a
 # reason in the unit file.
-declare -A SECURITY_CEILING=([rocksteady-supervisor]=2.5 [rocksteady-gateway]=2.0 [rocksteady-openai]=2.0 [rocksteady-board-tune]=2.5)
+declare -A SECURITY_CEILING=([rocksteady-supervisor]=2.5 [rocksteady-gateway]=2.0 [rocksteady-openai]=2.0 [rocksteady-board-tune]=2.5 [rocksteady-bridge]=2.0 [rocksteady-nats]=2.0)
 security_units() { # DIR-WITH-UNITS
     local unit score rc=0
     for unit in "${!SECURITY_CEILING[@]}"; do

@@ -19,7 +19,7 @@
 # DEB_VERSION in the environment overrides the version (e.g. 0.1.0-2).
 #
 # What the package installs (see [package.metadata.deb] in supervisor/Cargo.toml):
-#   /usr/bin/{rocksteady-supervisor,supctl,worker-cpu,worker-npu,rocksteady-gateway,rocksteady-openai}
+#   /usr/bin/{rocksteady-supervisor,supctl,worker-cpu,worker-npu,rocksteady-gateway,rocksteady-openai,rocksteady-bridge}
 #   /usr/sbin/rocksteady-board-tune, /usr/share/rocksteady/fetch-model.sh
 #   /usr/lib/systemd/system/rocksteady-{supervisor,gateway,openai,board-tune}.service
 #   /etc/rocksteady/config.toml (conffile, from deploy/config.example.toml)
@@ -34,7 +34,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 # Every binary the package may carry. Those the workspace defines are
 # required; those it does not define (yet) are left out with a notice.
-readonly KNOWN_BINARIES=(rocksteady-supervisor supctl worker-cpu worker-npu rocksteady-gateway rocksteady-openai)
+readonly KNOWN_BINARIES=(rocksteady-supervisor supctl worker-cpu worker-npu rocksteady-gateway rocksteady-openai rocksteady-bridge)
 # Which Debian package provides each shared library the binaries may link.
 declare -A LIB_PACKAGE=(
     [libc.so.6]=libc6 [libm.so.6]=libc6 [libdl.so.2]=libc6 [libpthread.so.0]=libc6
@@ -80,7 +80,8 @@ missing=()
 for f in deploy/config.example.toml README.md deploy/board-tune.sh deploy/fetch-model.sh \
     deploy/debian/postinst deploy/debian/postrm \
     deploy/systemd/rocksteady-supervisor.service deploy/systemd/rocksteady-gateway.service \
-    deploy/systemd/rocksteady-openai.service deploy/systemd/rocksteady-board-tune.service; do
+    deploy/systemd/rocksteady-openai.service deploy/systemd/rocksteady-board-tune.service \
+    deploy/systemd/rocksteady-bridge.service deploy/systemd/rocksteady-nats.service; do
     if [[ -f $f ]]; then info "$f"; else missing+=("$f"); fi
 done
 ((${#missing[@]} == 0)) || die "missing: ${missing[*]}"
@@ -193,7 +194,9 @@ for arch in "${arches[@]}"; do
         /usr/lib/systemd/system/rocksteady-supervisor.service \
         /usr/lib/systemd/system/rocksteady-gateway.service \
         /usr/lib/systemd/system/rocksteady-openai.service \
-        /usr/lib/systemd/system/rocksteady-board-tune.service; do
+        /usr/lib/systemd/system/rocksteady-board-tune.service \
+        /usr/lib/systemd/system/rocksteady-bridge.service \
+        /usr/lib/systemd/system/rocksteady-nats.service; do
         grep -qx "$f" <<<"$contents" || die "$f is not in the package"
     done
     ctrl=$(mktemp -d)

@@ -5,13 +5,15 @@
 # promtool (Debian's prometheus package; the tests lint /metrics with
 # `promtool check metrics`; the package's own server is not needed), the
 # official `openai` Python package (pinned, in a venv) that the OpenAI API
-# tests drive the front door with, and the default model. Idempotent: installs
+# tests drive the front door with, Debian's `nats-server` (2.9 on bookworm)
+# that the cluster tests (bridge/tests) start with JetStream on a free port,
+# and the default model. Idempotent: installs
 # only what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 need=()
-for pkg in cmake clang libclang-dev pkg-config build-essential python3 python3-pip python3-venv prometheus; do
+for pkg in cmake clang libclang-dev pkg-config build-essential python3 python3-pip python3-venv prometheus nats-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # python3/pip may come from elsewhere (pyenv); only ask apt when absent.

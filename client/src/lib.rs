@@ -14,12 +14,20 @@
 //! - [`service`]: what every front-door process does alike around its work
 //!   (its config section, shutdown on SIGTERM, one-line errors).
 //!
-//! What this crate must not do: decide anything the supervisor decides
-//! (routing, retries of a started answer, admission). It only carries
-//! requests and events, and reports failures as [`ClientError`]s.
+//! - [`cluster`]: the NATS transport to a cluster of boards (chosen by a
+//!   `nats://` target in [`link::SupervisorLink::start_target`]), and the
+//!   wire shared with the boards' bridges.
+//!
+//! What this crate must not do: decide anything a supervisor decides
+//! (routing among its slots, retries of a started answer inside a board,
+//! admission). It carries requests and events and reports failures as
+//! [`ClientError`]s. The one decision it owns is the cluster's: which board
+//! serves an attempt and when a silent board's answer continues on another
+//! ([`cluster::tracker`]), since no single supervisor can see that.
 
 mod admin;
 mod chat;
+pub mod cluster;
 mod connect;
 pub mod link;
 pub mod service;

@@ -7,6 +7,11 @@
 //! disconnected first tries one immediate connect, so the first message after
 //! the supervisor comes back does not wait out the backoff. Requests in flight
 //! when the connection drops get [`LinkEvent::Lost`].
+//!
+//! [`SupervisorLink::start_target`] takes the front door's `supervisor`
+//! setting instead: a socket path, or a NATS URL, in which case the same
+//! handle and [`Request`]s carry requests to a cluster of boards
+//! ([`crate::cluster`]) and the caller does not see the difference.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +22,7 @@ use std::time::Duration;
 use interprocess::local_socket::tokio::Stream as LocalStream;
 use proto::chat::{ChatMessage, GenParams};
 use proto::client::{
-    Cancel, ClientToSupervisor, ModelSlot, ModelsQuery, Submit, SupervisorToClient,
+    Cancel, ClientToSupervisor, Continue, ModelSlot, ModelsQuery, Submit, SupervisorToClient,
 };
 use proto::frame::{FrameReader, FrameWriter};
 use proto::PeerRole;
@@ -26,6 +31,7 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{ClusterError, ClusterLink, ClusterRequest, Target};
 use crate::connect::{connect as open, ClientError};
 
 /// A link connects within this: a front door's request should not wait
@@ -46,6 +52,9 @@ pub enum LinkError {
     /// The supervisor did not answer a query in time.
     #[error("the supervisor did not answer in time")]
     NoAnswer,
+    /// The cluster transport failed.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// What a request's owner receives. `Debug` leaves out the answer text.
@@ -105,6 +114,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct SupervisorLink {
     inner: Arc<Inner>,
+    /// Set when requests go to a cluster over NATS instead of the socket.
+    cluster: Option<ClusterLink>,
 }
 
 impl std::fmt::Debug for SupervisorLink {
@@ -113,6 +124,19 @@ impl std::fmt::Debug for SupervisorLink {
             .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
+}
+
+/// What a request was submitted with, kept to submit it again.
+#[derive(Debug, Clone)]
+struct Resend {
+    messages: Vec<ChatMessage>,
+    params: GenParams,
+    /// Empty: any model.
+    model: String,
+    /// The answer's given start (empty: a fresh request).
+    prefix: String,
+    /// The conversation the request continues, if any.
+    conversation: Option<String>,
 }
 
 /// One submitted request: its events, in order. Dropping it before the
@@ -125,9 +149,11 @@ pub struct Request {
     /// The request as submitted, kept until the supervisor says anything
     /// about it: a connection lost before that (a supervisor restart racing
     /// the submit) is retried once on a fresh connection.
-    resend: Option<(Vec<ChatMessage>, GenParams, String, Option<String>)>,
+    resend: Option<Resend>,
     /// `try_next` saw such a loss; `next` resubmits.
     resubmit_due: bool,
+    /// The request when it went to a cluster (the fields above are then unused).
+    cluster: Option<ClusterRequest>,
 }
 
 impl std::fmt::Debug for Request {
@@ -154,10 +180,50 @@ impl SupervisorLink {
             shutdown,
         });
         tokio::spawn(keep_connected(Arc::clone(&inner)));
-        Self { inner }
+        Self {
+            inner,
+            cluster: None,
+        }
     }
 
-    /// The socket path.
+    /// Starts the link to `target`: the local supervisor's socket, or a
+    /// cluster over NATS (connected here; it reconnects by itself after).
+    ///
+    /// # Errors
+    /// [`LinkError::Cluster`] when the NATS connection cannot be opened.
+    pub async fn start_target(
+        target: &Target,
+        software: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self, LinkError> {
+        match target {
+            Target::Unix(path) => Ok(Self::start(path.clone(), software, shutdown)),
+            Target::Nats(nats) => {
+                let cluster = ClusterLink::connect(nats, software, shutdown.clone()).await?;
+                let inner = Arc::new(Inner {
+                    path: PathBuf::from(&nats.servers),
+                    software: software.to_owned(),
+                    conn: Mutex::new(None),
+                    pending: StdMutex::new(HashMap::new()),
+                    next_request: AtomicU64::new(1),
+                    next_generation: AtomicU64::new(1),
+                    disconnected: Notify::new(),
+                    shutdown,
+                });
+                Ok(Self {
+                    inner,
+                    cluster: Some(cluster),
+                })
+            }
+        }
+    }
+
+    /// The cluster, when requests go to one.
+    pub fn cluster(&self) -> Option<&ClusterLink> {
+        self.cluster.as_ref()
+    }
+
+    /// The socket path (the NATS servers for a cluster).
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -184,7 +250,14 @@ impl SupervisorLink {
         params: GenParams,
         model: String,
     ) -> Result<Request, LinkError> {
-        self.submit_in(messages, params, model, None).await
+        self.submit_resend(Resend {
+            messages,
+            params,
+            model,
+            prefix: String::new(),
+            conversation: None,
+        })
+        .await
     }
 
     /// Submits a request for `model` (empty = any) that continues
@@ -199,21 +272,66 @@ impl SupervisorLink {
         model: String,
         conversation: Option<String>,
     ) -> Result<Request, LinkError> {
-        let (id, events) = send_submit(
-            &self.inner,
-            messages.clone(),
+        self.submit_resend(Resend {
+            messages,
             params,
-            model.clone(),
-            conversation.clone(),
-        )
-        .await?;
+            model,
+            prefix: String::new(),
+            conversation,
+        })
+        .await
+    }
+
+    /// Submits a request for `model` whose answer starts with `prefix`
+    /// (already shown to the user; empty = a fresh request). The events
+    /// carry only the new text; `Done` carries the whole answer.
+    ///
+    /// # Errors
+    /// [`LinkError`] when the supervisor cannot be reached.
+    pub async fn submit_continuing(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: GenParams,
+        model: String,
+        prefix: String,
+    ) -> Result<Request, LinkError> {
+        self.submit_resend(Resend {
+            messages,
+            params,
+            model,
+            prefix,
+            conversation: None,
+        })
+        .await
+    }
+
+    async fn submit_resend(&self, request: Resend) -> Result<Request, LinkError> {
+        if let Some(cluster) = &self.cluster {
+            // Boxed: the cluster's submit is a large future, and every
+            // front door's request handler would carry it inline. (The
+            // cluster carries no conversation key: a board's cache is its own.)
+            let request =
+                Box::pin(cluster.submit(request.messages, request.params, &request.model)).await?;
+            let (_, events) = mpsc::unbounded_channel();
+            return Ok(Request {
+                id: request.id(),
+                events,
+                inner: Arc::clone(&self.inner),
+                ended: false,
+                resend: None,
+                resubmit_due: false,
+                cluster: Some(request),
+            });
+        }
+        let (id, events) = send_submit(&self.inner, request.clone()).await?;
         Ok(Request {
             id,
             events,
             inner: Arc::clone(&self.inner),
             ended: false,
-            resend: Some((messages, params, model, conversation)),
+            resend: Some(request),
             resubmit_due: false,
+            cluster: None,
         })
     }
 
@@ -223,6 +341,11 @@ impl SupervisorLink {
     /// [`LinkError`] when the supervisor cannot be reached or does not
     /// answer in time.
     pub async fn models(&self, timeout: Duration) -> Result<Vec<ModelSlot>, LinkError> {
+        if let Some(cluster) = &self.cluster {
+            // The boards' heartbeats: known at once, or after the first ones.
+            cluster.wait_for_boards(timeout).await;
+            return Ok(cluster.models());
+        }
         let inner = &self.inner;
         if inner.shutdown.is_cancelled() {
             return Err(LinkError::ShuttingDown);
@@ -271,23 +394,34 @@ impl SupervisorLink {
 /// Registers a new request and sends its `Submit`, connecting first if needed.
 async fn send_submit(
     inner: &Arc<Inner>,
-    messages: Vec<ChatMessage>,
-    params: GenParams,
-    model: String,
-    conversation: Option<String>,
+    Resend {
+        messages,
+        params,
+        model,
+        prefix,
+        conversation,
+    }: Resend,
 ) -> Result<(u64, mpsc::UnboundedReceiver<LinkEvent>), LinkError> {
     if inner.shutdown.is_cancelled() {
         return Err(LinkError::ShuttingDown);
     }
     let request_id = inner.next_request.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::unbounded_channel();
-    let submit = ClientToSupervisor::Submit(Submit {
+    let submit = Submit {
         request_id,
         messages,
         params,
         model,
         conversation,
-    });
+    };
+    let submit = if prefix.is_empty() {
+        ClientToSupervisor::Submit(submit)
+    } else {
+        ClientToSupervisor::Continue(Continue {
+            submit,
+            assistant_prefix: prefix,
+        })
+    };
     let mut conn = inner.conn.lock().await;
     if conn.is_none() {
         *conn = Some(connect(inner).await?);
@@ -324,6 +458,17 @@ impl Request {
     /// The next event; `Lost` also when the link is gone for good. After the
     /// request ended this waits forever: callers stop at the end.
     pub async fn next(&mut self) -> LinkEvent {
+        if let Some(cluster) = &mut self.cluster {
+            if self.ended {
+                return std::future::pending().await;
+            }
+            let event = cluster
+                .next()
+                .await
+                .map_or(LinkEvent::Lost, LinkEvent::Event);
+            self.note(&event);
+            return event;
+        }
         loop {
             if self.ended {
                 return std::future::pending().await;
@@ -352,6 +497,10 @@ impl Request {
         if self.ended {
             return;
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.stop();
+            return;
+        }
         let mut conn = self.inner.conn.lock().await;
         if let Some(connected) = conn.as_mut() {
             let _ = connected
@@ -368,6 +517,13 @@ impl Request {
         if self.ended || self.resubmit_due {
             return None;
         }
+        if let Some(cluster) = &mut self.cluster {
+            let event = cluster
+                .try_next()?
+                .map_or(LinkEvent::Lost, LinkEvent::Event);
+            self.note(&event);
+            return Some(event);
+        }
         let event = match self.events.try_recv() {
             Ok(event) => event,
             Err(mpsc::error::TryRecvError::Empty) => return None,
@@ -383,12 +539,12 @@ impl Request {
 
     /// Submits the kept request again (once); `Some(Lost)` when that fails.
     async fn resubmit(&mut self) -> Option<LinkEvent> {
-        let (messages, params, model, conversation) = self.resend.take()?;
+        let resend = self.resend.take()?;
         tracing::info!(
             request = self.id,
             "supervisor connection lost before the request was taken; submitting it again"
         );
-        match send_submit(&self.inner, messages, params, model, conversation).await {
+        match send_submit(&self.inner, resend).await {
             Ok((id, events)) => {
                 self.id = id;
                 self.events = events;
@@ -418,6 +574,10 @@ impl Request {
 
 impl Drop for Request {
     fn drop(&mut self) {
+        // A cluster request cancels itself when its handle is dropped.
+        if self.cluster.is_some() {
+            return;
+        }
         self.inner.pending_map().remove(&self.id);
         if self.ended {
             return;

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use client::cluster::wire::Heartbeat;
 use client::{AdminClient, ClientError};
 use proto::admin::{Routing, SlotStatus, StatusReport, ThermalLevel};
 
@@ -68,6 +69,48 @@ fn slot_line(slot: &SlotStatus) -> String {
         let _ = write!(line, " (last: {reason})");
     }
     line
+}
+
+/// A cluster's boards, from their heartbeats, as a Discord message: one line
+/// per board (at most 20, so it stays under 2000 characters).
+pub fn format_cluster(boards: &[(Heartbeat, bool, u64)]) -> String {
+    if boards.is_empty() {
+        return "**rocksteady cluster**: no board is announcing itself".to_owned();
+    }
+    let mut out = format!("**rocksteady cluster**: {} boards\n", boards.len());
+    for (beat, alive, ago_ms) in boards.iter().take(20) {
+        let ready = beat
+            .slots
+            .iter()
+            .filter(|s| s.state == proto::admin::SlotState::Ready)
+            .count();
+        let hottest = beat
+            .temperatures
+            .iter()
+            .map(|(_, c)| *c)
+            .fold(f64::NAN, f64::max);
+        let _ = write!(
+            out,
+            "{} {}: {}, {ready}/{} slots ready, {} waiting",
+            if *alive { "🟢" } else { "🔴" },
+            beat.board,
+            if beat.classes.is_empty() {
+                "serving nothing".to_owned()
+            } else {
+                beat.classes.join(", ")
+            },
+            beat.slots.len(),
+            beat.queue,
+        );
+        if hottest.is_finite() {
+            let _ = write!(out, ", {hottest:.0} °C");
+        }
+        if !alive {
+            let _ = write!(out, ", silent for {}", duration(*ago_ms));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The report as a Discord message (under 2000 characters).
@@ -212,5 +255,41 @@ mod tests {
         assert!(text.contains("throttling"), "{text}");
         assert!(text.contains("(last: hang)"), "{text}");
         assert!(text.contains("4096 MiB"), "{text}");
+    }
+
+    #[test]
+    fn a_cluster_lists_each_board_and_a_silent_one() {
+        use client::cluster::wire::BoardSlot;
+        use proto::admin::SlotState;
+        let beat = |board: &str, classes: Vec<String>| Heartbeat {
+            board: board.into(),
+            classes,
+            slots: vec![BoardSlot {
+                name: "primary".into(),
+                backend: proto::chat::Backend::Npu,
+                model: "qwen".into(),
+                state: SlotState::Ready,
+            }],
+            queue: 2,
+            in_flight: 1,
+            temperatures: vec![("soc-thermal".into(), 61.2), ("npu-thermal".into(), 64.8)],
+            active: Vec::new(),
+            interval_ms: 1000,
+            problem: String::new(),
+        };
+        let text = format_cluster(&[
+            (beat("board-1", vec!["npu-1_5b".into()]), true, 300),
+            (beat("board-2", Vec::new()), false, 65_000),
+        ]);
+        assert!(text.contains("2 boards"), "{text}");
+        assert!(
+            text.contains("🟢 board-1: npu-1_5b, 1/1 slots ready, 2 waiting, 65 °C"),
+            "{text}"
+        );
+        assert!(
+            text.contains("🔴 board-2: serving nothing") && text.contains("silent for"),
+            "{text}"
+        );
+        assert!(format_cluster(&[]).contains("no board"));
     }
 }

@@ -21,7 +21,7 @@ use twilight_model::id::Id;
 use twilight_util::builder::command::{CommandBuilder, StringBuilder};
 
 use crate::access::{check_allowed, NoticeBudget, Origin, SeenIds, UserLimits, UserPermit};
-use crate::admin::{fetch_status, format_status};
+use crate::admin::{fetch_status, format_cluster, format_status};
 use crate::config::Config;
 use crate::context::{self, clean_prompt, node_of, parent_of, Budget, Fetch, Node, NodeCache};
 use crate::link::SupervisorLink;
@@ -625,12 +625,20 @@ impl Bot {
         if !self.defer(interaction, true).await {
             return;
         }
-        let text = match fetch_status(&self.config.admin_socket).await {
-            Ok(report) => format_status(&report),
-            Err(err) => {
-                tracing::warn!(error = %err, "status request failed");
-                format!("⚠️ {SUPERVISOR_DOWN} ({})", err.chain())
-            }
+        // A front door on a cluster shows every board; else its supervisor.
+        let cluster = self
+            .link
+            .cluster()
+            .map(client::cluster::ClusterLink::boards);
+        let text = match cluster {
+            Some(boards) => format_cluster(&boards),
+            None => match fetch_status(&self.config.admin_socket).await {
+                Ok(report) => format_status(&report),
+                Err(err) => {
+                    tracing::warn!(error = %err, "status request failed");
+                    format!("⚠️ {SUPERVISOR_DOWN} ({})", err.chain())
+                }
+            },
         };
         let channel = Self::interaction_origin(interaction).map_or(0, |o| o.channel);
         let target = Target::Interaction {

@@ -159,6 +159,10 @@ pub struct Config {
     pub rest_url: String,
     /// The supervisor's client socket.
     pub client_socket: PathBuf,
+    /// Where requests go instead of `client_socket`, when set: a NATS URL
+    /// (`nats://host:4222?class=cpu-small`) for a cluster of boards, or
+    /// `unix:/path`. Empty = `client_socket`.
+    pub supervisor: String,
     /// The supervisor's admin socket (for `/status`).
     pub admin_socket: PathBuf,
     /// Least time between two message writes in one channel, in milliseconds.
@@ -226,6 +230,7 @@ impl Default for Config {
             gateway_url: DISCORD_GATEWAY_URL.to_owned(),
             rest_url: DISCORD_REST_URL.to_owned(),
             client_socket: PathBuf::from("/run/rocksteady/client.sock"),
+            supervisor: String::new(),
             admin_socket: PathBuf::from("/run/rocksteady/admin.sock"),
             edit_interval_ms: 1000,
             context_max_messages: 12,
@@ -265,6 +270,7 @@ impl fmt::Debug for Config {
             .field("gateway_url", &self.gateway_url)
             .field("rest_url", &self.rest_url)
             .field("client_socket", &self.client_socket)
+            .field("supervisor", &self.supervisor)
             .field("admin_socket", &self.admin_socket)
             .field("edit_interval_ms", &self.edit_interval_ms)
             .field("token", &self.token)
@@ -316,6 +322,13 @@ impl Config {
         }
         if let Err(reason) = RestEndpoint::parse(&self.rest_url) {
             return bad("rest_url", reason);
+        }
+        if !self.supervisor.is_empty() {
+            // The syntax only: credentials are read when the link starts.
+            let probe = Path::new("/");
+            if let Err(e) = client::cluster::Target::parse(&self.supervisor, Some(probe)) {
+                return bad("supervisor", e.to_string());
+            }
         }
         if !(50..=60_000).contains(&self.edit_interval_ms) {
             return bad("edit_interval_ms", "must be between 50 and 60000");

@@ -68,6 +68,12 @@ pub enum GatewayError {
          message_content_intent = false in [gateway]"
     )]
     DisallowedIntents,
+    /// `supervisor` is not a socket path or NATS URL that can be used.
+    #[error("[gateway] supervisor")]
+    Supervisor(#[source] client::link::LinkError),
+    /// `supervisor` does not parse.
+    #[error("[gateway] supervisor")]
+    Target(#[source] client::cluster::TargetError),
     /// Any other close code after which Discord does not allow reconnecting.
     #[error("Discord closed the gateway for good (close code {code}: {reason})")]
     FatalClose {
@@ -120,6 +126,27 @@ fn discord_clients(config: &Config) -> (Arc<twilight_http::Client>, Shard) {
     )
 }
 
+/// The link to the supervisor: its socket, or a cluster of boards over NATS
+/// when `supervisor` says so.
+async fn supervisor_link(
+    config: &Config,
+    link_stop: CancellationToken,
+) -> Result<SupervisorLink, GatewayError> {
+    if config.supervisor.is_empty() {
+        return Ok(SupervisorLink::start(
+            config.client_socket.clone(),
+            SOFTWARE,
+            link_stop,
+        ));
+    }
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    let target = client::cluster::Target::parse(&config.supervisor, credentials.as_deref())
+        .map_err(GatewayError::Target)?;
+    SupervisorLink::start_target(&target, SOFTWARE, link_stop)
+        .await
+        .map_err(GatewayError::Supervisor)
+}
+
 /// Runs the bot until `shutdown` is cancelled.
 ///
 /// # Errors
@@ -137,7 +164,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     let (http, mut shard) = discord_clients(&config);
 
     let link_stop = CancellationToken::new();
-    let link = SupervisorLink::start(config.client_socket.clone(), SOFTWARE, link_stop.clone());
+    let link = supervisor_link(&config, link_stop.clone()).await?;
     // A child token: stopping after a fatal close must not cancel the caller's.
     let stop = shutdown.child_token();
     let in_flight = InFlight::new(config.max_in_flight);

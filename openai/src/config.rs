@@ -70,6 +70,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The supervisor's client socket.
     pub client_socket: PathBuf,
+    /// Where requests go instead of `client_socket`, when set: a NATS URL
+    /// (`nats://host:4222?class=cpu-small`) for a cluster of boards, or
+    /// `unix:/path`. Empty = `client_socket`.
+    pub supervisor: String,
     /// The supervisor's HTTP endpoint (`host:port` of its `[http] listen`),
     /// whose `/health` is passed through; empty = health from the slots'
     /// states over the client socket.
@@ -107,6 +111,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             client_socket: PathBuf::from("/run/rocksteady/client.sock"),
+            supervisor: String::new(),
             supervisor_http: "127.0.0.1:9464".to_owned(),
             keys_file: PathBuf::new(),
             max_body_bytes: 1024 * 1024,
@@ -156,6 +161,16 @@ impl Config {
                 key,
                 reason: reason.to_owned(),
             })
+        }
+        if !self.supervisor.is_empty() {
+            // Checked without the credentials directory: only the syntax here.
+            let probe = Path::new("/");
+            if let Err(e) = client::cluster::Target::parse(&self.supervisor, Some(probe)) {
+                return Err(ConfigError::Invalid {
+                    key: "supervisor",
+                    reason: e.to_string(),
+                });
+            }
         }
         if !self.supervisor_http.is_empty() && self.supervisor_http.parse::<SocketAddr>().is_err() {
             return bad(
@@ -278,6 +293,10 @@ mod tests {
         assert!(err.to_string().contains("openai.key_rate_limit"), "{err}");
         let err = Config::from_toml("[openai]\ncors_origins = [\"example.com\"]\n").unwrap_err();
         assert!(err.to_string().contains("cors_origins"), "{err}");
+        let err = Config::from_toml("[openai]\nsupervisor = \"http://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("supervisor"), "{err}");
+        let ok = Config::from_toml("[openai]\nsupervisor = \"nats://h:4222?class=cpu-small\"\n");
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -36,11 +36,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let link = SupervisorLink::start(
-        config.client_socket.clone(),
-        concat!("rocksteady-openai ", env!("CARGO_PKG_VERSION")),
-        shutdown.child_token(),
-    );
+    let software = concat!("rocksteady-openai ", env!("CARGO_PKG_VERSION"));
+    let link = if config.supervisor.is_empty() {
+        SupervisorLink::start(
+            config.client_socket.clone(),
+            software,
+            shutdown.child_token(),
+        )
+    } else {
+        // A cluster of boards over NATS (or another socket).
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+        let target = client::cluster::Target::parse(&config.supervisor, credentials.as_deref())
+            .map_err(|e| std::io::Error::other(format!("[openai] supervisor: {e}")))?;
+        SupervisorLink::start_target(&target, software, shutdown.child_token())
+            .await
+            .map_err(|e| std::io::Error::other(format!("[openai] supervisor: {e}")))?
+    };
     let idle = config.idle_timeout();
     tracing::info!(listen = %listener.local_addr()?, keys = keys.len(), "serving the OpenAI-compatible API");
     let shared = Arc::new(server::Shared::new(config, keys, link));

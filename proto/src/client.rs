@@ -10,7 +10,9 @@
 //!    `Token`s, and finally exactly one of `Done` or `Error`.
 //! 4. The client may send `Cancel`; closing the connection cancels all its
 //!    requests. `Stop` ends an answer early but still with `Done`.
-//! 5. At any time the client may send `Models` with an id of its own (from the
+//! 5. `Continue` is a `Submit` whose answer starts with given text (the
+//!    part another board streamed before it failed).
+//! 6. At any time the client may send `Models` with an id of its own (from the
 //!    same id space as requests); the supervisor answers with one `Models`
 //!    listing its slots, so a front door can say what it serves.
 
@@ -31,6 +33,19 @@ pub enum ClientToSupervisor {
     /// End a request's answer where it is (the client found a stop string):
     /// like `Cancel`, but a started answer ends with `Done` and its figures.
     Stop(Cancel),
+    /// Ask for a completion whose answer must start with text already shown
+    /// to the user (another board failed mid-answer): the worker continues
+    /// after it, the events carry only the new text, and `Done` the whole.
+    Continue(Continue),
+}
+
+/// Body of [`ClientToSupervisor::Continue`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Continue {
+    /// The request, as for `Submit` (`max_tokens` is what is left).
+    pub submit: Submit,
+    /// The start of the answer, already streamed.
+    pub assistant_prefix: String,
 }
 
 /// Body of [`ClientToSupervisor::Submit`].

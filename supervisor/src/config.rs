@@ -2,9 +2,9 @@
 //! checks that turn a bad value into an error naming the key.
 //!
 //! One file serves the whole installation (`/etc/rocksteady/config.toml`);
-//! the `[gateway]` and `[openai]` sections belong to the front-door processes
-//! and `[bench]` to `supctl`; all are passed over here. Relative paths are
-//! resolved against the config file's directory.
+//! the `[gateway]` and `[openai]` sections belong to the front-door processes,
+//! `[bridge]` to the cluster bridge and `[bench]` to `supctl`; all are passed
+//! over here. Relative paths are resolved against the config file's directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,6 +97,9 @@ pub struct Config {
     /// The OpenAI-compatible API's section: read by rocksteady-openai, ignored here.
     #[serde(default)]
     pub openai: Option<toml::Table>,
+    /// The cluster bridge's section: read by rocksteady-bridge, ignored here.
+    #[serde(default)]
+    pub bridge: Option<toml::Table>,
 }
 
 /// `[supervisor]`.

@@ -413,6 +413,50 @@ async fn client_writer(
     }
 }
 
+/// Passes a submit (or a continuation, with the answer's given start) to
+/// the core, or refuses an oversized conversation here so it never reaches
+/// the queue. False when the client's event queue is full (drop it).
+fn admit(
+    conn: u64,
+    submit: proto::client::Submit,
+    prefix: Option<String>,
+    link: &ClientLink,
+    core: &UnboundedSender<Event>,
+    limits: &ClientLimits,
+    observed: &Arc<Observed>,
+) -> bool {
+    if let Some(chars) = conns::prompt_too_long(&submit.messages, limits.max_prompt_chars) {
+        observed
+            .connections
+            .prompts_too_long
+            .fetch_add(1, Ordering::Relaxed);
+        let refusal = SupervisorToClient::Error(ErrorEvent {
+            request_id: submit.request_id,
+            kind: ErrorKind::BadRequest,
+            message: format!(
+                "the conversation is {chars} characters; the limit is {}",
+                limits.max_prompt_chars
+            ),
+        });
+        return link.events.try_send(refusal).is_ok();
+    }
+    let input = match prefix {
+        Some(assistant_prefix) => Event::ClientContinue {
+            conn,
+            submit,
+            assistant_prefix,
+            events: link.clone(),
+        },
+        None => Event::ClientSubmit {
+            conn,
+            submit,
+            events: link.clone(),
+        },
+    };
+    let _ = core.send(input);
+    true
+}
+
 async fn client_connection(
     conn: u64,
     stream: UnixStream,
@@ -461,32 +505,15 @@ async fn client_connection(
         last.store(millis_since(start), Ordering::Relaxed);
         match msg {
             Ok(Some(ClientToSupervisor::Submit(submit))) => {
-                // Checked here, so an oversized conversation never reaches the queue.
-                if let Some(chars) =
-                    conns::prompt_too_long(&submit.messages, limits.max_prompt_chars)
-                {
-                    observed
-                        .connections
-                        .prompts_too_long
-                        .fetch_add(1, Ordering::Relaxed);
-                    let refusal = SupervisorToClient::Error(ErrorEvent {
-                        request_id: submit.request_id,
-                        kind: ErrorKind::BadRequest,
-                        message: format!(
-                            "the conversation is {chars} characters; the limit is {}",
-                            limits.max_prompt_chars
-                        ),
-                    });
-                    if link.events.try_send(refusal).is_err() {
-                        break Ok(());
-                    }
-                    continue;
+                if !admit(conn, submit, None, &link, core, limits, observed) {
+                    break Ok(());
                 }
-                let _ = core.send(Event::ClientSubmit {
-                    conn,
-                    submit,
-                    events: link.clone(),
-                });
+            }
+            Ok(Some(ClientToSupervisor::Continue(c))) => {
+                let prefix = Some(c.assistant_prefix);
+                if !admit(conn, c.submit, prefix, &link, core, limits, observed) {
+                    break Ok(());
+                }
             }
             Ok(Some(ClientToSupervisor::Cancel(c))) => {
                 let _ = core.send(Event::Core(CoreEvent::ClientCancel {

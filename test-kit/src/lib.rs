@@ -15,12 +15,15 @@
 //! - [`harness`]: the integration tests' shared fixtures (binary and model
 //!   paths, a supervisor on a private runtime directory, waiting for a
 //!   slot, collecting a stream)
+//! - [`nats`]: a throwaway `nats-server` with JetStream (free port,
+//!   temporary store) for the cluster tests
 //!
 //! It must never become a dependency of a production crate (only
 //! `[dev-dependencies]`), and holds no production logic of its own.
 
 pub mod fake;
 pub mod harness;
+pub mod nats;
 pub mod script;
 
 pub use fake::FakeEngine;

@@ -211,7 +211,9 @@ async fn serve_client(
             }
             ClientToSupervisor::Cancel(cancel) => cancels.lock().unwrap().push(cancel.request_id),
             // The gateway never asks for models.
-            ClientToSupervisor::Models(_) | ClientToSupervisor::Stop(_) => {}
+            ClientToSupervisor::Models(_)
+            | ClientToSupervisor::Stop(_)
+            | ClientToSupervisor::Continue(_) => {}
         }
     }
 }

@@ -264,3 +264,20 @@ fn admin_messages() {
         }),
     );
 }
+
+#[test]
+fn client_continue() {
+    check(
+        "client_continue",
+        &ClientToSupervisor::Continue(proto::client::Continue {
+            submit: Submit {
+                request_id: 43,
+                messages: messages(),
+                params: GenParams::default(),
+                model: String::new(),
+                conversation: Some("chain-1".into()),
+            },
+            assistant_prefix: "2+2 is".into(),
+        }),
+    );
+}

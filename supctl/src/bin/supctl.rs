@@ -10,7 +10,10 @@ use proto::admin::{AdminToSupervisor, SupervisorToAdmin};
 use proto::chat::{Backend, GenParams};
 use supctl::bench::{BenchConfig, BenchOptions};
 use supctl::cli::{self, ask::AskOutcome, bench::BenchExit};
+use supctl::client::cluster::{NatsTarget, Target};
+use supctl::client::link::SupervisorLink;
 use supervisor::config::{Config, SupervisorSection, DEFAULT_PATH};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +28,12 @@ struct Cli {
     /// Socket directory; overrides the config file.
     #[arg(long, global = true)]
     runtime_dir: Option<PathBuf>,
+    /// Where `ask` and `status --cluster` go: a NATS URL
+    /// (nats://host:4222?prefix=...&class=...) for a cluster of boards;
+    /// default: the local socket, and for `--cluster` the config's
+    /// `[bridge] nats`.
+    #[arg(long, global = true, env = "ROCKSTEADY_SUPERVISOR")]
+    supervisor: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -57,6 +66,9 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Every board of the NATS cluster, from their heartbeats.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Pin traffic to one backend, or return to automatic routing.
     Failover {
@@ -168,6 +180,77 @@ fn sockets(cli: &Cli) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((section.client_socket(), section.admin_socket()))
 }
 
+/// `status`: this board's supervisor, or with `--cluster` every board.
+async fn status(
+    cli: &Cli,
+    admin_socket: &Path,
+    json: bool,
+    cluster: bool,
+) -> anyhow::Result<ExitCode> {
+    let text = if cluster {
+        let target = cluster_target(cli)?;
+        let rows = cli::cluster::boards(&target, cli::cluster::LISTEN).await?;
+        if json {
+            serde_json::to_string_pretty(&rows)? + "\n"
+        } else {
+            cli::cluster::render(&rows)
+        }
+    } else {
+        let answer = cli::admin_request(admin_socket, &AdminToSupervisor::Status).await?;
+        let SupervisorToAdmin::Status(report) = answer else {
+            anyhow::bail!("unexpected answer from the supervisor");
+        };
+        if json {
+            serde_json::to_string_pretty(&report)? + "\n"
+        } else {
+            cli::status::render(&report)
+        }
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ask --supervisor nats://...`: the question goes to a cluster of boards.
+async fn ask_cluster(
+    target: &str,
+    question: cli::ask::Question<'_>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let target = Target::parse(target, credentials.as_deref()).context("--supervisor")?;
+    let stop = CancellationToken::new();
+    let link = SupervisorLink::start_target(&target, "supctl", stop.clone()).await?;
+    let (mut out, mut note) = (std::io::stdout(), std::io::stderr());
+    let outcome = cli::ask::ask_link(&link, question, json, &mut out, &mut note).await?;
+    stop.cancel();
+    Ok(match outcome {
+        AskOutcome::Done(_) => ExitCode::SUCCESS,
+        AskOutcome::Failed(_) => ExitCode::FAILURE,
+    })
+}
+
+/// The cluster to list: `--supervisor`, else the config's `[bridge] nats`.
+fn cluster_target(cli: &Cli) -> anyhow::Result<NatsTarget> {
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let text = match &cli.supervisor {
+        Some(t) => t.clone(),
+        None => Config::load(&cli.config)
+            .ok()
+            .and_then(|c| c.bridge)
+            .and_then(|b| b.get("nats").and_then(|v| v.as_str()).map(str::to_owned))
+            .with_context(|| {
+                format!(
+                    "status --cluster needs --supervisor nats://... or a [bridge] nats setting in {}",
+                    cli.config.display()
+                )
+            })?,
+    };
+    match Target::parse(&text, credentials.as_deref()).context("the NATS target")? {
+        Target::Nats(n) => Ok(*n),
+        Target::Unix(_) => anyhow::bail!("status --cluster needs a NATS URL, not a socket path"),
+    }
+}
+
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
@@ -199,7 +282,11 @@ fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     // Checking a model file needs no supervisor, so no config either.
     let (client_socket, admin_socket) = match &cli.command {
-        Cmd::CheckModel { .. } => (PathBuf::new(), PathBuf::new()),
+        Cmd::CheckModel { .. } | Cmd::Status { cluster: true, .. } => {
+            (PathBuf::new(), PathBuf::new())
+        }
+        // A cluster is reached over NATS, not this board's sockets.
+        Cmd::Ask { .. } if cli.supervisor.is_some() => (PathBuf::new(), PathBuf::new()),
         _ => sockets(&cli)?,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -229,6 +316,9 @@ fn run() -> anyhow::Result<ExitCode> {
                     conversation: conversation.as_deref(),
                     params,
                 };
+                if let Some(target) = &cli.supervisor {
+                    return ask_cluster(target, question, json).await;
+                }
                 let outcome =
                     cli::ask::ask(&client_socket, question, json, &mut out, &mut note).await?;
                 Ok(match outcome {
@@ -236,19 +326,7 @@ fn run() -> anyhow::Result<ExitCode> {
                     AskOutcome::Failed(_) => ExitCode::FAILURE,
                 })
             }
-            Cmd::Status { json } => {
-                let answer = cli::admin_request(&admin_socket, &AdminToSupervisor::Status).await?;
-                let SupervisorToAdmin::Status(report) = answer else {
-                    anyhow::bail!("unexpected answer from the supervisor");
-                };
-                let text = if json {
-                    serde_json::to_string_pretty(&report)? + "\n"
-                } else {
-                    cli::status::render(&report)
-                };
-                std::io::stdout().write_all(text.as_bytes())?;
-                Ok(ExitCode::SUCCESS)
-            }
+            Cmd::Status { json, cluster } => status(&cli, &admin_socket, json, cluster).await,
             Cmd::Failover { to, auto } => {
                 let message =
                     cli::failover::failover(&admin_socket, if auto { None } else { to }).await?;

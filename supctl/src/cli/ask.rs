@@ -6,6 +6,7 @@ use std::path::Path;
 use proto::chat::{ChatMessage, GenParams, Role};
 use proto::client::{Done, ErrorEvent, SupervisorToClient};
 
+use crate::client::link::{LinkError, LinkEvent, SupervisorLink};
 use crate::client::{ChatClient, ClientError};
 
 /// How `ask` ended.
@@ -32,6 +33,17 @@ pub struct Question<'a> {
     pub params: GenParams,
 }
 
+impl Question<'_> {
+    fn messages(&self) -> Vec<ChatMessage> {
+        let mut messages = Vec::new();
+        if let Some(system) = self.system {
+            messages.push(ChatMessage::new(Role::System, system));
+        }
+        messages.push(ChatMessage::new(Role::User, self.prompt));
+        messages
+    }
+}
+
 /// Sends `question` and writes the answer to `out` token by token; progress
 /// notes (queue, failover) and the summary go to `note`. With `json`, every
 /// event is one JSON line on `out` instead.
@@ -46,14 +58,9 @@ pub async fn ask(
     note: &mut dyn Write,
 ) -> Result<AskOutcome, ClientError> {
     let mut client = ChatClient::connect(client_socket).await?;
-    let mut messages = Vec::new();
-    if let Some(system) = question.system {
-        messages.push(ChatMessage::new(Role::System, system));
-    }
-    messages.push(ChatMessage::new(Role::User, question.prompt));
     client
         .submit_in(
-            messages,
+            question.messages(),
             question.params,
             String::new(),
             question.conversation.map(str::to_owned),
@@ -61,61 +68,106 @@ pub async fn ask(
         .await?;
     loop {
         let event = client.next_event().await?;
-        if json {
-            let line = serde_json::to_string(&event).unwrap_or_default();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
+        if let Some(outcome) = show(event, json, out, note) {
+            return Ok(outcome);
         }
-        match event {
-            SupervisorToClient::Token(t) => {
-                if !json {
-                    let _ = out.write_all(t.text.as_bytes());
-                    let _ = out.flush();
+    }
+}
+
+/// Like [`ask`], through a front door's link: the local socket or a cluster
+/// of boards over NATS (`--supervisor nats://...`).
+///
+/// # Errors
+/// The link could not carry the request.
+pub async fn ask_link(
+    link: &SupervisorLink,
+    question: Question<'_>,
+    json: bool,
+    out: &mut dyn Write,
+    note: &mut dyn Write,
+) -> Result<AskOutcome, LinkError> {
+    let mut request = link
+        .submit_in(
+            question.messages(),
+            question.params,
+            String::new(),
+            question.conversation.map(str::to_owned),
+        )
+        .await?;
+    loop {
+        match request.next().await {
+            LinkEvent::Event(event) => {
+                if let Some(outcome) = show(event, json, out, note) {
+                    return Ok(outcome);
                 }
             }
-            SupervisorToClient::Queued(q) => {
-                if !json {
-                    let why = if q.reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", q.reason)
-                    };
-                    let _ = writeln!(note, "[queued, position {}{why}]", q.position);
-                }
+            LinkEvent::Lost => return Err(LinkError::ShuttingDown),
+        }
+    }
+}
+
+/// Writes one event; the outcome when it ends the answer.
+fn show(
+    event: SupervisorToClient,
+    json: bool,
+    out: &mut dyn Write,
+    note: &mut dyn Write,
+) -> Option<AskOutcome> {
+    if json {
+        let line = serde_json::to_string(&event).unwrap_or_default();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+    match event {
+        SupervisorToClient::Token(t) => {
+            if !json {
+                let _ = out.write_all(t.text.as_bytes());
+                let _ = out.flush();
             }
-            SupervisorToClient::Started(_) | SupervisorToClient::Models(_) => {}
-            SupervisorToClient::Failover(f) => {
-                if !json {
-                    let _ = writeln!(
-                        note,
-                        "\n[{} worker failed ({}); continuing on {}]",
-                        f.from, f.reason, f.to
-                    );
-                }
+        }
+        SupervisorToClient::Queued(q) => {
+            if !json {
+                let why = if q.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", q.reason)
+                };
+                let _ = writeln!(note, "[queued, position {}{why}]", q.position);
             }
-            SupervisorToClient::Done(done) => {
-                if !json {
-                    let s = &done.stats;
-                    let _ = writeln!(out);
-                    let cached = if s.cached_tokens > 0 {
-                        format!(" ({} from the KV cache)", s.cached_tokens)
-                    } else {
-                        String::new()
-                    };
-                    let _ = writeln!(
+        }
+        SupervisorToClient::Started(_) | SupervisorToClient::Models(_) => {}
+        SupervisorToClient::Failover(f) => {
+            if !json {
+                let _ = writeln!(
+                    note,
+                    "\n[{} worker failed ({}); continuing on {}]",
+                    f.from, f.reason, f.to
+                );
+            }
+        }
+        SupervisorToClient::Done(done) => {
+            if !json {
+                let s = &done.stats;
+                let _ = writeln!(out);
+                let cached = if s.cached_tokens > 0 {
+                    format!(" ({} from the KV cache)", s.cached_tokens)
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
                         note,
                         "[{} · {} · prompt {} tokens{cached} · generated {} tokens · first token {:.0} ms · {:.1} tokens/s]",
                         done.backend, done.model, s.prompt_tokens, s.generated_tokens, s.ttft_ms, s.decode_tps
                     );
-                }
-                return Ok(AskOutcome::Done(done));
             }
-            SupervisorToClient::Error(e) => {
-                if !json {
-                    let _ = writeln!(note, "\nerror ({:?}): {}", e.kind, e.message);
-                }
-                return Ok(AskOutcome::Failed(e));
+            return Some(AskOutcome::Done(done));
+        }
+        SupervisorToClient::Error(e) => {
+            if !json {
+                let _ = writeln!(note, "\nerror ({:?}): {}", e.kind, e.message);
             }
+            return Some(AskOutcome::Failed(e));
         }
     }
+    None
 }

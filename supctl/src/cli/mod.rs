@@ -4,6 +4,7 @@
 pub mod ask;
 pub mod bench;
 pub mod check_model;
+pub mod cluster;
 pub mod failover;
 pub mod restart;
 pub mod status;

@@ -23,7 +23,9 @@ impl Core {
         });
     }
 
-    pub(super) fn on_submit(&mut self, conn: u64, submit: Submit) {
+    /// A new request; `prefix` is the start of the answer already shown
+    /// (a continuation from another board), empty for a fresh one.
+    pub(super) fn on_submit(&mut self, conn: u64, submit: Submit, prefix: String) {
         let id = submit.request_id;
         if self.shutting_down {
             return self.refuse(
@@ -113,6 +115,9 @@ impl Core {
         if let Some(j) = self.jobs.get_mut(&job) {
             j.model = submit.model;
             j.conversation = submit.conversation;
+            // Continued exactly like a failover: the worker gets it as its
+            // assistant prefix and `Done` carries the whole answer.
+            j.text = prefix;
         }
         self.queue.push_back(job);
     }

@@ -87,6 +87,15 @@ pub enum Event {
         /// The request.
         submit: Submit,
     },
+    /// A client submitted a request whose answer continues given text.
+    ClientContinue {
+        /// Connection id.
+        conn: u64,
+        /// The request.
+        submit: Submit,
+        /// The start of the answer, already shown.
+        assistant_prefix: String,
+    },
     /// A client cancelled a request.
     ClientCancel {
         /// Connection id.

@@ -162,7 +162,12 @@ impl Core {
         }
         match event {
             Event::Start => self.start(),
-            Event::ClientSubmit { conn, submit } => self.on_submit(conn, submit),
+            Event::ClientSubmit { conn, submit } => self.on_submit(conn, submit, String::new()),
+            Event::ClientContinue {
+                conn,
+                submit,
+                assistant_prefix,
+            } => self.on_submit(conn, submit, assistant_prefix),
             Event::ClientCancel { conn, request_id } => self.on_cancel(conn, request_id),
             Event::ClientGone { conn } => self.on_client_gone(conn),
             Event::ClientStop { conn, request_id } => self.on_stop(conn, request_id),

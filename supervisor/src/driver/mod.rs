@@ -42,6 +42,17 @@ pub enum Input {
         /// Where the connection's events go.
         events: ClientLink,
     },
+    /// A client submitted a request whose answer continues given text.
+    ClientContinue {
+        /// Connection id.
+        conn: u64,
+        /// The request.
+        submit: Submit,
+        /// The start of the answer, already shown.
+        assistant_prefix: String,
+        /// Where the connection's events go.
+        events: ClientLink,
+    },
     /// A client asked which models the slots serve.
     ClientModels {
         /// Connection id.
@@ -254,6 +265,19 @@ impl Driver {
                     _ => {}
                 }
                 event
+            }
+            Input::ClientContinue {
+                conn,
+                submit,
+                assistant_prefix,
+                events,
+            } => {
+                self.clients.entry(conn).or_insert(events);
+                Event::ClientContinue {
+                    conn,
+                    submit,
+                    assistant_prefix,
+                }
             }
             Input::ClientModels {
                 conn,

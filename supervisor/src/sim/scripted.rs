@@ -809,3 +809,57 @@ fn an_oversized_conversation_key_is_refused() {
     )));
     assert!(h.generates(0).is_empty());
 }
+
+#[test]
+fn a_continued_request_gives_the_worker_its_prefix_and_done_the_whole_answer() {
+    let mut h = H::new(config("", ""));
+    h.ready(0);
+    h.feed(Event::ClientContinue {
+        conn: 1,
+        submit: Submit {
+            request_id: 4,
+            messages: vec![ChatMessage::new(Role::User, "count")],
+            params: params(8),
+            model: String::new(),
+            conversation: None,
+        },
+        assistant_prefix: "one two ".into(),
+    });
+    let generate = h
+        .log
+        .iter()
+        .find_map(|e| match e {
+            Effect::ToWorker {
+                msg: SupervisorToWorker::Generate(g),
+                ..
+            } => Some(g.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(generate.assistant_prefix, "one two ");
+    h.say(
+        0,
+        WorkerToSupervisor::Token(WorkerToken {
+            request_id: generate.request_id,
+            text: "three".into(),
+            tokens: 1,
+        }),
+    );
+    h.say(0, done(generate.request_id, 5, 10.0));
+    let events = h.client(1);
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| match e {
+            SupervisorToClient::Token(t) => Some(t.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(streamed, "three", "the prefix is not sent again");
+    let SupervisorToClient::Done(d) = events.last().unwrap().clone() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(d.text, "one two three");
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, SupervisorToClient::Failover(_))));
+}
