@@ -27,24 +27,10 @@ use thiserror::Error;
 /// A config the bridge cannot run with.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Not TOML, or a key of the wrong type or unknown.
-    #[error("{path}: [bridge] is not valid")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: toml::de::Error,
-    },
+    /// The file is unreadable, not TOML, or `[bridge]` has an unknown,
+    /// missing or mistyped key (named).
+    #[error(transparent)]
+    Section(#[from] client::service::SectionError),
     /// No `[bridge]` section.
     #[error("{path} has no [bridge] section")]
     Missing {
@@ -73,11 +59,6 @@ pub enum ConfigError {
         /// The range.
         range: &'static str,
     },
-}
-
-#[derive(Debug, Deserialize)]
-struct File {
-    bridge: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,10 +117,7 @@ impl BridgeConfig {
     /// # Errors
     /// [`ConfigError`] naming the problem.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = client::service::read_config(path)?;
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         Self::parse(&text, path, credentials.as_deref(), &host_name())
     }
@@ -155,15 +133,11 @@ impl BridgeConfig {
         credentials_dir: Option<&Path>,
         host: &str,
     ) -> Result<Self, ConfigError> {
-        let parse_err = |source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        };
-        let file: File = toml::from_str(text).map_err(parse_err)?;
-        let section = file.bridge.ok_or_else(|| ConfigError::Missing {
-            path: path.to_owned(),
+        let raw: Raw = client::service::parse_optional_section(text, "bridge")?.ok_or_else(|| {
+            ConfigError::Missing {
+                path: path.to_owned(),
+            }
         })?;
-        let raw: Raw = section.try_into().map_err(parse_err)?;
         let Target::Nats(nats) = Target::parse(&raw.nats, credentials_dir)? else {
             return Err(ConfigError::NotNats);
         };

@@ -64,11 +64,24 @@ pub fn parse_section<T: DeserializeOwned + Default>(
     text: &str,
     section: &str,
 ) -> Result<T, SectionError> {
+    Ok(parse_optional_section(text, section)?.unwrap_or_default())
+}
+
+/// Like [`parse_section`] for a section without defaults: `None` when the
+/// file has no such table.
+///
+/// # Errors
+/// Bad TOML, or a key of the section that is unknown, missing or of the
+/// wrong type (named with its dotted path).
+pub fn parse_optional_section<T: DeserializeOwned>(
+    text: &str,
+    section: &str,
+) -> Result<Option<T>, SectionError> {
     let mut file: toml::Table = text
         .parse()
         .map_err(|source| SectionError::Syntax { source })?;
     let Some(table) = file.remove(section) else {
-        return Ok(T::default());
+        return Ok(None);
     };
     serde_path_to_error::deserialize(table).map_err(|err| {
         let inner_path = err.path().to_string();
@@ -82,6 +95,7 @@ pub fn parse_section<T: DeserializeOwned + Default>(
             message: err.into_inner().message().to_owned(),
         }
     })
+    .map(Some)
 }
 
 /// A token cancelled at the first SIGTERM or Ctrl-C (logged once at INFO).

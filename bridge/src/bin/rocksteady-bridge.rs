@@ -5,9 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use futures::StreamExt;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use tokio_util::sync::CancellationToken;
 
 /// Exit status for a config a restart cannot fix (`RestartPreventExitStatus=78`).
 const EXIT_CONFIG: u8 = 78;
@@ -36,7 +33,7 @@ fn main() -> ExitCode {
     let config = match bridge::BridgeConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("rocksteady-bridge: {:#}", anyhow::Error::from(e));
+            eprintln!("rocksteady-bridge: {}", client::service::one_line(anyhow::Error::from(e).chain()));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -51,7 +48,7 @@ fn main() -> ExitCode {
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rocksteady-bridge: {e:#}");
+            eprintln!("rocksteady-bridge: {}", client::service::one_line(e.chain()));
             ExitCode::FAILURE
         }
     }
@@ -64,15 +61,7 @@ fn run(config: bridge::BridgeConfig) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("signals")?;
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            if signals.next().await.is_some() {
-                tracing::info!("stopping");
-                stop.cancel();
-            }
-        });
+        let shutdown = client::service::shutdown_on_signal();
         bridge::run(config, shutdown).await
     })
 }
