@@ -133,11 +133,12 @@ impl BridgeConfig {
         credentials_dir: Option<&Path>,
         host: &str,
     ) -> Result<Self, ConfigError> {
-        let raw: Raw = client::service::parse_optional_section(text, "bridge")?.ok_or_else(|| {
-            ConfigError::Missing {
-                path: path.to_owned(),
-            }
-        })?;
+        let raw: Raw =
+            client::service::parse_optional_section(text, "bridge")?.ok_or_else(|| {
+                ConfigError::Missing {
+                    path: path.to_owned(),
+                }
+            })?;
         let Target::Nats(nats) = Target::parse(&raw.nats, credentials_dir)? else {
             return Err(ConfigError::NotNats);
         };

@@ -83,19 +83,20 @@ pub fn parse_optional_section<T: DeserializeOwned>(
     let Some(table) = file.remove(section) else {
         return Ok(None);
     };
-    serde_path_to_error::deserialize(table).map_err(|err| {
-        let inner_path = err.path().to_string();
-        let key = if inner_path == "." {
-            section.to_owned()
-        } else {
-            format!("{section}.{inner_path}")
-        };
-        SectionError::Key {
-            key,
-            message: err.into_inner().message().to_owned(),
-        }
-    })
-    .map(Some)
+    serde_path_to_error::deserialize(table)
+        .map_err(|err| {
+            let inner_path = err.path().to_string();
+            let key = if inner_path == "." {
+                section.to_owned()
+            } else {
+                format!("{section}.{inner_path}")
+            };
+            SectionError::Key {
+                key,
+                message: err.into_inner().message().to_owned(),
+            }
+        })
+        .map(Some)
 }
 
 /// A token cancelled at the first SIGTERM or Ctrl-C (logged once at INFO).

@@ -56,6 +56,62 @@ pub struct GgufInfo {
     pub data_offset: u64,
     /// Bytes of tensor data the header declares (end of the last tensor).
     pub data_size: u64,
+    /// The shape of the model's KV cache, when the header gives it.
+    pub kv: Option<KvShape>,
+}
+
+/// What the size of a model's KV cache depends on besides the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvShape {
+    /// Transformer blocks (`<arch>.block_count`).
+    pub layers: u64,
+    /// Key/value heads (`<arch>.attention.head_count_kv`, else the head count).
+    pub kv_heads: u64,
+    /// Width of one key head (`<arch>.attention.key_length`, else embedding / heads).
+    pub key_dim: u64,
+    /// Width of one value head (`<arch>.attention.value_length`, else as keys).
+    pub value_dim: u64,
+}
+
+impl KvShape {
+    /// KV-cache bytes of one sequence of `context` tokens (K and V, every
+    /// layer) with elements of type `kv` (f16 2 bytes, `q8_0` 1.0625 and
+    /// `q4_0` 0.5625: their blocks carry a scale).
+    pub fn sequence_bytes(&self, context: u64, kv: proto::worker::KvCacheType) -> u64 {
+        use proto::worker::KvCacheType;
+        let milli_bytes = match kv {
+            KvCacheType::F16 => 2000,
+            KvCacheType::Q8_0 => 1062,
+            KvCacheType::Q4_0 => 562,
+        };
+        self.layers
+            .saturating_mul(context)
+            .saturating_mul(self.kv_heads)
+            .saturating_mul(self.key_dim + self.value_dim)
+            .saturating_mul(milli_bytes)
+            / 1000
+    }
+
+    /// The shape from the architecture's integer metadata (`ints` holds
+    /// every integer entry as `(key, value)`); `None` when a number is missing.
+    fn from_metadata(arch: &str, ints: &[(String, u64)]) -> Option<Self> {
+        let get = |name: &str| {
+            let key = format!("{arch}.{name}");
+            ints.iter().find(|(k, _)| *k == key).map(|(_, n)| *n)
+        };
+        let layers = get("block_count")?;
+        let heads = get("attention.head_count").filter(|h| *h > 0)?;
+        let kv_heads = get("attention.head_count_kv").unwrap_or(heads);
+        let key_dim =
+            get("attention.key_length").or_else(|| Some(get("embedding_length")? / heads))?;
+        let value_dim = get("attention.value_length").unwrap_or(key_dim);
+        Some(Self {
+            layers,
+            kv_heads,
+            key_dim,
+            value_dim,
+        })
+    }
 }
 
 /// Why a file is not a usable GGUF model.
@@ -234,7 +290,7 @@ impl<R: Read> Parser<'_, R> {
             ..GgufInfo::default()
         };
         let mut alignment = DEFAULT_ALIGNMENT;
-        let mut context_lengths = Vec::new();
+        let mut ints: Vec<(String, u64)> = Vec::new();
         for _ in 0..metadata_count {
             let key = self.string()?;
             let value = if key == "tokenizer.ggml.tokens" {
@@ -248,9 +304,7 @@ impl<R: Read> Parser<'_, R> {
                 ("general.file_type", Value::Int(n)) => info.file_type = Some(n),
                 ("general.alignment", Value::Int(n)) => alignment = n,
                 ("tokenizer.chat_template", Value::Str(_)) => info.has_chat_template = true,
-                (k, Value::Int(n)) if k.ends_with(".context_length") => {
-                    context_lengths.push((key, n));
-                }
+                (_, Value::Int(n)) => ints.push((key, n)),
                 _ => {}
             }
         }
@@ -259,10 +313,8 @@ impl<R: Read> Parser<'_, R> {
         }
         if let Some(arch) = &info.architecture {
             let wanted = format!("{arch}.context_length");
-            info.context_length = context_lengths
-                .iter()
-                .find(|(k, _)| *k == wanted)
-                .map(|(_, n)| *n);
+            info.context_length = ints.iter().find(|(k, _)| *k == wanted).map(|(_, n)| *n);
+            info.kv = KvShape::from_metadata(arch, &ints);
         }
 
         let mut last_end = 0u64;
@@ -622,6 +674,55 @@ mod tests {
         assert_eq!(info.data_size, 64);
         assert_eq!(info.vocab_markers, ["<|im_start|>"]);
         assert!(!info.has_chat_template);
+    }
+
+    #[test]
+    fn the_kv_shape_comes_from_the_architecture_and_sizes_a_sequence() {
+        use proto::worker::KvCacheType;
+        let ints = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+        };
+        // Grouped-query attention: 9 heads of 64 over a 576 embedding, 3 KV heads.
+        let gqa = ints(&[
+            ("llama.block_count", 30),
+            ("llama.attention.head_count", 9),
+            ("llama.attention.head_count_kv", 3),
+            ("llama.embedding_length", 576),
+            ("qwen2.block_count", 99),
+        ]);
+        let shape = KvShape::from_metadata("llama", &gqa).unwrap();
+        assert_eq!(
+            (shape.layers, shape.kv_heads, shape.key_dim, shape.value_dim),
+            (30, 3, 64, 64)
+        );
+        // 30 layers x 1024 tokens x 3 heads x (64 + 64) x 2 bytes.
+        assert_eq!(
+            shape.sequence_bytes(1024, KvCacheType::F16),
+            30 * 1024 * 3 * 128 * 2
+        );
+        assert!(
+            shape.sequence_bytes(1024, KvCacheType::Q4_0)
+                < shape.sequence_bytes(1024, KvCacheType::Q8_0)
+        );
+        // Without head_count_kv every head has its own KV; explicit key and
+        // value widths win over embedding / heads.
+        let mha = ints(&[
+            ("gemma.block_count", 2),
+            ("gemma.attention.head_count", 4),
+            ("gemma.attention.key_length", 256),
+            ("gemma.attention.value_length", 128),
+            ("gemma.embedding_length", 512),
+        ]);
+        let shape = KvShape::from_metadata("gemma", &mha).unwrap();
+        assert_eq!(
+            (shape.kv_heads, shape.key_dim, shape.value_dim),
+            (4, 256, 128)
+        );
+        // Another architecture's numbers, or a missing one, give no shape.
+        assert_eq!(KvShape::from_metadata("qwen2", &gqa), None);
+        // The synthetic image has no block count.
+        let (_d, path) = write(&image(3, 16, 64));
+        assert_eq!(check(&path).unwrap().kv, None);
     }
 
     #[test]

@@ -646,7 +646,51 @@ impl Config {
         config.resolve_paths(base);
         config.validate()?;
         config.place_cpus()?;
+        config.check_kv_budget()?;
         Ok(config)
+    }
+
+    /// A CPU slot's KV cache (its conversation sequences and the scratch
+    /// one, each of the profile's context) must fit under the slot's hard
+    /// ceiling: it is anonymous memory, which the ceiling counts, and a
+    /// worker over it is stopped on every load. The shape comes from the
+    /// model file's header; a file that cannot be read is left to the
+    /// worker, which says what is wrong with it.
+    fn check_kv_budget(&self) -> Result<(), ConfigError> {
+        for (name, slot) in self.slot_list() {
+            if slot.backend != Backend::Cpu || slot.memory_hard_mib == 0 {
+                continue;
+            }
+            let profiles = [
+                ("profile", &slot.model, Some(&slot.profile)),
+                (
+                    "fallback_profile",
+                    slot.fallback_model.as_ref().unwrap_or(&slot.model),
+                    slot.fallback_profile.as_ref(),
+                ),
+            ];
+            for (which, model, profile) in profiles {
+                let Some(profile) = profile else { continue };
+                let Some(shape) = model_check::gguf::check(model).ok().and_then(|i| i.kv) else {
+                    continue;
+                };
+                let kv = parse_kv(&profile.kv_cache_type).unwrap_or(KvCacheType::F16);
+                let per_sequence = shape.sequence_bytes(u64::from(profile.context_size), kv);
+                kv_cache_fits(per_sequence, slot.cpu.cache_sequences, slot.memory_hard_mib)
+                    .map_err(|problem| {
+                        invalid(
+                            format!("slots.{name}.cpu.cache_sequences"),
+                            format!(
+                                "{problem} (with {which} context_size = {}, kv_cache_type = {}): \
+                             lower cache_sequences or context_size, use a quantised \
+                             kv_cache_type, or raise memory_hard_mib",
+                                profile.context_size, profile.kv_cache_type
+                            ),
+                        )
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -836,7 +880,30 @@ pub fn parse_mode(s: &str) -> Option<u32> {
         .filter(|m| *m <= 0o777)
 }
 
-/// Parses a KV cache type name.
+/// Whether a CPU worker's KV cache, `cache_sequences` conversations plus the
+/// scratch sequence of `per_sequence` bytes each, fits under a hard ceiling
+/// of `hard_mib` (it must leave room for the weights' working buffers too,
+/// so it may take at most half). The problem, in figures, when not.
+///
+/// # Errors
+/// The arithmetic that does not fit.
+#[allow(clippy::cast_precision_loss)] // MiB with one decimal, for a message
+pub fn kv_cache_fits(per_sequence: u64, cache_sequences: u32, hard_mib: u64) -> Result<(), String> {
+    const MIB: u64 = 1 << 20;
+    let sequences = u64::from(cache_sequences) + 1;
+    let total = per_sequence.saturating_mul(sequences);
+    if total.saturating_mul(2) <= hard_mib.saturating_mul(MIB) {
+        return Ok(());
+    }
+    Err(format!(
+        "the KV cache takes {sequences} sequences x {:.1} MiB = {:.1} MiB of anonymous memory, \
+         more than half of memory_hard_mib = {hard_mib}",
+        per_sequence as f64 / MIB as f64,
+        total as f64 / MIB as f64,
+    ))
+}
+
+/// Parses a KV cache type name (`f16`, `q8_0`, `q4_0`).
 pub fn parse_kv(s: &str) -> Option<KvCacheType> {
     match s {
         "f16" => Some(KvCacheType::F16),
@@ -1035,6 +1102,42 @@ mod tests {
         Config::from_toml(text, Path::new("/etc/rocksteady"))
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn the_kv_cache_must_fit_under_the_hard_ceiling() {
+        const MIB: u64 = 1 << 20;
+        // Three sequences of 10 MiB take 30 MiB: fine under 60, not under 59.
+        assert!(kv_cache_fits(10 * MIB, 2, 60).is_ok());
+        let e = kv_cache_fits(10 * MIB, 2, 59).unwrap_err();
+        assert!(e.contains("3 sequences x 10.0 MiB = 30.0 MiB"), "{e}");
+        // No conversations: the scratch sequence alone.
+        assert!(kv_cache_fits(10 * MIB, 0, 20).is_ok());
+        assert!(kv_cache_fits(u64::MAX, 64, u64::MAX / MIB).is_err());
+    }
+
+    #[test]
+    fn a_slot_whose_kv_cache_cannot_fit_is_a_config_error_naming_the_figures() {
+        // The real model's header: 30 layers, 3 KV heads of 64, so a 4096
+        // context in f16 takes 90 MiB per sequence.
+        let model =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(model.exists(), "run deploy/fetch-model.sh");
+        let slot = |extra: &str| {
+            format!(
+                "[slots.primary]\nbackend = \"cpu\"\nmodel = \"{}\"\nmemory_hard_mib = 400\n{extra}\n[slots.primary.profile]\ncontext_size = 4096\n",
+                model.display()
+            )
+        };
+        let e = err(&slot("[slots.primary.cpu]\ncache_sequences = 2"));
+        assert!(e.contains("slots.primary.cpu.cache_sequences"), "{e}");
+        assert!(e.contains("3 sequences x 90.0 MiB = 270.0 MiB"), "{e}");
+        // One conversation fits (180 MiB of 400); so does no ceiling at all.
+        let fits = |text: &str| Config::from_toml(text, Path::new("/")).is_ok();
+        assert!(fits(&slot("[slots.primary.cpu]\ncache_sequences = 1")));
+        assert!(fits(
+            &slot("").replace("memory_hard_mib = 400", "memory_hard_mib = 0")
+        ));
     }
 
     #[test]

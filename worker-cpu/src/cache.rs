@@ -225,14 +225,6 @@ pub fn survives_switch(old_model: &str, old_ctx: u32, new_model: &str, new_ctx: 
     old_model == new_model && old_ctx == new_ctx
 }
 
-/// KV-cache bytes of one sequence of `context` tokens (K and V, every layer):
-/// `2 x layers x context x kv_heads x head_dim x bytes per element`, with
-/// the element size in thousandths of a byte (f16 2000, `q8_0` 1062,
-/// `q4_0` 562: their blocks carry a scale).
-pub fn kv_bytes(layers: u64, kv_heads: u64, head_dim: u64, context: u64, milli_bytes: u64) -> u64 {
-    2 * layers * context * kv_heads * head_dim * milli_bytes / 1000
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,12 +342,5 @@ mod tests {
         assert!(survives_switch("m.gguf", 2048, "m.gguf", 2048));
         assert!(!survives_switch("m.gguf", 2048, "m.gguf", 1024));
         assert!(!survives_switch("m.gguf", 2048, "n.gguf", 2048));
-    }
-
-    #[test]
-    fn kv_bytes_follow_the_formula() {
-        // SmolLM2-135M: 30 layers, 3 KV heads of 64, f16, 2048 tokens.
-        assert_eq!(kv_bytes(30, 3, 64, 2048, 2000), 47_185_920);
-        assert_eq!(kv_bytes(30, 3, 64, 2048, 562), 13_259_243);
     }
 }

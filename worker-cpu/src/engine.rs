@@ -386,21 +386,20 @@ impl Loaded {
         })
     }
 
-    /// KV bytes of one sequence of the profile's context.
+    /// KV bytes of one sequence of the profile's context (the same
+    /// arithmetic the supervisor's config check does on the file's header).
     fn kv_bytes(&self, load: &Load) -> u64 {
-        let milli = match load.profile.kv_cache_type {
-            KvCacheType::F16 => 2000,
-            KvCacheType::Q8_0 => 1062,
-            KvCacheType::Q4_0 => 562,
-        };
         let heads = u64::from(self.model.n_head().max(1));
         let head_dim = u64::try_from(self.model.n_embd()).unwrap_or(0) / heads;
-        cache::kv_bytes(
-            u64::from(self.model.n_layer()),
-            u64::from(self.model.n_head_kv()),
-            head_dim,
+        model_check::gguf::KvShape {
+            layers: u64::from(self.model.n_layer()),
+            kv_heads: u64::from(self.model.n_head_kv()),
+            key_dim: head_dim,
+            value_dim: head_dim,
+        }
+        .sequence_bytes(
             u64::from(load.profile.context_size),
-            milli,
+            load.profile.kv_cache_type,
         )
     }
 

@@ -33,7 +33,10 @@ fn main() -> ExitCode {
     let config = match bridge::BridgeConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("rocksteady-bridge: {}", client::service::one_line(anyhow::Error::from(e).chain()));
+            eprintln!(
+                "rocksteady-bridge: {}",
+                client::service::one_line(anyhow::Error::from(e).chain())
+            );
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -48,7 +51,10 @@ fn main() -> ExitCode {
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rocksteady-bridge: {}", client::service::one_line(e.chain()));
+            eprintln!(
+                "rocksteady-bridge: {}",
+                client::service::one_line(e.chain())
+            );
             ExitCode::FAILURE
         }
     }

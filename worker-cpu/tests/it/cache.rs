@@ -131,6 +131,17 @@ fn a_second_turn_reuses_the_first_and_answers_as_a_cold_prefill() {
     assert_eq!((r.hits, r.misses), (1, 1));
     assert_eq!(r.reused_tokens, u64::from(second.stats.cached_tokens));
     assert_eq!(r.capacity, 2);
+    // What llama.cpp's model says equals what the supervisor's config check
+    // reads off the file's header (the two must agree for that check to mean
+    // anything).
+    let header = model_check::gguf::check(&model()).unwrap();
+    assert_eq!(
+        r.kv_bytes_per_sequence,
+        header
+            .kv
+            .expect("the model's header gives its KV shape")
+            .sequence_bytes(1024, KvCacheType::F16)
+    );
     assert!(r.kv_bytes_per_sequence > 0);
 
     // The same prompt without a conversation: the scratch sequence, cold.
