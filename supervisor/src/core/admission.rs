@@ -150,6 +150,7 @@ impl Core {
                 model: String::new(),
                 stopped: false,
                 conversation: None,
+                shadow: None,
             },
         );
         id
