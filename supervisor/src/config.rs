@@ -443,7 +443,7 @@ impl Default for PolicyConfig {
             max_failovers: 3,
             spill_over: true,
             shadow: true,
-            shadow_every_tokens: 32,
+            shadow_every_tokens: 8,
             drain_timeout_s: 30.0,
         }
     }

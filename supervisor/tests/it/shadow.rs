@@ -106,10 +106,10 @@ async fn the_failover_reuses_what_the_shadow_prefilled() {
 
 /// Two real CPU slots; kill -9 of the serving primary after `after` tokens,
 /// `runs` times: milliseconds from the kill to the next token.
-async fn failover_latencies(shadow: bool, runs: usize, after: usize) -> Vec<f64> {
+async fn failover_latencies(shadow: bool, every: u32, runs: usize, after: usize) -> Vec<f64> {
     let policy = FAST_POLICY.replace("restart_intensity = 5", "restart_intensity = 20");
     let sup = Sup::start(&format!(
-        "{policy}shadow = {shadow}\nshadow_every_tokens = 32\n{}{}",
+        "{policy}shadow = {shadow}\nshadow_every_tokens = {every}\n{}{}",
         cpu_slot("primary", &model(), ""),
         cpu_slot("fallback", &model(), "")
     ))
@@ -149,22 +149,27 @@ async fn failover_latencies(shadow: bool, runs: usize, after: usize) -> Vec<f64>
 
 /// Figures, not assertions of speed: failover latency (SIGKILL of the
 /// serving CPU worker after 60 streamed tokens to the next token from the
-/// other CPU worker) with shadowing on and off, medians of 3 runs each.
+/// other CPU worker) with shadowing every 8 and every 32 tokens and off,
+/// medians of 3 runs each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_latency_with_and_without_the_shadow_figures() {
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let mut on = failover_latencies(true, 3, 60).await;
-    let mut off = failover_latencies(false, 3, 60).await;
+    let mut every8 = failover_latencies(true, 8, 3, 60).await;
+    let mut every32 = failover_latencies(true, 32, 3, 60).await;
+    let mut off = failover_latencies(false, 8, 3, 60).await;
+    let round = |v: &[f64]| v.iter().map(|x| x.round()).collect::<Vec<_>>();
     let line = format!(
-        "\nFIGURES shadow: failover latency (SIGKILL after 60 tokens -> next token, two CPU slots) shadow on median {:.0} ms of {:?}; shadow off median {:.0} ms of {:?}\n",
-        median(&mut on),
-        on.iter().map(|v| v.round()).collect::<Vec<_>>(),
+        "\nFIGURES shadow: failover latency (SIGKILL after 60 tokens -> next token, two CPU slots) shadow every 8 tokens median {:.0} ms of {:?}; every 32 median {:.0} ms of {:?}; shadow off median {:.0} ms of {:?}\n",
+        median(&mut every8),
+        round(&every8),
+        median(&mut every32),
+        round(&every32),
         median(&mut off),
-        off.iter().map(|v| v.round()).collect::<Vec<_>>(),
+        round(&off),
     );
     let _ = std::io::stderr().write_all(line.as_bytes());
-    assert_eq!((on.len(), off.len()), (3, 3));
+    assert_eq!((every8.len(), every32.len(), off.len()), (3, 3, 3));
 }
