@@ -151,6 +151,7 @@ impl Core {
                 stopped: false,
                 conversation: None,
                 shadow: None,
+                shadow_tried_at: 0,
             },
         );
         id

@@ -2,7 +2,8 @@
 //! idle, prefills the same prompt and the answer so far into its KV cache
 //! (`Warm`), again every `policy.shadow_every_tokens` streamed tokens, so a
 //! failover to it decodes only the tokens streamed since the last warm
-//! instead of the whole prompt and answer.
+//! instead of the whole prompt and answer. A slot that is not idle when
+//! the request starts (or restarts meanwhile) may start shadowing it later.
 
 use proto::worker::{SupervisorToWorker, Warm};
 
@@ -65,6 +66,14 @@ impl Core {
             return;
         };
         let Some(sh) = job.shadow.as_mut() else {
+            // No shadow (none was idle, or it took other work or
+            // restarted): a slot idle now starts one, tried every N tokens.
+            if job.tokens.saturating_sub(job.shadow_tried_at) >= every {
+                job.shadow_tried_at = job.tokens;
+                if let Some(serving) = job.slot {
+                    self.shadow_start(serving, id);
+                }
+            }
             return;
         };
         if job.tokens.saturating_sub(sh.at_tokens) < every {
@@ -73,6 +82,7 @@ impl Core {
         let s = &self.slots[sh.slot];
         if !s.can_take() || s.incarnation != sh.incarnation || s.memory_pressure {
             job.shadow = None;
+            job.shadow_tried_at = job.tokens;
             return;
         }
         sh.at_tokens = job.tokens;

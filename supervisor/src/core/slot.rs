@@ -279,6 +279,8 @@ pub struct Job {
     pub conversation: Option<String>,
     /// The idle slot prefilling it in its KV cache while another serves it.
     pub shadow: Option<Shadow>,
+    /// Streamed tokens when a shadow was last looked for.
+    pub shadow_tried_at: u32,
 }
 
 /// A slot shadowing a request: what it was last sent.

@@ -960,3 +960,26 @@ fn a_restarted_shadow_is_not_named_on_failover() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].conversation, None);
 }
+
+#[test]
+fn a_slot_ready_mid_request_starts_shadowing_it_at_the_next_n_tokens() {
+    let mut h = H::new(config("shadow_every_tokens = 4\n", ""));
+    h.ready(0);
+    h.submit(1, 1, 10, params(64));
+    let id = h.generates(0)[0];
+    assert!(h.warms(1).is_empty(), "the fallback is not ready yet");
+    h.ready(1);
+    h.stream(0, id, 3);
+    assert!(h.warms(1).is_empty());
+    h.stream(0, id, 1);
+    let warms = h.warms(1);
+    assert_eq!(warms.len(), 1, "shadowing from the 4th token on");
+    assert_eq!(warms[0].assistant_prefix, "t0 t1 t2 t0 ");
+    h.stream(0, id, 4);
+    assert_eq!(h.warms(1).len(), 2);
+    h.exit(0, None, Some(9));
+    assert_eq!(
+        h.generate_messages(1)[0].conversation,
+        Some(format!("shadow:{id}"))
+    );
+}
