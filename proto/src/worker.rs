@@ -10,7 +10,9 @@
 //! 3. `Generate` -> `Token`* -> `Done` | `Error`; at most one generation at a
 //!    time. `Cancel` ends the current one early (it still ends with `Done`).
 //! 4. `Ping` -> `Heartbeat`, at any time, also during a generation.
-//! 5. `Load` again (between generations) switches profile; `Shutdown` or EOF
+//! 5. `Warm` (between generations): prefill a conversation into the KV
+//!    cache and answer nothing; a `Generate` preempts it.
+//! 6. `Load` again (between generations) switches profile; `Shutdown` or EOF
 //!    on the socket makes the worker exit: a worker never outlives its supervisor.
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +32,12 @@ pub enum SupervisorToWorker {
     Ping(Ping),
     /// Exit cleanly.
     Shutdown,
+    /// Prefill a conversation into the KV cache under a key and generate
+    /// nothing (the standby shadowing a request another worker serves, so a
+    /// failover to it decodes only the tail). Low priority: a worker busy
+    /// with a generation ignores it, and a `Generate` arriving while it runs
+    /// stops it. Nothing is answered; the cache report shows the result.
+    Warm(Warm),
 }
 
 /// Body of [`SupervisorToWorker::Load`].
@@ -147,6 +155,19 @@ pub struct Generate {
     /// worker that keeps KV caches keeps this conversation's under the key
     /// and reuses the common prefix on its next turn. `None` = a one-off.
     pub conversation: Option<String>,
+}
+
+/// Body of [`SupervisorToWorker::Warm`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Warm {
+    /// The key the prefilled tokens are kept under; the failover `Generate`
+    /// names it as its `conversation`.
+    pub key: String,
+    /// The conversation, ending with the user's turn, as the `Generate`.
+    pub messages: Vec<ChatMessage>,
+    /// The answer streamed so far, rendered after the prompt exactly as a
+    /// failover `Generate` would render its `assistant_prefix`.
+    pub assistant_prefix: String,
 }
 
 /// Body of [`SupervisorToWorker::Cancel`].

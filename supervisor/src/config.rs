@@ -407,6 +407,14 @@ pub struct PolicyConfig {
     /// With the primary busy and requests waiting, a ready fallback takes
     /// the next one (two conversations at once instead of one).
     pub spill_over: bool,
+    /// While one slot serves a request, the other (ready, idle) slot
+    /// prefills the same prompt and the answer so far into its KV cache, so
+    /// a failover to it decodes only the last tokens (CPU workers; others
+    /// ignore it).
+    pub shadow: bool,
+    /// The shadowing slot is sent the answer so far every this many
+    /// streamed tokens (at least 1).
+    pub shadow_every_tokens: u32,
     /// On SIGTERM, running replies get this long to finish before the
     /// workers are stopped (s). Keep it plus `stop_grace_s` below the
     /// unit's TimeoutStopSec (45 s).
@@ -437,6 +445,8 @@ impl Default for PolicyConfig {
             profile_hold_s: 60.0,
             max_failovers: 3,
             spill_over: true,
+            shadow: true,
+            shadow_every_tokens: 8,
             drain_timeout_s: 30.0,
         }
     }
@@ -468,6 +478,12 @@ impl PolicyConfig {
             return Err(invalid(
                 "policy.heartbeat_timeout_s",
                 "must be longer than policy.heartbeat_interval_s",
+            ));
+        }
+        if p.shadow_every_tokens == 0 {
+            return Err(invalid(
+                "policy.shadow_every_tokens",
+                "must be at least 1 (set policy.shadow = false to turn shadowing off)",
             ));
         }
         if p.backoff_max_s < p.backoff_initial_s {
@@ -1221,6 +1237,8 @@ mod tests {
         }
         let e = err(&format!("[policy]\nstall_timeout_s = -1\n{MINIMAL}"));
         assert!(e.contains("policy.stall_timeout_s"), "{e}");
+        let e = err(&format!("[policy]\nshadow_every_tokens = 0\n{MINIMAL}"));
+        assert!(e.contains("policy.shadow_every_tokens"), "{e}");
         let e = err(&format!(
             "[thermal]\ncritical_c = 70\nresume_c = 75\n{MINIMAL}"
         ));

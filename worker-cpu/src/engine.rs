@@ -119,6 +119,10 @@ impl Model for Serving<'_> {
     fn cache(&self) -> CacheReport {
         self.table.report(self.counters, self.kv_bytes)
     }
+
+    fn warm(&mut self, job: &Job, out: &TokenStream) -> Result<(), GenFailure> {
+        self.warm_sequence(&job.generate, out)
+    }
 }
 
 impl Serving<'_> {
@@ -268,6 +272,56 @@ impl Serving<'_> {
                 Err(failure(e))
             }
         }
+    }
+
+    /// A warm: the prompt (and assistant prefix) of `g` prefilled into its
+    /// conversation's sequence, keeping the cached common prefix, one batch
+    /// at a time so that a generation waiting behind it (which stops `out`)
+    /// waits for one batch at most; what was prefilled before the stop
+    /// stays cached. Not counted as a hit or miss: no client asked.
+    fn warm_sequence(&mut self, g: &Generate, out: &TokenStream) -> Result<(), GenFailure> {
+        let id = g.request_id;
+        let failure = |e: WorkerError| GenFailure::new(e.kind, e.message);
+        let Some(key) = g.conversation.as_deref() else {
+            return Ok(());
+        };
+        let tokens = self.loaded.prompt_tokens(g).map_err(failure)?;
+        if tokens.len() >= self.context_size as usize {
+            return Err(GenFailure::new(
+                WorkerErrorKind::PromptTooLong,
+                "the shadowed prompt does not fit the context window",
+            ));
+        }
+        let ids: Vec<i32> = tokens.iter().map(|t| t.0).collect();
+        let Some(place) = self.table.place(key) else {
+            return Ok(());
+        };
+        if place.evicted.is_some() {
+            self.counters.evictions += 1;
+        }
+        let seq = place.seq;
+        let cached = self.table.entry(seq).map_or(&[][..], |e| &e.tokens[..]);
+        let mut done = cache::reusable(cached, &ids);
+        let cut = u32::try_from(done).unwrap_or(u32::MAX);
+        if !matches!(
+            self.ctx.clear_kv_cache_seq(Some(seq), Some(cut), None),
+            Ok(true)
+        ) {
+            let _ = self.ctx.clear_kv_cache_seq(Some(seq), None, None);
+            done = 0;
+        }
+        self.table.set_tokens(seq, ids[..done].to_vec());
+        let n_batch = (self.ctx.n_batch() as usize).max(1);
+        while done < tokens.len() && !out.is_stopped() {
+            let end = (done + n_batch).min(tokens.len());
+            if let Err(e) = prefill(&mut self.ctx, &tokens[done..end], done, seq, id) {
+                self.drop_sequence(seq);
+                return Err(failure(e));
+            }
+            done = end;
+            self.table.set_tokens(seq, ids[..done].to_vec());
+        }
+        Ok(())
     }
 
     /// Samples and decodes the answer in `seq`, appending each token decoded

@@ -6,10 +6,11 @@
 
 use std::time::Instant;
 
+use proto::chat::GenParams;
 use proto::chat::{Backend, FinishReason};
 use proto::worker::{
-    CacheReport, Generate, Heartbeat, Load, LoadFailed, Ready, SupervisorToWorker, WorkerDone,
-    WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
+    CacheReport, Generate, Heartbeat, Load, LoadFailed, Ready, SupervisorToWorker, Warm,
+    WorkerDone, WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
 use crate::engine::{EngineEvent, Finish, GenFailure, Job, StopReason};
@@ -91,6 +92,11 @@ pub struct Core {
     pending_load: Option<(Load, Instant)>,
     /// The generation accepted and not answered yet.
     current: Option<Current>,
+    /// The warm (a prefill without answer) handed to the engine and not
+    /// finished yet: a generation arriving stops it.
+    warming: Option<u64>,
+    /// Warms started, for their engine-side ids.
+    warms: u64,
     tokens_total: u64,
     requests_total: u64,
     /// The engine's latest report of its KV caches.
@@ -107,6 +113,8 @@ impl Core {
             model: ModelState::Empty,
             pending_load: None,
             current: None,
+            warming: None,
+            warms: 0,
             tokens_total: 0,
             requests_total: 0,
             cache: CacheReport::default(),
@@ -185,10 +193,52 @@ impl Core {
                 tracing::info!("shutdown requested");
                 self.shutdown(out);
             }
+            SupervisorToWorker::Warm(warm) => self.on_warm(warm, out),
+        }
+    }
+
+    /// A warm runs only on an idle, loaded worker; a newer one replaces the
+    /// one in progress (it covers the same prompt and more of the answer).
+    fn on_warm(&mut self, warm: Warm, out: &mut Vec<Effect>) {
+        if !matches!(self.model, ModelState::Ready { .. }) || self.current.is_some() {
+            tracing::debug!("warm while busy or not loaded; ignored");
+            return;
+        }
+        if warm.messages.is_empty() {
+            tracing::debug!("warm without messages; ignored");
+            return;
+        }
+        self.stop_warm(StopReason::Cancel, out);
+        self.warms += 1;
+        // Ids from the top down: the supervisor's own count up from 1, so
+        // the engine's events of a warm never match a generation.
+        let id = u64::MAX - self.warms;
+        self.warming = Some(id);
+        out.push(Effect::Generate(Job {
+            generate: Generate {
+                request_id: id,
+                messages: warm.messages,
+                params: GenParams::default(),
+                assistant_prefix: warm.assistant_prefix,
+                conversation: Some(warm.key),
+            },
+            limit: 1,
+            warm: true,
+        }));
+    }
+
+    /// Stops the warm in progress, if any (its engine event still comes).
+    fn stop_warm(&mut self, reason: StopReason, out: &mut Vec<Effect>) {
+        if let Some(id) = self.warming.take() {
+            out.push(Effect::Stop {
+                request_id: id,
+                reason,
+            });
         }
     }
 
     fn start_load(&mut self, load: Load, now: Instant, out: &mut Vec<Effect>) {
+        self.stop_warm(StopReason::Reload, out);
         // One model per process: a generation in progress ends now.
         if let Some(id) = self.busy_with() {
             tracing::info!(request_id = id, "a new model was asked for; cancelling");
@@ -247,12 +297,19 @@ impl Core {
             ));
             return;
         }
+        // A generation never waits behind a whole warm: the warm stops at
+        // its next prefill chunk and the generation reuses what it cached.
+        self.stop_warm(StopReason::Cancel, out);
         let limit = request_limit(generate.params.max_tokens, max_new_tokens);
         self.current = Some(Current {
             request_id: id,
             tally: Tally::new(now),
         });
-        out.push(Effect::Generate(Job { generate, limit }));
+        out.push(Effect::Generate(Job {
+            generate,
+            limit,
+            warm: false,
+        }));
     }
 
     fn on_engine(&mut self, event: EngineEvent, now: Instant, out: &mut Vec<Effect>) {
@@ -353,6 +410,16 @@ impl Core {
         tokens: u32,
         out: &mut Vec<Effect>,
     ) {
+        if self.warming == Some(request_id) {
+            self.warming = None;
+        }
+        if self.warms > 0 && request_id >= u64::MAX - self.warms {
+            // A warm: nothing to answer.
+            if let Err(failure) = result {
+                tracing::debug!(message = %failure.message, "warm failed");
+            }
+            return;
+        }
         let Some(cur) = self.current_for(request_id) else {
             return;
         };
@@ -417,6 +484,7 @@ impl Core {
                 reason: StopReason::Shutdown,
             });
         }
+        self.stop_warm(StopReason::Shutdown, out);
         out.push(Effect::Exit(ExitPlan {
             code: 0,
             drain_engine: true,
@@ -642,5 +710,162 @@ mod tests {
         assert_eq!(request_limit(1000, 256), 256);
         assert_eq!(request_limit(0, 256), 256);
         assert_eq!(request_limit(0, 0), 1);
+    }
+}
+
+#[cfg(test)]
+mod warm_tests {
+    use super::*;
+    use proto::chat::{ChatMessage, Role};
+    use proto::worker::{BackendOptions, CpuOptions, KvCacheType, ModelFacts, Ping, Profile};
+
+    fn ready_core(now: Instant) -> Core {
+        let mut core = Core::new(Backend::Cpu, 7);
+        let load = Load {
+            model_path: "m.gguf".into(),
+            profile: Profile {
+                name: "a".into(),
+                context_size: 256,
+                batch_size: 64,
+                threads: 1,
+                kv_cache_type: KvCacheType::F16,
+                flash_attention: false,
+                max_new_tokens: 50,
+            },
+            backend: BackendOptions::Cpu(CpuOptions::default()),
+        };
+        core.handle(Input::Message(SupervisorToWorker::Load(load)), now);
+        let facts = ModelFacts {
+            name: "m".into(),
+            file_size: 1,
+            architecture: String::new(),
+            train_context: 0,
+            context_size: 256,
+            parameters: 0,
+            chat_template: String::new(),
+        };
+        core.handle(Input::Engine(EngineEvent::Loaded(Ok(facts))), now);
+        core
+    }
+
+    fn warm(prefix: &str) -> Input {
+        Input::Message(SupervisorToWorker::Warm(Warm {
+            key: "shadow:5".into(),
+            messages: vec![ChatMessage::new(Role::User, "hi")],
+            assistant_prefix: prefix.into(),
+        }))
+    }
+
+    fn generate(id: u64) -> Input {
+        Input::Message(SupervisorToWorker::Generate(Generate {
+            request_id: id,
+            messages: vec![ChatMessage::new(Role::User, "hi")],
+            params: GenParams::default(),
+            assistant_prefix: "Hel".into(),
+            conversation: Some("shadow:5".into()),
+        }))
+    }
+
+    fn warm_job(effects: &[Effect]) -> Option<&Job> {
+        effects.iter().find_map(|e| match e {
+            Effect::Generate(job) if job.warm => Some(job),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn an_idle_worker_warms_under_the_key_and_answers_nothing() {
+        let now = Instant::now();
+        let mut core = ready_core(now);
+        let out = core.handle(warm("Hel"), now);
+        let job = warm_job(&out).expect("a warm job");
+        assert_eq!(job.generate.conversation.as_deref(), Some("shadow:5"));
+        assert_eq!(job.generate.assistant_prefix, "Hel");
+        assert!(!out.iter().any(|e| matches!(e, Effect::Send(_))));
+        // Not busy: the supervisor may send it a generation at any time.
+        assert_eq!(core.busy_with(), None);
+        let id = job.generate.request_id;
+        let finished = core.handle(
+            Input::Engine(EngineEvent::Finished {
+                request_id: id,
+                result: Ok(Finish::new(FinishReason::EndOfTurn)),
+                tokens: 0,
+            }),
+            now,
+        );
+        assert!(
+            finished.is_empty(),
+            "a warm's end is not answered: {finished:?}"
+        );
+        let hb = core.handle(
+            Input::Message(SupervisorToWorker::Ping(Ping { seq: 1 })),
+            now,
+        );
+        assert!(matches!(
+            &hb[..],
+            [Effect::Send(WorkerToSupervisor::Heartbeat(Heartbeat {
+                busy_with: None,
+                ..
+            }))]
+        ));
+    }
+
+    #[test]
+    fn a_generation_stops_the_warm_and_starts_at_once() {
+        let now = Instant::now();
+        let mut core = ready_core(now);
+        let out = core.handle(warm("Hel"), now);
+        let warm_id = warm_job(&out).expect("a warm job").generate.request_id;
+        let out = core.handle(generate(5), now);
+        assert_eq!(
+            out.first(),
+            Some(&Effect::Stop {
+                request_id: warm_id,
+                reason: StopReason::Cancel
+            })
+        );
+        assert!(
+            matches!(out.get(1), Some(Effect::Generate(j)) if !j.warm && j.generate.request_id == 5)
+        );
+        // The stopped warm's end does not end the generation.
+        let late = core.handle(
+            Input::Engine(EngineEvent::Finished {
+                request_id: warm_id,
+                result: Ok(Finish::new(FinishReason::EndOfTurn)),
+                tokens: 0,
+            }),
+            now,
+        );
+        assert!(late.is_empty());
+        assert_eq!(core.busy_with(), Some(5));
+    }
+
+    #[test]
+    fn a_busy_or_unloaded_worker_ignores_a_warm() {
+        let now = Instant::now();
+        let mut core = ready_core(now);
+        core.handle(generate(5), now);
+        assert!(core.handle(warm("Hel"), now).is_empty());
+        let mut empty = Core::new(Backend::Cpu, 7);
+        assert!(empty.handle(warm("Hel"), now).is_empty());
+    }
+
+    #[test]
+    fn a_newer_warm_replaces_the_one_in_progress() {
+        let now = Instant::now();
+        let mut core = ready_core(now);
+        let first = core.handle(warm("Hel"), now);
+        let first_id = warm_job(&first).expect("a warm job").generate.request_id;
+        let out = core.handle(warm("Hello there"), now);
+        assert_eq!(
+            out.first(),
+            Some(&Effect::Stop {
+                request_id: first_id,
+                reason: StopReason::Cancel
+            })
+        );
+        let second = warm_job(&out).expect("a second warm job");
+        assert_ne!(second.generate.request_id, first_id);
+        assert_eq!(second.generate.assistant_prefix, "Hello there");
     }
 }

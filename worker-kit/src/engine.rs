@@ -51,6 +51,18 @@ pub trait Model {
     fn cache(&self) -> CacheReport {
         CacheReport::default()
     }
+
+    /// Prefills `job`'s prompt (and assistant prefix) into the KV cache
+    /// under its conversation key and generates nothing, stopping early
+    /// when `out` is stopped (a generation is waiting). A model that keeps
+    /// no cache between generations does nothing.
+    ///
+    /// # Errors
+    /// [`GenFailure`]: the prompt cannot be rendered, or the engine failed.
+    fn warm(&mut self, job: &Job, out: &TokenStream) -> Result<(), GenFailure> {
+        let _ = (job, out);
+        Ok(())
+    }
 }
 
 /// One generation as the engine sees it.
@@ -61,6 +73,8 @@ pub struct Job {
     /// Tokens to generate at most (the request's cap within the profile's);
     /// the [`TokenStream`] says stop when it is reached.
     pub limit: u32,
+    /// A warm: prefill only ([`Model::warm`]), nothing is answered.
+    pub warm: bool,
 }
 
 /// How a generation ended, as the engine saw it.
@@ -472,6 +486,15 @@ fn run_job(
     let result = if stream.is_stopped() {
         // Cancelled while it waited for the engine: never started.
         Ok(Finish::new(FinishReason::Cancelled))
+    } else if job.warm {
+        panic::catch_unwind(AssertUnwindSafe(|| model.warm(job, stream)))
+            .unwrap_or_else(|panic| {
+                Err(GenFailure::new(
+                    WorkerErrorKind::Engine,
+                    format!("internal error in the engine: {}", panic_text(&*panic)),
+                ))
+            })
+            .map(|()| Finish::new(FinishReason::EndOfTurn))
     } else {
         panic::catch_unwind(AssertUnwindSafe(|| model.generate(job, stream))).unwrap_or_else(
             |panic| {

@@ -6,7 +6,8 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use proto::worker::{
-    Generate, Heartbeat, Load, Ping, Ready, SupervisorToWorker, WorkerDone, WorkerToSupervisor,
+    Generate, Heartbeat, Load, Ping, Ready, SupervisorToWorker, Warm, WorkerDone,
+    WorkerToSupervisor,
 };
 use thiserror::Error;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -132,6 +133,26 @@ impl LocalSession {
                 Answer::Done(d) => Ok(d),
                 Answer::Ready(_) => Err(LocalError::EngineGone),
             })
+    }
+
+    /// Runs `warm` (a prefill into the KV cache, nothing answered) to its
+    /// end; nothing happens when the worker ignores it.
+    pub fn warm(&mut self, warm: Warm) {
+        let out = self.core.handle(
+            Input::Message(SupervisorToWorker::Warm(warm)),
+            Instant::now(),
+        );
+        let mut started = false;
+        for effect in out {
+            if let Effect::Generate(job) = effect {
+                let s = TokenStream::new(job.generate.request_id, job.limit, self.events.clone());
+                self.command(Command::Generate(job, s));
+                started = true;
+            }
+        }
+        if started {
+            self.settle();
+        }
     }
 
     /// The heartbeat the worker would answer a ping with now.

@@ -18,7 +18,7 @@ use proto::frame::{decode, encode};
 use proto::hello::Hello;
 use proto::worker::{
     BackendOptions, CacheReport, CpuOptions, Generate, Heartbeat, HeldConversation, KvCacheType,
-    Load, ModelFacts, Profile, Ready, SupervisorToWorker, WorkerDone, WorkerToSupervisor,
+    Load, ModelFacts, Profile, Ready, SupervisorToWorker, Warm, WorkerDone, WorkerToSupervisor,
     WorkerToken,
 };
 use proto::PeerRole;
@@ -181,6 +181,14 @@ fn worker_messages() {
             params: GenParams::default(),
             assistant_prefix: "The answer".into(),
             conversation: Some("1180000000000000001".into()),
+        }),
+    );
+    check(
+        "worker_warm",
+        &SupervisorToWorker::Warm(Warm {
+            key: "shadow:9".into(),
+            messages: messages(),
+            assistant_prefix: "The answer".into(),
         }),
     );
     check(

@@ -155,6 +155,8 @@ impl Core {
                 model: String::new(),
                 stopped: false,
                 conversation: None,
+                shadow: None,
+                shadow_tried_at: 0,
             },
         );
         id

@@ -268,6 +268,16 @@ impl Core {
             });
             send(&mut self.out, job, event);
         }
+        // A slot that shadowed the request holds it under the shadow's key:
+        // the failover names that key, so the worker reuses the prefill.
+        let shadowed = job
+            .shadow
+            .take()
+            .filter(|sh| sh.slot == i && sh.incarnation == s.incarnation);
+        let conversation = job
+            .conversation
+            .clone()
+            .or_else(|| shadowed.map(|sh| sh.key));
         self.out.push(Effect::ToWorker {
             slot: i,
             incarnation: s.incarnation,
@@ -276,7 +286,7 @@ impl Core {
                 messages: job.messages.clone(),
                 params,
                 assistant_prefix: job.text.clone(),
-                conversation: job.conversation.clone(),
+                conversation,
             }),
         });
         job.slot = Some(i);
@@ -298,5 +308,6 @@ impl Core {
         if let Some(waited) = waited {
             self.observe(Latency::QueueWait, backend, waited);
         }
+        self.shadow_start(i, id);
     }
 }

@@ -16,6 +16,7 @@
 //! - `admission`: submits, validation, the queue, cancels, queue deadlines;
 //! - `dispatch`: routing, spill-over, starting requests;
 //! - `relay`: what a serving worker says (tokens, done, errors, refusals);
+//! - `shadow`: the idle slot prefilling the request in flight, for failover;
 //! - `process`: spawns, stops, connections, exits and their decisions;
 //! - `liveness`: hangs, heartbeats, load limits, timers, rescues;
 //! - `memory`: memory readings, pressure, ceilings, profile switches;
@@ -33,6 +34,7 @@ mod liveness;
 mod memory;
 mod process;
 mod relay;
+mod shadow;
 mod slot;
 mod status;
 pub mod thermal;
@@ -53,7 +55,7 @@ pub use dispatch::{MAX_REFUSALS, REFUSAL_PAUSE};
 pub use events::{
     Effect, Event, Level, MemSample, Notify, OomCounters, Readings, SpawnError, ZoneReading,
 };
-pub use slot::{Job, Slot};
+pub use slot::{Job, Shadow, Slot};
 pub use time::{ms, Millis};
 
 /// How often the driver sends [`Event::Tick`].

@@ -73,6 +73,7 @@ impl Core {
                 for (latency, took) in latencies.into_iter().flatten() {
                     self.observe(latency, backend, took);
                 }
+                self.shadow_progress(t.request_id);
             }
             WorkerToSupervisor::Done(done) => self.on_done(i, &done),
             WorkerToSupervisor::Error(err) => {

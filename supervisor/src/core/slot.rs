@@ -277,6 +277,23 @@ pub struct Job {
     pub stopped: bool,
     /// The conversation it continues (the client's key), if any.
     pub conversation: Option<String>,
+    /// The idle slot prefilling it in its KV cache while another serves it.
+    pub shadow: Option<Shadow>,
+    /// Streamed tokens when a shadow was last looked for.
+    pub shadow_tried_at: u32,
+}
+
+/// A slot shadowing a request: what it was last sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shadow {
+    /// The shadowing slot.
+    pub slot: usize,
+    /// Its worker process (a restarted one holds nothing).
+    pub incarnation: u64,
+    /// The KV cache key: the request's conversation, else `shadow:<id>`.
+    pub key: String,
+    /// The request's streamed tokens when the last `Warm` was sent.
+    pub at_tokens: u32,
 }
 
 impl Job {

@@ -863,3 +863,177 @@ fn a_continued_request_gives_the_worker_its_prefix_and_done_the_whole_answer() {
         .iter()
         .any(|e| matches!(e, SupervisorToClient::Failover(_))));
 }
+
+// Issue 13: the idle slot shadows the request in flight.
+
+impl H {
+    /// The Warm messages sent to `slot` so far.
+    fn warms(&self, slot: usize) -> Vec<proto::worker::Warm> {
+        self.log
+            .iter()
+            .filter_map(|e| match e {
+                Effect::ToWorker {
+                    slot: s,
+                    msg: SupervisorToWorker::Warm(w),
+                    ..
+                } if *s == slot => Some(w.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Slot `slot` streams `n` one-token frames of request `id`, "t0 t1 ...".
+    fn stream(&mut self, slot: usize, id: u64, n: u32) {
+        for k in 0..n {
+            self.say(
+                slot,
+                WorkerToSupervisor::Token(WorkerToken {
+                    request_id: id,
+                    text: format!("t{k} "),
+                    tokens: 1,
+                }),
+            );
+        }
+    }
+}
+
+#[test]
+fn the_idle_slot_is_warmed_on_dispatch_and_every_n_tokens() {
+    let mut h = H::new(config("shadow_every_tokens = 4\n", ""));
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(64));
+    let id = h.generates(0)[0];
+    let warms = h.warms(1);
+    assert_eq!(warms.len(), 1, "warmed on dispatch");
+    assert_eq!(warms[0].key, format!("shadow:{id}"));
+    assert_eq!(warms[0].assistant_prefix, "");
+    assert_eq!(warms[0].messages[0].content, "x".repeat(10));
+    assert!(h.warms(0).is_empty(), "the serving slot is not warmed");
+    h.stream(0, id, 3);
+    assert_eq!(h.warms(1).len(), 1, "not before 4 tokens");
+    h.stream(0, id, 1);
+    let warms = h.warms(1);
+    assert_eq!(warms.len(), 2, "again after 4 tokens");
+    assert_eq!(warms[1].assistant_prefix, "t0 t1 t2 t0 ");
+    h.stream(0, id, 4);
+    assert_eq!(h.warms(1).len(), 3);
+    // Done: no more shadowing.
+    h.say(0, done(id, 10, 5.0));
+    h.stream(0, id, 8);
+    assert_eq!(h.warms(1).len(), 3);
+}
+
+#[test]
+fn a_conversation_is_shadowed_under_its_own_key() {
+    let mut h = H::new(config("", ""));
+    h.ready(0);
+    h.ready(1);
+    h.submit_in(1, 1, "chain-9");
+    assert_eq!(h.generates(0).len(), 1);
+    let warms = h.warms(1);
+    assert_eq!(warms.len(), 1);
+    assert_eq!(warms[0].key, "chain-9");
+}
+
+#[test]
+fn no_shadow_when_off_or_the_other_slot_is_busy_or_not_ready() {
+    // Off by policy.
+    let mut h = H::new(config("shadow = false\n", ""));
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(64));
+    assert_eq!(h.generates(0).len(), 1);
+    assert!(h.warms(1).is_empty());
+
+    // The other slot not ready yet.
+    let mut h = H::new(config("", ""));
+    h.ready(0);
+    h.submit(1, 1, 10, params(64));
+    assert_eq!(h.generates(0).len(), 1);
+    assert!(h.warms(1).is_empty());
+
+    // The other slot busy: spill-over gives it the second request; neither
+    // is shadowed by a busy slot.
+    let mut h = H::new(config("", ""));
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(64));
+    let first = h.generates(0)[0];
+    assert_eq!(h.warms(1).len(), 1);
+    h.submit(1, 2, 10, params(64));
+    assert_eq!(h.generates(1).len(), 1, "spill-over");
+    assert!(h.warms(0).is_empty(), "the primary is busy");
+    // The fallback took other work: the first request is no longer shadowed.
+    h.stream(0, first, 64);
+    assert_eq!(h.warms(1).len(), 1);
+}
+
+#[test]
+fn the_failover_generate_names_the_shadow_key() {
+    let mut h = H::new(config("shadow_every_tokens = 2\n", ""));
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(64));
+    let id = h.generates(0)[0];
+    h.stream(0, id, 3);
+    h.exit(0, None, Some(9));
+    let again = h.generate_messages(1);
+    assert_eq!(again.len(), 1, "continued on the fallback");
+    assert_eq!(again[0].conversation, Some(format!("shadow:{id}")));
+    assert_eq!(again[0].assistant_prefix, "t0 t1 t2 ");
+    // The last warm the fallback had is a prefix of what it must prefill.
+    let last = h.warms(1).pop().unwrap();
+    assert_eq!(last.assistant_prefix, "t0 t1 ");
+
+    // Without shadowing, a request without a key fails over without one.
+    let mut h = H::new(config("shadow = false\n", ""));
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(64));
+    let id = h.generates(0)[0];
+    h.stream(0, id, 3);
+    h.exit(0, None, Some(9));
+    assert_eq!(h.generate_messages(1)[0].conversation, None);
+}
+
+#[test]
+fn a_restarted_shadow_is_not_named_on_failover() {
+    let mut h = H::new(config("", ""));
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(64));
+    let id = h.generates(0)[0];
+    // The shadow's process dies and comes back: its cache is empty.
+    h.exit(1, Some(1), None);
+    h.wait(1_000);
+    h.ready(1);
+    h.stream(0, id, 1);
+    h.exit(0, None, Some(9));
+    let again = h.generate_messages(1);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].conversation, None);
+}
+
+#[test]
+fn a_slot_ready_mid_request_starts_shadowing_it_at_the_next_n_tokens() {
+    let mut h = H::new(config("shadow_every_tokens = 4\n", ""));
+    h.ready(0);
+    h.submit(1, 1, 10, params(64));
+    let id = h.generates(0)[0];
+    assert!(h.warms(1).is_empty(), "the fallback is not ready yet");
+    h.ready(1);
+    h.stream(0, id, 3);
+    assert!(h.warms(1).is_empty());
+    h.stream(0, id, 1);
+    let warms = h.warms(1);
+    assert_eq!(warms.len(), 1, "shadowing from the 4th token on");
+    assert_eq!(warms[0].assistant_prefix, "t0 t1 t2 t0 ");
+    h.stream(0, id, 4);
+    assert_eq!(h.warms(1).len(), 2);
+    h.exit(0, None, Some(9));
+    assert_eq!(
+        h.generate_messages(1)[0].conversation,
+        Some(format!("shadow:{id}"))
+    );
+}

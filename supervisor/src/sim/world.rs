@@ -429,6 +429,8 @@ impl World {
                 }));
                 vec![(now_words, hb)]
             }
+            // A warm only fills a KV cache the simulated workers do not have.
+            SupervisorToWorker::Warm(_) => Vec::new(),
             SupervisorToWorker::Shutdown => {
                 let d = self.rng.range(5, 200);
                 self.exit(i, incarnation, d, Some(0), None);

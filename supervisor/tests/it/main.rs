@@ -11,6 +11,7 @@ mod npu_telemetry;
 mod operate;
 mod pinning;
 mod relay;
+mod shadow;
 mod supervision;
 mod worker_user;
 

@@ -212,3 +212,61 @@ fn a_profile_switch_keeps_the_caches_only_with_the_same_context_size() {
     assert_eq!(third.stats.cached_tokens, 0);
     assert_eq!(report(&mut s).misses, 2);
 }
+
+#[test]
+fn a_warm_prefills_what_the_failover_generate_reuses() {
+    let _one = BACKEND.lock().unwrap_or_else(PoisonError::into_inner);
+    let messages = vec![
+        ChatMessage::new(Role::System, SYSTEM),
+        ChatMessage::new(Role::User, "Tell me about the city of Paris."),
+    ];
+    let warmed_prefix = "Paris is the capital of France and";
+    let full_prefix = "Paris is the capital of France and one of the largest cities";
+    let failover = |key: Option<&str>| Generate {
+        request_id: 7,
+        messages: messages.clone(),
+        params: GenParams {
+            max_tokens: 12,
+            temperature: 0.0,
+            ..GenParams::default()
+        },
+        assistant_prefix: full_prefix.into(),
+        conversation: key.map(str::to_owned),
+    };
+
+    let mut s = session(load(1024, "default", 2));
+    s.warm(proto::worker::Warm {
+        key: "shadow:7".into(),
+        messages: messages.clone(),
+        assistant_prefix: warmed_prefix.into(),
+    });
+    let warmed = report(&mut s);
+    assert_eq!(held(&warmed), vec!["shadow:7"]);
+    let warmed_tokens = warmed.held[0].tokens;
+    assert!(warmed_tokens > 20, "{warmed_tokens} tokens warmed");
+    assert_eq!(
+        (warmed.hits, warmed.misses),
+        (0, 0),
+        "a warm is no client's hit or miss"
+    );
+    let mut text = String::new();
+    let done = s
+        .generate(failover(Some("shadow:7")), &mut |p| text.push_str(p))
+        .unwrap();
+    assert!(
+        done.stats.cached_tokens + 1 >= warmed_tokens,
+        "{} of {warmed_tokens} warmed tokens reused",
+        done.stats.cached_tokens
+    );
+    assert!(done.stats.cached_tokens < done.stats.prompt_tokens);
+    drop(s);
+
+    // The same continuation prefilled cold answers the same.
+    let mut cold = session(load(1024, "default", 0));
+    let mut cold_text = String::new();
+    let cold_done = cold
+        .generate(failover(None), &mut |p| cold_text.push_str(p))
+        .unwrap();
+    assert_eq!(cold_done.stats.cached_tokens, 0);
+    assert_eq!(text, cold_text);
+}
