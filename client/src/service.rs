@@ -1,7 +1,8 @@
-//! What every front-door process (the Discord gateway, the OpenAI API and any
-//! later one) does the same way around its own work: read its own section of
-//! the shared config file, stop on SIGTERM or Ctrl-C, and print an error chain
-//! on one line.
+//! What every front-door process (the Discord gateway, the OpenAI API, the
+//! cluster bridge and any later one) does the same way around its own work:
+//! read its own section of the shared config file, stop on SIGTERM or
+//! Ctrl-C, print an error chain on one line, and serve `/metrics` in the
+//! format the scraper asks for (the daemon's `/metrics` uses that too).
 //!
 //! The config file is shared with the supervisor, so a front door reads only
 //! its own top-level table and ignores the others; inside that table an
@@ -99,6 +100,63 @@ pub fn parse_optional_section<T: DeserializeOwned>(
         .map(Some)
 }
 
+/// Logs to stderr (the journal under systemd) with `RUST_LOG`'s filter, or
+/// `default_filter` when it is unset; colours only on a terminal.
+pub fn init_logging(default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Which exposition format a `/metrics` scraper gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsFormat {
+    /// OpenMetrics 1.0 text (what Prometheus asks for first).
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (what `promtool check metrics`
+    /// lints; the default for clients that do not ask).
+    Text,
+}
+
+impl MetricsFormat {
+    /// The format an `Accept` header asks for.
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Self::OpenMetrics,
+            _ => Self::Text,
+        }
+    }
+
+    /// Its `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Text => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+
+    /// Encodes `registry` in this format.
+    pub fn encode(self, registry: &prometheus_client::registry::Registry) -> String {
+        use prometheus_client::encoding::{prometheus_text, text as openmetrics_text};
+        let mut out = String::new();
+        let written = match self {
+            Self::OpenMetrics => openmetrics_text::encode(&mut out, registry),
+            Self::Text => prometheus_text::encode(&mut out, registry),
+        };
+        // Writing into a String cannot fail; an encoder error would leave the
+        // scrape short, never the process down.
+        if let Err(e) = written {
+            tracing::error!("cannot encode /metrics: {e}");
+        }
+        out
+    }
+}
+
 /// A token cancelled at the first SIGTERM or Ctrl-C (logged once at INFO).
 /// Must be called inside a tokio runtime.
 #[must_use]
@@ -186,6 +244,24 @@ mod tests {
             parse_section::<Door>("[door\n", "door"),
             Err(SectionError::Syntax { .. })
         ));
+    }
+
+    #[test]
+    fn the_scraper_chooses_the_metrics_format() {
+        use prometheus_client::metrics::counter::Counter;
+        let f = MetricsFormat::from_accept(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        ));
+        assert_eq!(f, MetricsFormat::OpenMetrics);
+        assert_eq!(MetricsFormat::from_accept(None), MetricsFormat::Text);
+        let mut reg = prometheus_client::registry::Registry::with_prefix("door");
+        let c = Counter::<u64>::default();
+        c.inc_by(3);
+        reg.register("answers", "Answers", c);
+        assert!(MetricsFormat::Text
+            .encode(&reg)
+            .contains("door_answers_total 3"));
+        assert!(MetricsFormat::OpenMetrics.encode(&reg).ends_with("# EOF\n"));
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! Prometheus project's client (`prometheus-client`): OpenMetrics for a
 //! scraper that asks for it, the Prometheus text format otherwise.
 
-use prometheus_client::encoding::{prometheus_text, text as openmetrics_text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -34,33 +33,7 @@ fn with(mut labels: Labels, name: &'static str, value: impl Into<String>) -> Lab
     labels
 }
 
-/// Which exposition format a scraper gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// OpenMetrics 1.0 text (what Prometheus asks for first).
-    OpenMetrics,
-    /// The Prometheus text format 0.0.4 (what `promtool check metrics`
-    /// lints; the default for clients that do not ask).
-    Text,
-}
-
-impl Format {
-    /// The format an `Accept` header asks for.
-    pub fn from_accept(accept: Option<&str>) -> Self {
-        match accept {
-            Some(a) if a.contains("application/openmetrics-text") => Self::OpenMetrics,
-            _ => Self::Text,
-        }
-    }
-
-    /// Its `Content-Type`.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Self::Text => prometheus_text::CONTENT_TYPE,
-        }
-    }
-}
+pub use client::service::MetricsFormat as Format;
 
 impl Metrics {
     /// One request answered with `status`.
@@ -123,17 +96,7 @@ impl Metrics {
             "Answers that continued on another worker",
             self.failovers.clone(),
         );
-        let mut out = String::new();
-        let written = match format {
-            Format::OpenMetrics => openmetrics_text::encode(&mut out, &reg),
-            Format::Text => prometheus_text::encode(&mut out, &reg),
-        };
-        // Writing into a String cannot fail; an encoder error would leave
-        // the scrape short, never the front door down.
-        if let Err(e) = written {
-            tracing::error!("cannot encode /metrics: {e}");
-        }
-        out
+        format.encode(&reg)
     }
 }
 

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use prometheus_client::encoding::{prometheus_text, text as openmetrics_text};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -283,48 +282,7 @@ impl Latencies {
     }
 }
 
-/// Which exposition format a scraper gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// OpenMetrics 1.0 text (what Prometheus asks for first).
-    OpenMetrics,
-    /// The Prometheus text format 0.0.4 (what `promtool check metrics`
-    /// lints; the default for clients that do not ask).
-    Text,
-}
-
-impl Format {
-    /// The format an `Accept` header asks for.
-    pub fn from_accept(accept: Option<&str>) -> Self {
-        match accept {
-            Some(a) if a.contains("application/openmetrics-text") => Self::OpenMetrics,
-            _ => Self::Text,
-        }
-    }
-
-    /// Its `Content-Type`.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            Self::Text => prometheus_text::CONTENT_TYPE,
-        }
-    }
-}
-
-/// Encodes a registry in `format`.
-pub fn encode(reg: &Registry, format: Format) -> String {
-    let mut out = String::new();
-    // Writing into a String cannot fail; an encoder error would be a bug in
-    // the client library and leaves the scrape short, not the daemon down.
-    let written = match format {
-        Format::OpenMetrics => openmetrics_text::encode(&mut out, reg),
-        Format::Text => prometheus_text::encode(&mut out, reg),
-    };
-    if let Err(e) = written {
-        tracing::error!("cannot encode /metrics: {e}");
-    }
-    out
-}
+pub use client::service::MetricsFormat as Format;
 
 /// A counter family filled with values kept elsewhere (the atomics the
 /// connection tasks bump, the loop's counters in the snapshot).
@@ -421,7 +379,7 @@ pub fn render_metrics(snap: Option<&Snapshot>, observed: &Observed, format: Form
     if let Some(snap) = snap {
         register_snapshot(&mut reg, snap);
     }
-    encode(&reg, format)
+    format.encode(&reg)
 }
 
 /// The KV-cache conversation figures, from the status report's per-slot

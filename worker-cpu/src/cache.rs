@@ -41,19 +41,7 @@ pub struct Placement {
 }
 
 /// Counters since the process started (they survive profile switches).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Keyed requests whose conversation was held.
-    pub hits: u64,
-    /// Keyed requests whose conversation was not held.
-    pub misses: u64,
-    /// Prompt tokens not prefilled again.
-    pub reused_tokens: u64,
-    /// Conversations evicted for another.
-    pub evictions: u64,
-    /// Conversations dropped by a profile switch.
-    pub dropped: u64,
-}
+pub use worker_kit::cache::CacheCounters as Counters;
 
 /// The conversation sequences of one context.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -175,23 +163,15 @@ impl Table {
 
     /// The report for the supervisor.
     pub fn report(&self, counters: Counters, kv_bytes_per_sequence: u64) -> CacheReport {
-        CacheReport {
-            held: self
-                .held()
-                .into_iter()
-                .map(|(_, e)| HeldConversation {
-                    key: e.key.clone(),
-                    tokens: u32::try_from(e.tokens.len()).unwrap_or(u32::MAX),
-                })
-                .collect(),
-            capacity: self.capacity(),
-            kv_bytes_per_sequence,
-            hits: counters.hits,
-            misses: counters.misses,
-            reused_tokens: counters.reused_tokens,
-            evictions: counters.evictions,
-            dropped: counters.dropped,
-        }
+        let held = self
+            .held()
+            .into_iter()
+            .map(|(_, e)| HeldConversation {
+                key: e.key.clone(),
+                tokens: u32::try_from(e.tokens.len()).unwrap_or(u32::MAX),
+            })
+            .collect();
+        counters.report(held, self.capacity(), kv_bytes_per_sequence)
     }
 }
 

@@ -40,6 +40,7 @@
 //! | `Done` and heartbeats | carry the engine's latest KV-cache report ([`Model::cache`]: conversations held, figures); an engine reports it after its prompt too, so a `Done` sent at the token cap already names the conversation |
 
 pub mod affinity;
+pub mod cache;
 pub mod core;
 pub mod engine;
 mod ffi;

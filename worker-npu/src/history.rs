@@ -88,40 +88,21 @@ pub fn plan(
     }
 }
 
-/// The cache report of the NPU worker: at most one conversation.
+/// The cache report of the NPU worker: at most one conversation (the
+/// runtime does not say how many bytes its KV cache takes).
 pub fn report(held: Option<&Held>, counters: &Counters) -> CacheReport {
-    CacheReport {
-        held: held
-            .map(|h| HeldConversation {
-                key: h.key.clone(),
-                tokens: h.tokens,
-            })
-            .into_iter()
-            .collect(),
-        capacity: 1,
-        kv_bytes_per_sequence: 0,
-        hits: counters.hits,
-        misses: counters.misses,
-        reused_tokens: counters.reused_tokens,
-        evictions: counters.evictions,
-        dropped: counters.dropped,
-    }
+    let held = held
+        .map(|h| HeldConversation {
+            key: h.key.clone(),
+            tokens: h.tokens,
+        })
+        .into_iter()
+        .collect();
+    counters.report(held, 1, 0)
 }
 
 /// Cache figures since the process started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Keyed requests that continued the held conversation.
-    pub hits: u64,
-    /// Keyed requests that started over.
-    pub misses: u64,
-    /// Tokens not prefilled again.
-    pub reused_tokens: u64,
-    /// Held conversations cleared for another request.
-    pub evictions: u64,
-    /// Held conversations lost to a profile switch (a new model load).
-    pub dropped: u64,
-}
+pub use worker_kit::cache::CacheCounters as Counters;
 
 #[cfg(test)]
 mod tests {

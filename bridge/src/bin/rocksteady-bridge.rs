@@ -23,13 +23,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,async_nats=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    client::service::init_logging("info,async_nats=warn");
     let config = match bridge::BridgeConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

@@ -22,14 +22,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    supervisor::client::service::init_logging("info");
     let args = Args::parse();
     // As worker-cpu does, before any thread starts.
     if let Some(cpus) = &args.cpus {
