@@ -79,6 +79,33 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `promtool check metrics` (Prometheus' own linter, installed by
+/// deploy/setup.sh) on a scrape: whether it passed, and what it said.
+pub fn promtool(text: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is missing: run deploy/setup.sh (Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
 /// A running supervisor.
 pub struct Sup {
     /// The private directory (runtime and state directories inside); kept

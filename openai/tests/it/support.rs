@@ -277,28 +277,8 @@ pub async fn raw_http_full(addr: SocketAddr, request: &[u8]) -> (u16, String, St
 /// `promtool check metrics` (Prometheus' own linter, from deploy/setup.sh)
 /// on a scrape: its complaints, empty when it passes.
 pub fn promtool_complaints(text: &str) -> String {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is missing: run deploy/setup.sh (Debian package prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
+    let (passed, said) = test_kit::harness::promtool(text);
+    if passed {
         said
     } else {
         format!("(failed) {said}")

@@ -119,25 +119,12 @@ pub async fn run(
     let stamp = started
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let json_path = opts.output.clone().unwrap_or_else(|| {
-        bench
-            .output_dir
-            .clone()
-            .unwrap_or_else(|| config.supervisor.state_dir.join("bench"))
-            .join(format!("bench-{CONVERSATION}-{stamp}.json"))
-    });
-    let svg_path = opts
-        .svg
-        .clone()
-        .unwrap_or_else(|| json_path.with_extension("svg"));
-    for path in [&json_path, &svg_path] {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| BenchError::Write {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-    }
+    let (json_path, svg_path) = super::runner::output_paths(
+        config,
+        bench,
+        opts,
+        &format!("bench-{CONVERSATION}-{stamp}"),
+    )?;
 
     let (sup, sockets) = start_private(config, &slot).await?;
     let repetitions = opts.repetitions.unwrap_or(3);

@@ -109,6 +109,40 @@ fn note(ctx: &mut Ctx<'_>, text: String) {
     }
 }
 
+/// Where a run's JSON figures and SVG chart go (`--output`, `--svg`, else
+/// `<bench dir>/<stem>.json` and the same name in `.svg`), with their
+/// directories created, so an unwritable place fails before measuring.
+///
+/// # Errors
+/// [`BenchError::Write`] naming the directory.
+pub(super) fn output_paths(
+    config: &Config,
+    bench: &BenchConfig,
+    opts: &BenchOptions,
+    stem: &str,
+) -> Result<(PathBuf, PathBuf), BenchError> {
+    let json_path = opts.output.clone().unwrap_or_else(|| {
+        bench
+            .output_dir
+            .clone()
+            .unwrap_or_else(|| config.supervisor.state_dir.join("bench"))
+            .join(format!("{stem}.json"))
+    });
+    let svg_path = opts
+        .svg
+        .clone()
+        .unwrap_or_else(|| json_path.with_extension("svg"));
+    for path in [&json_path, &svg_path] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| BenchError::Write {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+    }
+    Ok((json_path, svg_path))
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -197,26 +231,12 @@ pub async fn run(
 
     // Files first: a bad --compare or an unwritable place fails now, not
     // after an hour of measuring.
-    let json_path = match &opts.output {
-        Some(p) => p.clone(),
-        None => bench
-            .output_dir
-            .clone()
-            .unwrap_or_else(|| config.supervisor.state_dir.join("bench"))
-            .join(format!("bench-{name}-{}.json", unix_ms(started))),
-    };
-    let svg_path = opts
-        .svg
-        .clone()
-        .unwrap_or_else(|| json_path.with_extension("svg"));
-    for path in [&json_path, &svg_path] {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| BenchError::Write {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-    }
+    let (json_path, svg_path) = output_paths(
+        config,
+        bench,
+        opts,
+        &format!("bench-{name}-{}", unix_ms(started)),
+    )?;
     let explicit_previous = match &opts.compare {
         Some(p) => Some((p.clone(), result::BenchResult::load(p)?)),
         None => None,

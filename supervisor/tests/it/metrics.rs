@@ -2,8 +2,6 @@
 //! linter (`promtool check metrics`) judges it, OpenMetrics for a scraper that
 //! asks for it, and latency histograms that fill as a request is answered.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use proto::admin::SlotState;
@@ -11,31 +9,7 @@ use proto::client::SupervisorToClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::operate::{free_port, get};
-use crate::support::{collect, fake_slot, greedy, user, Sup};
-
-/// `promtool check metrics` on `text`: (passed, its complaints).
-fn promtool(text: &str) -> (bool, String) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is missing: run deploy/setup.sh (Debian package prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), said)
-}
+use crate::support::{collect, fake_slot, greedy, promtool, user, Sup};
 
 /// The value of the sample line that starts with `series` (name and labels).
 fn value(text: &str, series: &str) -> f64 {
