@@ -106,6 +106,25 @@ pub fn promtool(text: &str) -> (bool, String) {
     (out.status.success(), said)
 }
 
+/// An NPU slot section (`primary`) as on a machine without the board: a
+/// sound-looking `.rkllm` file in `dir` (sized like a 1.5B W8A8 model,
+/// sparse: no disk used) and no runtime, so the only problem is the missing
+/// runtime and the slot becomes unavailable. `npu_extra` goes into
+/// `[slots.primary.npu]`.
+pub fn npu_slot_without_runtime(dir: &Path, npu_extra: &str) -> String {
+    let rkllm = dir.join("model-rk3588-w8a8.rkllm");
+    std::fs::File::create(&rkllm)
+        .unwrap()
+        .set_len(1_600_000_000)
+        .unwrap();
+    format!(
+        "[slots.primary]\nbackend = \"npu\"\nmodel = \"{}\"\nworker = \"{}\"\n[slots.primary.npu]\nruntime_path = \"{}/librkllmrt.so\"\n{npu_extra}\n",
+        rkllm.display(),
+        bin("worker-npu").display(),
+        dir.display()
+    )
+}
+
 /// A running supervisor.
 pub struct Sup {
     /// The private directory (runtime and state directories inside); kept

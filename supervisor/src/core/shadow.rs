@@ -7,8 +7,22 @@
 
 use proto::worker::{SupervisorToWorker, Warm};
 
-use super::slot::Shadow;
+use super::slot::{Job, Shadow};
 use super::{Core, Effect};
+
+/// The warm of `job` so far for a shadow on `slot`: its prompt and the
+/// answer streamed until now, under the shadow's `key`.
+fn warm(job: &Job, slot: usize, incarnation: u64, key: String) -> Effect {
+    Effect::ToWorker {
+        slot,
+        incarnation,
+        msg: SupervisorToWorker::Warm(Warm {
+            key,
+            messages: job.messages.clone(),
+            assistant_prefix: job.text.clone(),
+        }),
+    }
+}
 
 /// The cache key of a request without a conversation of its own.
 pub fn shadow_key(id: u64) -> String {
@@ -46,15 +60,8 @@ impl Core {
             key: key.clone(),
             at_tokens: job.tokens,
         });
-        self.out.push(Effect::ToWorker {
-            slot: j,
-            incarnation,
-            msg: SupervisorToWorker::Warm(Warm {
-                key,
-                messages: job.messages.clone(),
-                assistant_prefix: job.text.clone(),
-            }),
-        });
+        let effect = warm(job, j, incarnation, key);
+        self.out.push(effect);
     }
 
     /// Request `id` streamed more tokens: the shadow gets the answer so far
@@ -86,14 +93,8 @@ impl Core {
             return;
         }
         sh.at_tokens = job.tokens;
-        self.out.push(Effect::ToWorker {
-            slot: sh.slot,
-            incarnation: sh.incarnation,
-            msg: SupervisorToWorker::Warm(Warm {
-                key: sh.key.clone(),
-                messages: job.messages.clone(),
-                assistant_prefix: job.text.clone(),
-            }),
-        });
+        let (slot, incarnation, key) = (sh.slot, sh.incarnation, sh.key.clone());
+        let effect = warm(job, slot, incarnation, key);
+        self.out.push(effect);
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use proto::admin::SlotState;
 use proto::client::SupervisorToClient;
 
-use crate::support::{bin, collect, cpu_slot, greedy, model, user, Sup};
+use crate::support::{collect, cpu_slot, greedy, model, npu_slot_without_runtime, user, Sup};
 
 /// `Cpus_allowed_list` of every thread of process `pid`.
 fn thread_cpu_lists(pid: u32) -> Vec<(String, String)> {
@@ -31,17 +31,7 @@ async fn the_cpu_worker_runs_on_its_configured_cores_apart_from_the_npus() {
     // CPU 0 (no runtime here: the slot is unavailable, its set still
     // counts), the CPU worker pinned to CPU 1.
     let dir = tempfile::tempdir().unwrap();
-    let rkllm = dir.path().join("model-rk3588-w8a8.rkllm");
-    std::fs::File::create(&rkllm)
-        .unwrap()
-        .set_len(1_600_000_000)
-        .unwrap();
-    let npu = format!(
-        "[slots.primary]\nbackend = \"npu\"\nmodel = \"{}\"\nworker = \"{}\"\n[slots.primary.npu]\nruntime_path = \"{}/librkllmrt.so\"\nenabled_cpus_mask = 0x1\n",
-        rkllm.display(),
-        bin("worker-npu").display(),
-        dir.path().display()
-    );
+    let npu = npu_slot_without_runtime(dir.path(), "enabled_cpus_mask = 0x1");
     let sup = Sup::start(&format!(
         "{npu}{}",
         cpu_slot("fallback", &model(), "[slots.fallback.cpu]\ncpus = \"1\"")

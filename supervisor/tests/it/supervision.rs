@@ -13,7 +13,10 @@ use proto::admin::{
 use proto::chat::Backend;
 use proto::client::SupervisorToClient;
 
-use crate::support::{bin, collect, cpu_slot, fake_slot, greedy, model, streamed_text, user, Sup};
+use crate::support::{
+    bin, collect, cpu_slot, fake_slot, greedy, model, npu_slot_without_runtime, streamed_text,
+    user, Sup,
+};
 
 /// Fast supervision timings for tests.
 const POLICY: &str = "[policy]\nheartbeat_interval_s = 0.5\nheartbeat_timeout_s = 3.0\nstall_timeout_s = 6.0\nfirst_token_timeout_s = 20.0\nstop_grace_s = 1.0\nbackoff_initial_s = 0.2\nbackoff_max_s = 1.0\nrestart_intensity = 2\nrestart_period_s = 60.0\nfailed_cooldown_s = 2.0\nfailback_hold_s = 1.0\nmemory_interval_s = 0.2\n";
@@ -357,19 +360,7 @@ async fn a_broken_primary_model_leaves_traffic_on_the_fallback() {
 async fn failover_pins_and_auto_restores_and_restart_replaces_the_worker() {
     // Primary on the NPU (no runtime on this machine: unavailable), fallback CPU.
     let dir = tempfile::tempdir().unwrap();
-    let rkllm = dir.path().join("model-rk3588-w8a8.rkllm");
-    // Sized like a real 1.5B W8A8 model (sparse: no disk used), so the only
-    // problem is the missing runtime.
-    std::fs::File::create(&rkllm)
-        .unwrap()
-        .set_len(1_600_000_000)
-        .unwrap();
-    let npu = format!(
-        "[slots.primary]\nbackend = \"npu\"\nmodel = \"{}\"\nworker = \"{}\"\n[slots.primary.npu]\nruntime_path = \"{}/librkllmrt.so\"\n",
-        rkllm.display(),
-        bin("worker-npu").display(),
-        dir.path().display()
-    );
+    let npu = npu_slot_without_runtime(dir.path(), "");
     let sup = Sup::start(&format!(
         "{POLICY}{npu}{}",
         cpu_slot("fallback", &model(), "")
