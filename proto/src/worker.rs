@@ -136,6 +136,10 @@ pub struct NpuOptions {
     pub prompt_prefix: Option<String>,
     /// Chat template text after the user's prompt; `None` = default.
     pub prompt_postfix: Option<String>,
+    /// Directory of the prompt-cache file that holds the configured system
+    /// prompt's KV (`rkllm_load_prompt_cache`), built at the first load and
+    /// loaded at every later one; `None` = no prompt cache.
+    pub prompt_cache_dir: Option<String>,
 }
 
 /// Body of [`SupervisorToWorker::Generate`].
@@ -333,6 +337,10 @@ pub struct CacheReport {
     pub evictions: u64,
     /// Conversations dropped because a profile switch changed the context size.
     pub dropped: u64,
+    /// The prompt-cache file the worker loaded for the system prompt every
+    /// request without one of its own starts with (the NPU worker); `None`
+    /// = none.
+    pub prompt_cache: Option<PromptCacheFile>,
 }
 
 impl CacheReport {
@@ -340,6 +348,18 @@ impl CacheReport {
     pub fn holds(&self, key: &str) -> bool {
         self.held.iter().any(|h| h.key == key)
     }
+}
+
+/// A prompt-cache file in use: the KV of the system prompt, saved by the
+/// runtime once and loaded at every start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptCacheFile {
+    /// Where it is.
+    pub path: String,
+    /// Tokens it holds, when the runtime reported them while saving it.
+    pub tokens: Option<u32>,
+    /// Whether this load saved it (`false`: an earlier load did).
+    pub built: bool,
 }
 
 /// One conversation in a worker's KV cache.

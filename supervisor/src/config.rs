@@ -346,6 +346,13 @@ pub struct NpuConfig {
     pub prompt_prefix: Option<String>,
     /// Chat template postfix (unset = model family default).
     pub prompt_postfix: Option<String>,
+    /// Keep the configured system prompt's KV in a prompt-cache file, saved
+    /// by the runtime at the first load and loaded at every later one, so
+    /// no request prefills it.
+    pub prompt_cache: bool,
+    /// Where that file lives (default `<state_dir>/prompt-cache`); the
+    /// worker creates the directory.
+    pub prompt_cache_dir: Option<PathBuf>,
 }
 
 impl Default for NpuConfig {
@@ -358,6 +365,8 @@ impl Default for NpuConfig {
             system_prompt: None,
             prompt_prefix: None,
             prompt_postfix: None,
+            prompt_cache: true,
+            prompt_cache_dir: None,
         }
     }
 }
@@ -660,6 +669,12 @@ impl Config {
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, ConfigError> {
         let mut config: Self = deserialize(text)?;
         config.resolve_paths(base);
+        let default_dir = config.supervisor.state_dir.join("prompt-cache");
+        for slot in config.slot_configs_mut() {
+            slot.npu
+                .prompt_cache_dir
+                .get_or_insert_with(|| default_dir.clone());
+        }
         config.validate()?;
         config.place_cpus()?;
         config.check_kv_budget()?;
@@ -724,6 +739,9 @@ impl Config {
             }
             if let Some(m) = &mut slot.fallback_model {
                 fix(m);
+            }
+            if let Some(d) = &mut slot.npu.prompt_cache_dir {
+                fix(d);
             }
             if let Some(t) = &mut slot.cpu.chat_template {
                 if let template::Setting::File(path) = template::Setting::parse(t) {
@@ -1079,6 +1097,12 @@ impl SlotConfig {
                 system_prompt: self.npu.system_prompt.clone(),
                 prompt_prefix: self.npu.prompt_prefix.clone(),
                 prompt_postfix: self.npu.prompt_postfix.clone(),
+                prompt_cache_dir: self
+                    .npu
+                    .prompt_cache_dir
+                    .as_ref()
+                    .filter(|_| self.npu.prompt_cache)
+                    .map(|d| d.to_string_lossy().into_owned()),
             }),
         };
         Load {
@@ -1118,6 +1142,28 @@ mod tests {
         Config::from_toml(text, Path::new("/etc/rocksteady"))
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn the_npu_prompt_cache_lives_in_the_state_directory_unless_moved_or_off() {
+        let npu = |extra: &str| {
+            let text = format!(
+                "[supervisor]\nstate_dir = \"/srv/rs\"\n[slots.primary]\nbackend = \"npu\"\nmodel = \"q.rkllm\"\n[slots.primary.npu]\n{extra}"
+            );
+            let c = Config::from_toml(&text, Path::new("/etc/rocksteady")).unwrap();
+            let BackendOptions::Npu(o) = c.slots.primary.load_message().backend else {
+                panic!()
+            };
+            o.prompt_cache_dir
+        };
+        assert_eq!(npu("").as_deref(), Some("/srv/rs/prompt-cache"));
+        assert_eq!(
+            npu("prompt_cache_dir = \"pc\"\n").as_deref(),
+            Some("/etc/rocksteady/pc")
+        );
+        assert_eq!(npu("prompt_cache = false\n"), None);
+        let e = err("[slots.primary]\nbackend = \"npu\"\nmodel = \"q\"\n[slots.primary.npu]\nprompt_cache = \"yes\"\n");
+        assert!(e.contains("prompt_cache"), "{e}");
     }
 
     #[test]

@@ -426,6 +426,15 @@ fn register_kv_cache(
             )
         }),
     );
+    gauges(
+        reg,
+        "kv_cache_prompt_cache_loaded",
+        "1 when a slot's worker loaded a prompt-cache file with the system prompt's KV",
+        None,
+        slots
+            .iter()
+            .map(|s| (slot(s), i64::from(s.cache.prompt_cache.is_some()))),
+    );
 }
 
 fn register_snapshot(reg: &mut Registry, snap: &Snapshot) {

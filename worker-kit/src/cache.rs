@@ -39,6 +39,7 @@ impl CacheCounters {
             reused_tokens: self.reused_tokens,
             evictions: self.evictions,
             dropped: self.dropped,
+            prompt_cache: None,
         }
     }
 }

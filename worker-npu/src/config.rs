@@ -62,6 +62,8 @@ pub struct LoadSettings {
     pub family: Family,
     /// The operator's template settings.
     pub overrides: Overrides,
+    /// Where the system prompt's prompt-cache file goes; `None` = none.
+    pub prompt_cache_dir: Option<PathBuf>,
 }
 
 impl LoadSettings {
@@ -145,6 +147,11 @@ impl LoadSettings {
                 prompt_prefix: npu.prompt_prefix.clone(),
                 prompt_postfix: npu.prompt_postfix.clone(),
             },
+            prompt_cache_dir: npu
+                .prompt_cache_dir
+                .as_deref()
+                .filter(|d| !d.trim().is_empty())
+                .map(PathBuf::from),
         })
     }
 
@@ -215,6 +222,7 @@ mod tests {
                 system_prompt: None,
                 prompt_prefix: None,
                 prompt_postfix: None,
+                prompt_cache_dir: Some("/var/lib/rocksteady/prompt-cache".into()),
             }),
         }
     }
@@ -233,6 +241,10 @@ mod tests {
         assert_eq!(s.runtime_path, PathBuf::from(DEFAULT_RUNTIME_PATH));
         assert_eq!(s.family, Family::ChatMl);
         assert_eq!(s.abi, AbiSetting::Fixed(crate::abi::Abi::V1_3));
+        assert_eq!(
+            s.prompt_cache_dir,
+            Some(PathBuf::from("/var/lib/rocksteady/prompt-cache"))
+        );
     }
 
     #[test]

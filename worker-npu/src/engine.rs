@@ -354,6 +354,54 @@ impl RunSink for GenSink {
     }
 }
 
+/// Receives the callbacks of the run that saves the prompt cache: its
+/// answer is not wanted, so the first token stops it (on 1.2.x, which has
+/// no per-run cap, with `rkllm_abort` from a thread of its own: the
+/// callback runs on the runtime's thread).
+struct PrimeSink {
+    /// The model to abort, where the run has no cap of its own.
+    model: Option<Arc<Model>>,
+    state: Mutex<PrimeState>,
+}
+
+#[derive(Default)]
+struct PrimeState {
+    perf: Option<RKLLMPerfStat>,
+    error: bool,
+    /// The first token came (and the run was stopped where needed).
+    stopped: bool,
+}
+
+impl RunSink for PrimeSink {
+    fn on_event(&self, event: RunEvent<'_>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match event {
+            RunEvent::Text { .. } => {
+                if !state.stopped {
+                    state.stopped = true;
+                    if let Some(model) = self.model.clone() {
+                        std::thread::spawn(move || {
+                            if let Err(err) = model.abort() {
+                                tracing::warn!(%err, "rkllm_abort failed");
+                            }
+                        });
+                    }
+                }
+            }
+            RunEvent::Finish(perf) => state.perf = Some(perf),
+            RunEvent::Error => state.error = true,
+            RunEvent::Unknown(_) => {}
+        }
+    }
+
+    fn on_panic(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .error = true;
+    }
+}
+
 impl Engine {
     /// The layout in use.
     pub fn abi(&self) -> Abi {
@@ -411,6 +459,72 @@ impl Engine {
             .map_err(|e| GenFailure::new(WorkerErrorKind::Engine, e.to_string()))
     }
 
+    /// Whether the runtime can save and load prompt-cache files.
+    pub fn has_prompt_cache(&self) -> bool {
+        self.model.runtime().has_prompt_cache()
+    }
+
+    /// Runs `prompt` (the slot's template around an empty user turn) once,
+    /// with the runtime saving the prompt's KV to `path`, and stops at the
+    /// first token: the file then holds the system prompt and the user
+    /// turn's opening, which every request in this template starts with.
+    /// Keeps no history.
+    /// Returns the tokens the runtime prefilled, when it reported them
+    /// (1.3.0 ends the run at its one-token cap with its figures; 1.2.x is
+    /// aborted, which reports none).
+    ///
+    /// # Errors
+    /// The runtime's failure, as text.
+    pub fn save_prompt_cache(
+        &self,
+        prompt: &RenderedPrompt,
+        path: &Path,
+    ) -> Result<Option<u32>, String> {
+        let template = &prompt.template;
+        self.model
+            .set_chat_template(
+                &template.system_prompt,
+                &template.prompt_prefix,
+                &template.prompt_postfix,
+            )
+            .map_err(|e| e.to_string())?;
+        let sink = Arc::new(PrimeSink {
+            model: (!self.caps_tokens_per_run()).then(|| Arc::clone(&self.model)),
+            state: Mutex::new(PrimeState::default()),
+        });
+        let code = self
+            .model
+            .run(
+                &prompt.input,
+                1,
+                false,
+                Some(path),
+                Arc::clone(&sink) as Arc<dyn RunSink>,
+            )
+            .map_err(|e| e.to_string())?;
+        let state = sink.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.error {
+            return Err("the runtime reported an error (RKLLM_RUN_ERROR)".into());
+        }
+        if code != 0 {
+            return Err(format!("rkllm_run failed with code {code}"));
+        }
+        Ok(state
+            .perf
+            .and_then(|p| u32::try_from(p.prefill_tokens).ok())
+            .filter(|t| *t > 0))
+    }
+
+    /// Loads the prompt-cache file at `path` into the runtime.
+    ///
+    /// # Errors
+    /// The runtime's refusal (or its lack of the function), as text.
+    pub fn load_prompt_cache(&self, path: &Path) -> Result<(), String> {
+        self.model
+            .load_prompt_cache(path)
+            .map_err(|e| e.to_string())
+    }
+
     /// Whether the runtime enforces the per-request token cap itself (1.3.0).
     pub fn caps_tokens_per_run(&self) -> bool {
         self.abi == Abi::V1_3
@@ -462,6 +576,7 @@ impl Engine {
             run.input,
             per_run_cap,
             run.keep_history,
+            None,
             Arc::clone(&sink) as Arc<dyn RunSink>,
         );
         tracing::debug!(

@@ -16,6 +16,7 @@
 //! - [`capture`]: capturing the runtime's output during init
 //! - [`chat`]: conversations rendered into the runtime's prompt and template
 //! - [`history`]: whether a request continues the runtime's KV history or clears it
+//! - [`prompt_cache`]: the prompt-cache file of the configured system prompt
 //! - [`config`]: settings from the supervisor's `Load`
 
 pub mod abi;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod engine;
 pub mod ffi;
 pub mod history;
+pub mod prompt_cache;
 pub mod worker;
 
 use std::fs::File;

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use model_check::rkllm::Platform;
 use proto::chat::{Backend, ChatMessage, FinishReason, Role};
-use proto::worker::{CacheReport, Load, WorkerErrorKind};
+use proto::worker::{CacheReport, Load, PromptCacheFile, WorkerErrorKind};
 use worker_kit::{Finish, GenFailure, Job, LoadFailure, Model, Serve, Served, TokenStream};
 
 use crate::chat;
 use crate::config::LoadSettings;
 use crate::engine::{self, Engine, RunInput};
 use crate::history::{self, Counters, Held, Plan};
+use crate::prompt_cache::{self, PromptCacheError};
 
 /// How long the end of a model waits for the runtime to let go of it (its
 /// last run and abort calls to return) before leaving it alone.
@@ -62,11 +63,13 @@ impl worker_kit::Engine for NpuEngine {
             init_ms = started.elapsed().as_millis(),
             "NPU model initialised"
         );
+        let prompt_cache = prepare_prompt_cache(&engine, &report);
         let mut model = NpuModel {
             engine,
             held: None,
             dirty: false,
             counters: self.counters,
+            prompt_cache,
         };
         let served = serve.serve(report.model, &mut model);
         // A new model (a profile switch) starts with an empty cache.
@@ -87,6 +90,68 @@ impl worker_kit::Engine for NpuEngine {
     }
 }
 
+/// Loads (or first saves) the prompt-cache file of the slot's system
+/// prompt, when the slot has a directory for it. Without one the worker
+/// serves as before: the cache only saves prefill time.
+fn prepare_prompt_cache(engine: &Engine, report: &engine::LoadReport) -> Option<PromptCacheFile> {
+    let settings = engine.settings();
+    let dir = settings.prompt_cache_dir.as_ref()?;
+    let started = Instant::now();
+    // The slot's template around an empty user turn: what every request
+    // without a system message of its own starts with.
+    let prompt = chat::render(
+        settings.family,
+        &settings.overrides,
+        &[ChatMessage::new(Role::User, "")],
+        "",
+    )
+    .ok()?;
+    let meta = std::fs::metadata(&settings.model_path).ok();
+    // The version the runtime logged, else the one read from the library.
+    let version = report.init.runtime_version.clone().or_else(|| {
+        report
+            .runtime_version
+            .as_ref()
+            .map(std::string::ToString::to_string)
+    });
+    let runtime = format!(
+        "{} ({})",
+        report.abi,
+        version.as_deref().unwrap_or("version unknown")
+    );
+    let id = prompt_cache::Identity {
+        model: &settings.model_path,
+        model_size: meta.as_ref().map_or(0, std::fs::Metadata::len),
+        model_mtime: meta
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs()),
+        runtime: &runtime,
+        context: settings.context_size(),
+        prompt: &prompt,
+    };
+    match prompt_cache::prepare(engine, dir, &id) {
+        Ok(file) => {
+            tracing::info!(
+                file = %file.path,
+                tokens = file.tokens,
+                saved_now = file.built,
+                elapsed_ms = started.elapsed().as_millis(),
+                "system prompt loaded from its prompt-cache file"
+            );
+            Some(file)
+        }
+        Err(err @ PromptCacheError::Unsupported) => {
+            tracing::info!("{err}; serving without a prompt cache");
+            None
+        }
+        Err(err) => {
+            tracing::warn!("{err}; serving without a prompt cache");
+            None
+        }
+    }
+}
+
 struct NpuModel {
     engine: Engine,
     /// The conversation the runtime's KV cache holds.
@@ -95,6 +160,8 @@ struct NpuModel {
     /// history but did not end cleanly): cleared before the next run.
     dirty: bool,
     counters: Counters,
+    /// The system prompt's prompt-cache file the runtime loaded.
+    prompt_cache: Option<PromptCacheFile>,
 }
 
 impl Model for NpuModel {
@@ -178,6 +245,9 @@ impl Model for NpuModel {
     }
 
     fn cache(&self) -> CacheReport {
-        history::report(self.held.as_ref(), &self.counters)
+        CacheReport {
+            prompt_cache: self.prompt_cache.clone(),
+            ..history::report(self.held.as_ref(), &self.counters)
+        }
     }
 }

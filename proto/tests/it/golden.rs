@@ -18,8 +18,8 @@ use proto::frame::{decode, encode};
 use proto::hello::Hello;
 use proto::worker::{
     BackendOptions, CacheReport, CpuOptions, Generate, Heartbeat, HeldConversation, KvCacheType,
-    Load, ModelFacts, Profile, Ready, SupervisorToWorker, Warm, WorkerDone, WorkerToSupervisor,
-    WorkerToken,
+    Load, ModelFacts, NpuOptions, Profile, PromptCacheFile, Ready, SupervisorToWorker, Warm,
+    WorkerDone, WorkerToSupervisor, WorkerToken,
 };
 use proto::PeerRole;
 use serde::{de::DeserializeOwned, Serialize};
@@ -174,6 +174,31 @@ fn worker_messages() {
         }),
     );
     check(
+        "worker_load_npu",
+        &SupervisorToWorker::Load(Load {
+            model_path: "/var/lib/rocksteady/models/q.rkllm".into(),
+            profile: Profile {
+                name: "default".into(),
+                context_size: 4096,
+                batch_size: 512,
+                threads: 0,
+                kv_cache_type: KvCacheType::F16,
+                flash_attention: false,
+                max_new_tokens: 512,
+            },
+            backend: BackendOptions::Npu(NpuOptions {
+                runtime_path: "/usr/lib/librkllmrt.so".into(),
+                abi: "auto".into(),
+                enabled_cpus_mask: 0xF0,
+                base_domain_id: 0,
+                system_prompt: Some("You are terse.".into()),
+                prompt_prefix: None,
+                prompt_postfix: None,
+                prompt_cache_dir: Some("/var/lib/rocksteady/prompt-cache".into()),
+            }),
+        }),
+    );
+    check(
         "worker_generate",
         &SupervisorToWorker::Generate(Generate {
             request_id: 9,
@@ -252,6 +277,11 @@ fn cache_report() -> CacheReport {
         reused_tokens: 900,
         evictions: 0,
         dropped: 0,
+        prompt_cache: Some(PromptCacheFile {
+            path: "/var/lib/rocksteady/prompt-cache/qwen.0123456789abcdef.prompt-cache".into(),
+            tokens: Some(57),
+            built: false,
+        }),
     }
 }
 

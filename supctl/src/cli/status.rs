@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use proto::admin::{Routing, StatusReport};
-use proto::worker::CacheReport;
+use proto::worker::{CacheReport, PromptCacheFile};
 
 fn mib(kb: Option<u64>) -> String {
     kb.map_or_else(|| "-".into(), |kb| format!("{}", (kb + 512) / 1024))
@@ -75,6 +75,9 @@ pub fn render(r: &StatusReport) -> String {
         }
         if let Some(line) = cache_line(&s.cache) {
             let _ = writeln!(out, "          kv cache: {line}");
+        }
+        if let Some(p) = &s.cache.prompt_cache {
+            let _ = writeln!(out, "          prompt cache: {}", prompt_cache_line(p));
         }
         let _ = writeln!(
             out,
@@ -195,6 +198,22 @@ fn cache_line(c: &CacheReport) -> Option<String> {
         c.evictions,
         c.dropped
     ))
+}
+
+/// The prompt-cache line: the system prompt's KV file the worker loaded.
+fn prompt_cache_line(p: &PromptCacheFile) -> String {
+    format!(
+        "system prompt{} in {} ({})",
+        p.tokens
+            .map(|t| format!(" ({t} tokens)"))
+            .unwrap_or_default(),
+        p.path,
+        if p.built {
+            "saved at this load"
+        } else {
+            "saved by an earlier load"
+        }
+    )
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -335,11 +354,34 @@ mod tests {
             reused_tokens: 900,
             evictions: 2,
             dropped: 1,
+            prompt_cache: None,
         };
         let line = cache_line(&c).unwrap();
         assert_eq!(
             line,
             "1 of 4 conversations held (300 tokens; 45 MiB KV per sequence) · hits 3 · misses 1 · reused 900 tokens · evictions 2 · dropped by profile switches 1"
+        );
+    }
+
+    #[test]
+    fn the_prompt_cache_line_says_what_the_file_holds_and_who_saved_it() {
+        let p = PromptCacheFile {
+            path: "/s/prompt-cache/q.0a.prompt-cache".into(),
+            tokens: Some(57),
+            built: true,
+        };
+        assert_eq!(
+            prompt_cache_line(&p),
+            "system prompt (57 tokens) in /s/prompt-cache/q.0a.prompt-cache (saved at this load)"
+        );
+        let p = PromptCacheFile {
+            tokens: None,
+            built: false,
+            ..p
+        };
+        assert_eq!(
+            prompt_cache_line(&p),
+            "system prompt in /s/prompt-cache/q.0a.prompt-cache (saved by an earlier load)"
         );
     }
 }

@@ -182,6 +182,7 @@ impl Slot {
             reused_tokens: before.reused_tokens + now.reused_tokens,
             evictions: before.evictions + now.evictions,
             dropped: before.dropped + now.dropped,
+            prompt_cache: now.prompt_cache.clone(),
         }
     }
 

@@ -287,6 +287,7 @@ fn holding(keys: &[&str], hits: u64) -> CacheReport {
         reused_tokens: 30 * hits,
         evictions: 0,
         dropped: 0,
+        prompt_cache: None,
     }
 }
 

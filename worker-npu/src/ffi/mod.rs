@@ -72,6 +72,12 @@ pub enum FfiError {
     /// A run was asked for while another run of the same model is in progress.
     #[error("a generation is already running on this model")]
     Busy,
+    /// An optional function the runtime does not export.
+    #[error("the NPU runtime does not export {function}")]
+    Unsupported {
+        /// The function.
+        function: &'static str,
+    },
 }
 
 /// Functions with the same signature in every supported release.
@@ -81,6 +87,10 @@ struct Common {
     destroy: raw::common::Destroy,
     set_chat_template: raw::common::SetChatTemplate,
     clear_kv_cache: raw::common::ClearKvCache,
+    /// Every supported release exports these; a runtime without them only
+    /// goes without the prompt cache.
+    load_prompt_cache: Option<raw::common::LoadPromptCache>,
+    release_prompt_cache: Option<raw::common::ReleasePromptCache>,
 }
 
 /// Functions whose signature depends on the layout.
@@ -159,6 +169,8 @@ impl Runtime {
                 destroy: lookup.get("rkllm_destroy")?,
                 set_chat_template: lookup.get("rkllm_set_chat_template")?,
                 clear_kv_cache: lookup.get("rkllm_clear_kv_cache")?,
+                load_prompt_cache: lookup.get("rkllm_load_prompt_cache").ok(),
+                release_prompt_cache: lookup.get("rkllm_release_prompt_cache").ok(),
             }
         };
         // SAFETY: as above, with the types of the layout chosen by `abi`
@@ -194,6 +206,11 @@ impl Runtime {
     /// The library's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the runtime exports the prompt-cache functions.
+    pub fn has_prompt_cache(&self) -> bool {
+        self.common.load_prompt_cache.is_some() && self.common.release_prompt_cache.is_some()
     }
 }
 
@@ -536,6 +553,8 @@ impl Model {
     /// elsewhere the init value applies. With `keep_history` the runtime
     /// keeps the KV cache of this run (prompt and answer) and the next run's
     /// prompt continues it; without, each prompt is a whole conversation.
+    /// With `save_prompt_cache` the runtime saves this run's prompt KV to
+    /// that file (for [`load_prompt_cache`](Self::load_prompt_cache)).
     ///
     /// Returns `rkllm_run`'s return code.
     ///
@@ -547,10 +566,24 @@ impl Model {
         prompt: &str,
         max_new_tokens: i32,
         keep_history: bool,
+        save_prompt_cache: Option<&Path>,
         sink: Arc<dyn RunSink>,
     ) -> Result<i32, FfiError> {
         let keep_history = c_int::from(keep_history);
         let prompt = CString::new(prompt).map_err(|_| FfiError::Nul { what: "the prompt" })?;
+        let save_path = save_prompt_cache
+            .map(|p| {
+                CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| FfiError::Nul {
+                    what: "the prompt-cache path",
+                })
+            })
+            .transpose()?;
+        // Lives until the run returns, like the path it points to.
+        let mut cache_param = save_path.as_ref().map(|path| raw::RKLLMPromptCacheParam {
+            save_prompt_cache: 1,
+            prompt_cache_path: path.as_ptr(),
+        });
+        let cache_ptr = cache_param.as_mut().map_or(ptr::null_mut(), ptr::from_mut);
         let _guard = self.run_lock.try_lock().map_err(|_| FfiError::Busy)?;
         set_active_sink(Some(sink));
         let role = c"user";
@@ -567,12 +600,13 @@ impl Model {
                 let mut infer = raw::v1_2::RKLLMInferParam {
                     mode: raw::RKLLM_INFER_GENERATE,
                     lora_params: ptr::null_mut(),
-                    prompt_cache_params: ptr::null_mut(),
+                    prompt_cache_params: cache_ptr,
                     keep_history,
                 };
                 // SAFETY: a live handle; input and infer are valid 1.2 layouts
-                // whose pointers (role, prompt) outlive the blocking call;
-                // runs are serialised by `run_lock`.
+                // whose pointers (role, prompt, the prompt-cache struct and
+                // its path) outlive the blocking call; runs are serialised by
+                // `run_lock`.
                 unsafe {
                     run(
                         self.handle.as_ptr(),
@@ -594,7 +628,7 @@ impl Model {
                 let mut infer = raw::v1_3::RKLLMInferParam {
                     mode: raw::RKLLM_INFER_GENERATE,
                     lora_params: ptr::null_mut(),
-                    prompt_cache_params: ptr::null_mut(),
+                    prompt_cache_params: cache_ptr,
                     sampling_params: ptr::null_mut(),
                     keep_history,
                     max_new_tokens: max_new_tokens.max(0),
@@ -638,6 +672,59 @@ impl Model {
                 function: "rkllm_clear_kv_cache",
                 code,
             })
+        }
+    }
+
+    /// Loads the prompt-cache file at `path` (`rkllm_load_prompt_cache`):
+    /// later runs whose prompt starts with the prompt it was saved from skip
+    /// prefilling that part.
+    ///
+    /// # Errors
+    /// [`FfiError::Unsupported`] when the runtime lacks the function,
+    /// [`FfiError::Nul`], [`FfiError::Busy`] during a run, or the runtime's
+    /// failure code (a file it does not accept).
+    pub fn load_prompt_cache(&self, path: &Path) -> Result<(), FfiError> {
+        let function = "rkllm_load_prompt_cache";
+        let load = self
+            .runtime
+            .common
+            .load_prompt_cache
+            .ok_or(FfiError::Unsupported { function })?;
+        let path =
+            CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| FfiError::Nul {
+                what: "the prompt-cache path",
+            })?;
+        let _guard = self.run_lock.try_lock().map_err(|_| FfiError::Busy)?;
+        // SAFETY: a live handle, no run in progress (run_lock), and a
+        // NUL-terminated path that outlives the call (the runtime reads the
+        // file during it).
+        let code = unsafe { load(self.handle.as_ptr(), path.as_ptr()) };
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(FfiError::Call { function, code })
+        }
+    }
+
+    /// Frees the loaded prompt cache (`rkllm_release_prompt_cache`).
+    ///
+    /// # Errors
+    /// [`FfiError::Unsupported`], [`FfiError::Busy`] during a run, or the
+    /// runtime's failure code.
+    pub fn release_prompt_cache(&self) -> Result<(), FfiError> {
+        let function = "rkllm_release_prompt_cache";
+        let release = self
+            .runtime
+            .common
+            .release_prompt_cache
+            .ok_or(FfiError::Unsupported { function })?;
+        let _guard = self.run_lock.try_lock().map_err(|_| FfiError::Busy)?;
+        // SAFETY: a live handle and no run in progress (run_lock).
+        let code = unsafe { release(self.handle.as_ptr()) };
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(FfiError::Call { function, code })
         }
     }
 

@@ -135,10 +135,15 @@ pub struct RKLLMLoraParam {
     _opaque: [u8; 0],
 }
 
-/// An opaque `RKLLMPromptCacheParam` (only ever passed as null).
+/// `RKLLMPromptCacheParam` (16 bytes, the same in 1.2.1 to 1.3.0): a run
+/// given one with `save_prompt_cache` set saves its prompt's KV to the file.
 #[repr(C)]
+#[derive(Debug, Clone, Copy)]
 pub struct RKLLMPromptCacheParam {
-    _opaque: [u8; 0],
+    /// Non-zero: save the prompt cache of this run.
+    pub save_prompt_cache: c_int,
+    /// The file to save it to.
+    pub prompt_cache_path: *const c_char,
 }
 
 /// Functions every supported release exports with the same signature.
@@ -156,6 +161,11 @@ pub mod common {
         start_pos: *mut c_int,
         end_pos: *mut c_int,
     ) -> c_int;
+    /// `int rkllm_load_prompt_cache(LLMHandle, const char* prompt_cache_path)`.
+    pub type LoadPromptCache =
+        unsafe extern "C" fn(handle: LLMHandle, prompt_cache_path: *const c_char) -> c_int;
+    /// `int rkllm_release_prompt_cache(LLMHandle)`.
+    pub type ReleasePromptCache = unsafe extern "C" fn(handle: LLMHandle) -> c_int;
     /// `int rkllm_set_chat_template(LLMHandle, const char*, const char*, const char*)`.
     pub type SetChatTemplate = unsafe extern "C" fn(
         handle: LLMHandle,

@@ -34,6 +34,15 @@
  * rkllm_clear_kv_cache, sees only its own prompt. run_seen records what a run
  * saw, run_history_chars how much of it came from the cache.
  *   RKLLM_LOG_LEVEL          >= 1: log version, model facts (as the real runtime does)
+ *   FAKE_RKLLM_PROMPT_CACHE  normal | no_save (a run asked to save the prompt
+ *                            cache writes nothing) | refuse (every load fails)
+ *
+ * The prompt cache is modelled as text too: a run given RKLLMPromptCacheParam
+ * with save_prompt_cache writes its full prompt to the file (with a header
+ * naming the model) once prefilled; rkllm_load_prompt_cache reads such a file
+ * back (refusing anything else, or another model's), and a later run without
+ * history prefills only what follows the longest common prefix of its prompt
+ * with the loaded one (run_prompt_cache_chars).
  *
  * Continuation: when the full prompt (system + prefix + input + postfix) ends
  * with the start of the script, only the rest of the script is streamed, as a
@@ -166,7 +175,11 @@ typedef struct {
 } RKLLMInput;
 
 typedef struct RKLLMLoraParam RKLLMLoraParam;
-typedef struct RKLLMPromptCacheParam RKLLMPromptCacheParam;
+
+typedef struct {
+    int save_prompt_cache;
+    const char *prompt_cache_path;
+} RKLLMPromptCacheParam;
 
 typedef struct {
     RKLLMInferMode mode;
@@ -226,6 +239,8 @@ _Static_assert(sizeof(RKLLMResult) == 72, "RKLLMResult");
 _Static_assert(offsetof(RKLLMResult, perf) == 48, "RKLLMResult.perf");
 _Static_assert(offsetof(RKLLMInput, input_type) == 12, "RKLLMInput.input_type");
 _Static_assert(offsetof(RKLLMInput, prompt_input) == 16, "RKLLMInput union");
+_Static_assert(sizeof(RKLLMPromptCacheParam) == 16, "RKLLMPromptCacheParam");
+_Static_assert(offsetof(RKLLMPromptCacheParam, prompt_cache_path) == 8, "prompt_cache_path");
 #if RKLLM_ABI == 12
 _Static_assert(sizeof(RKLLMParam) == 208, "RKLLMParam 1.2");
 _Static_assert(offsetof(RKLLMParam, is_async) == 57, "is_async 1.2");
@@ -254,6 +269,7 @@ typedef struct {
     char *prompt_prefix;
     char *prompt_postfix;
     char *history; /* the KV cache, as text; NULL when empty */
+    char *prompt_cache; /* the loaded prompt cache, as text; NULL when none */
     atomic_int abort_requested;
 } FakeModel;
 
@@ -562,6 +578,30 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
     record_fmt("run_history_chars", "%zu", cached_len);
     if (!infer->keep_history) forget_history(m);
 
+    /* A loaded prompt cache spares the prefill of the prompt's start that it
+     * holds (a run continuing its history has that in the history already). */
+    size_t prompt_cache_chars = 0;
+    if (!from_cache && m->prompt_cache) {
+        const char *a = full, *b = m->prompt_cache;
+        while (*a && *a == *b) a++, b++;
+        prompt_cache_chars = (size_t)(a - full);
+    }
+    record_fmt("run_prompt_cache_chars", "%zu", prompt_cache_chars);
+    if (infer->prompt_cache_params && infer->prompt_cache_params->save_prompt_cache) {
+        const char *path = infer->prompt_cache_params->prompt_cache_path;
+        record_str("prompt_cache_save", path);
+        if (!path || strcmp(env_or("FAKE_RKLLM_PROMPT_CACHE", "normal"), "no_save") != 0) {
+            FILE *f = path ? fopen(path, "wb") : NULL;
+            if (!f) {
+                fprintf(stderr, "E rkllm: cannot save the prompt cache to %s\n", path ? path : "(null)");
+                free(full);
+                return -1;
+            }
+            fprintf(f, "FAKE-RKLLM-PROMPT-CACHE 1\n%s\n%s", m->model_path, full);
+            fclose(f);
+        }
+    }
+
     if (m->max_context_len > env_long("FAKE_RKLLM_CONTEXT_LIMIT", 4096)) {
         /* What older runtimes did after accepting a context above the model's limit. */
         fprintf(stderr, "E rkllm: context buffer overflow\n");
@@ -642,7 +682,7 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
     memset(&perf, 0, sizeof perf);
     perf.prefill_time_ms = 12.5f;
     /* Only what the cache did not hold is prefilled. */
-    perf.prefill_tokens = (int)((full_len - cached_len) / 4) + 1;
+    perf.prefill_tokens = (int)((full_len - (from_cache ? cached_len : prompt_cache_chars)) / 4) + 1;
     if (infer->keep_history) keep_history(m, full, script, start, pos);
     perf.generate_time_ms = (float)(now_ms() - t0);
     perf.generate_tokens = pieces;
@@ -688,6 +728,51 @@ int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt, int *start_po
     return 0;
 }
 
+int rkllm_load_prompt_cache(LLMHandle handle, const char *prompt_cache_path) {
+    FakeModel *m = handle;
+    if (!m || !prompt_cache_path) return -1;
+    record_str("prompt_cache_load", prompt_cache_path);
+    FILE *f = fopen(prompt_cache_path, "rb");
+    char *text = NULL;
+    size_t len = 0;
+    if (f) {
+        fseek(f, 0, SEEK_END);
+        long n = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        if (n >= 0 && (text = malloc((size_t)n + 1))) {
+            len = fread(text, 1, (size_t)n, f);
+            text[len] = '\0';
+        }
+        fclose(f);
+    }
+    /* The header, then this model's path on a line of its own. */
+    const char *magic = "FAKE-RKLLM-PROMPT-CACHE 1\n";
+    size_t mlen = strlen(magic), plen = strlen(m->model_path);
+    bool ok = text && len > mlen + plen && memcmp(text, magic, mlen) == 0 &&
+              memcmp(text + mlen, m->model_path, plen) == 0 && text[mlen + plen] == '\n' &&
+              strcmp(env_or("FAKE_RKLLM_PROMPT_CACHE", "normal"), "refuse") != 0;
+    if (!ok) {
+        fprintf(stderr, "E rkllm: failed to load prompt cache from %s\n", prompt_cache_path);
+        record_fmt("prompt_cache_refused", "1");
+        free(text);
+        return -1;
+    }
+    free(m->prompt_cache);
+    m->prompt_cache = strdup(text + mlen + plen + 1);
+    free(text);
+    record_fmt("prompt_cache_loaded_chars", "%zu", strlen(m->prompt_cache));
+    return 0;
+}
+
+int rkllm_release_prompt_cache(LLMHandle handle) {
+    FakeModel *m = handle;
+    if (!m) return -1;
+    record_fmt("prompt_cache_released", "1");
+    free(m->prompt_cache);
+    m->prompt_cache = NULL;
+    return 0;
+}
+
 int rkllm_destroy(LLMHandle handle) {
     FakeModel *m = handle;
     record_fmt("destroy", "1");
@@ -697,6 +782,7 @@ int rkllm_destroy(LLMHandle handle) {
     free(m->prompt_prefix);
     free(m->prompt_postfix);
     free(m->history);
+    free(m->prompt_cache);
     free(m);
     return 0;
 }

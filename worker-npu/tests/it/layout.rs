@@ -5,8 +5,8 @@
 use std::mem::{align_of, offset_of, size_of};
 
 use worker_npu::ffi::raw::{
-    self, v1_2, v1_3, RKLLMEmbedInput, RKLLMExtendParam, RKLLMPerfStat, RKLLMResult,
-    RKLLMResultLastHiddenLayer, RKLLMResultLogits, RKLLMTokenInput,
+    self, v1_2, v1_3, RKLLMEmbedInput, RKLLMExtendParam, RKLLMPerfStat, RKLLMPromptCacheParam,
+    RKLLMResult, RKLLMResultLastHiddenLayer, RKLLMResultLogits, RKLLMTokenInput,
 };
 
 #[test]
@@ -32,6 +32,10 @@ fn shared_structs() {
     assert_eq!(offset_of!(RKLLMResultLogits, vocab_size), 8);
     assert_eq!(size_of::<RKLLMEmbedInput>(), 16);
     assert_eq!(size_of::<RKLLMTokenInput>(), 16);
+    // rkllm.h of 1.2.1 to 1.3.0: { int save_prompt_cache; const char* prompt_cache_path; }.
+    assert_eq!(size_of::<RKLLMPromptCacheParam>(), 16);
+    assert_eq!(offset_of!(RKLLMPromptCacheParam, save_prompt_cache), 0);
+    assert_eq!(offset_of!(RKLLMPromptCacheParam, prompt_cache_path), 8);
     assert_eq!(offset_of!(RKLLMTokenInput, n_tokens), 8);
 
     assert_eq!(size_of::<RKLLMResult>(), 72);

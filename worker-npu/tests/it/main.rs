@@ -9,5 +9,6 @@ mod conversation;
 mod failures;
 mod history;
 mod layout;
+mod prompt_cache;
 mod support;
 mod through_supervisor;

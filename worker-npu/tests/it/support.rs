@@ -229,6 +229,7 @@ pub fn npu_load(model: &Path, runtime: &str, abi: &str) -> Load {
             system_prompt: None,
             prompt_prefix: None,
             prompt_postfix: None,
+            prompt_cache_dir: None,
         }),
     }
 }

@@ -487,7 +487,12 @@ async fn a_request_on_the_npu_streams_the_scripted_text_exactly() {
     assert_eq!(done.stats.generated_tokens as usize, pieces.len());
     // The runtime did split characters (WAITING callbacks); the client still
     // got only whole characters, each in one token.
-    let waiting: usize = npu.values("run_waiting_pieces")[0].parse().unwrap();
+    let waiting: usize = npu
+        .values("run_waiting_pieces")
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(
         waiting >= 2,
         "the script should split characters: {waiting}"
@@ -498,10 +503,23 @@ async fn a_request_on_the_npu_streams_the_scripted_text_exactly() {
             "{c} not whole in one token: {pieces:?}"
         );
     }
-    // The question reached the runtime, once, in the worker that was started.
+    // The question reached the runtime, once, in the worker that was started,
+    // after the run that saved the system prompt's prompt cache (an empty
+    // user turn) in the state directory, which the question then reused.
     let prompts = npu.values("run_prompt");
-    assert_eq!(prompts.len(), 1);
-    assert!(prompts[0].contains("Please say hello."), "{prompts:?}");
+    assert_eq!(prompts.len(), 2, "{prompts:?}");
+    assert_eq!(prompts[0], "");
+    assert!(prompts[1].contains("Please say hello."), "{prompts:?}");
+    let saved = npu.values("prompt_cache_save");
+    assert_eq!(saved.len(), 1);
+    assert!(saved[0].contains("/prompt-cache/"), "{saved:?}");
+    let reused: usize = npu
+        .values("run_prompt_cache_chars")
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reused > 0);
     assert_eq!(npu.values("abi"), ["1.3"]);
     let slot = sup
         .wait_state("primary", SlotState::Ready, Duration::from_secs(5))
@@ -658,6 +676,11 @@ async fn cancel_and_disconnect_reach_rkllm_abort_and_the_slot_serves_on() {
         .await
         .pid;
     let pieces = SCRIPT.len().div_ceil(CHUNK);
+    // The 1.2 runtime has no per-run cap: the run that saved the prompt
+    // cache at load was stopped with an abort of its own.
+    let primed = npu.values("abort").len();
+    assert_eq!(primed, 1);
+    let primed_runs = npu.values("run_aborted_after").len();
 
     // Cancel.
     let mut client = sup.client().await;
@@ -672,11 +695,12 @@ async fn cancel_and_disconnect_reach_rkllm_abort_and_the_slot_serves_on() {
         panic!("{events:?}")
     };
     assert_eq!(e.kind, ErrorKind::Cancelled);
-    npu.wait_values("abort", 1, Duration::from_secs(5)).await;
-    let after = npu
-        .wait_values("run_aborted_after", 1, Duration::from_secs(5))
+    npu.wait_values("abort", primed + 1, Duration::from_secs(5))
         .await;
-    let after: usize = after[0].parse().unwrap();
+    let after = npu
+        .wait_values("run_aborted_after", primed_runs + 1, Duration::from_secs(5))
+        .await;
+    let after: usize = after[primed_runs].parse().unwrap();
     assert!(after < pieces, "the run went on to the end: {after}");
     sup.wait_state("primary", SlotState::Ready, Duration::from_secs(5))
         .await;
@@ -689,8 +713,9 @@ async fn cancel_and_disconnect_reach_rkllm_abort_and_the_slot_serves_on() {
         .unwrap();
     tokens(&mut client, 2).await;
     drop(client);
-    npu.wait_values("abort", 2, Duration::from_secs(5)).await;
-    npu.wait_values("run_aborted_after", 2, Duration::from_secs(5))
+    npu.wait_values("abort", primed + 2, Duration::from_secs(5))
+        .await;
+    npu.wait_values("run_aborted_after", primed_runs + 2, Duration::from_secs(5))
         .await;
     let slot = sup
         .wait_state("primary", SlotState::Ready, Duration::from_secs(5))
@@ -709,7 +734,7 @@ async fn cancel_and_disconnect_reach_rkllm_abort_and_the_slot_serves_on() {
         panic!("{events:?}")
     };
     assert_eq!(done.text, SCRIPT);
-    assert_eq!(npu.values("abort").len(), 2);
+    assert_eq!(npu.values("abort").len(), primed + 2);
     assert_eq!(npu.init_pids().len(), 1);
     assert_eq!(sup.slot("primary").await.pid, pid);
     sup.stop().await;
@@ -906,23 +931,53 @@ async fn restarts_never_run_two_npu_workers_at_once_and_stop_them_in_order() {
 
     // Each stop was orderly (SIGTERM is a shutdown request to the worker):
     // the running generation aborted, the model destroyed, before the
-    // process ended.
+    // process ended. The first worker saved the system prompt's prompt
+    // cache (one run); the ones after it loaded that file instead.
     let lives = npu.lives();
     let keys = |life: &[(String, String)]| -> Vec<String> {
         life.iter()
             .map(|(k, _)| k.clone())
-            .filter(|k| ["init", "run_prompt", "abort", "destroy"].contains(&k.as_str()))
+            .filter(|k| {
+                [
+                    "init",
+                    "run_prompt",
+                    "prompt_cache_save",
+                    "prompt_cache_load",
+                    "abort",
+                    "destroy",
+                ]
+                .contains(&k.as_str())
+            })
             .collect()
     };
-    assert_eq!(keys(&lives[0]), ["init", "destroy"], "the idle worker");
+    assert_eq!(
+        keys(&lives[0]),
+        [
+            "init",
+            "run_prompt",
+            "prompt_cache_save",
+            "prompt_cache_load",
+            "destroy"
+        ],
+        "the idle worker"
+    );
     assert_eq!(
         keys(&lives[1]),
-        ["init", "run_prompt", "abort", "destroy"],
+        [
+            "init",
+            "prompt_cache_load",
+            "run_prompt",
+            "abort",
+            "destroy"
+        ],
         "the streaming worker"
     );
     assert!(lives[1].iter().any(|(k, _)| k == "run_aborted_after"));
     sup.stop().await;
     // And so was the supervisor's own shutdown.
     let lives = npu.lives();
-    assert_eq!(keys(&lives[2]), ["init", "run_prompt", "destroy"]);
+    assert_eq!(
+        keys(&lives[2]),
+        ["init", "prompt_cache_load", "run_prompt", "destroy"]
+    );
 }
