@@ -526,6 +526,10 @@ async fn a_request_on_the_npu_streams_the_scripted_text_exactly() {
         .await;
     assert_eq!((slot.requests_served, slot.restarts), (1, 0));
     assert_eq!(npu.init_pids(), [slot.pid.unwrap()]);
+    // Status names the prompt-cache file the worker saved and uses.
+    let file = slot.cache.prompt_cache.expect("the prompt cache in status");
+    assert_eq!(npu.values("prompt_cache_load"), [file.path.clone()]);
+    assert!(file.built);
     sup.stop().await;
 }
 
