@@ -23,7 +23,9 @@ use twilight_util::builder::command::{CommandBuilder, StringBuilder};
 use crate::access::{check_allowed, NoticeBudget, Origin, SeenIds, UserLimits, UserPermit};
 use crate::admin::{fetch_status, format_cluster, format_status};
 use crate::config::Config;
-use crate::context::{self, clean_prompt, node_of, parent_of, Budget, Fetch, Node, NodeCache};
+use crate::context::{
+    self, clean_prompt, node_of, parent_of, Budget, Fetch, Node, NodeCache, Windows,
+};
 use crate::link::SupervisorLink;
 use crate::pacer::Pacer;
 use crate::render::{AnswerState, SUPERVISOR_DOWN};
@@ -55,6 +57,8 @@ pub struct Bot {
     pub limits: UserLimits,
     /// Message nodes for context.
     pub cache: NodeCache,
+    /// Where long reply chains' context windows start.
+    pub windows: Windows,
     /// Cancelled when the gateway stops.
     pub shutdown: CancellationToken,
     seen: Mutex<SeenIds>,
@@ -187,6 +191,7 @@ impl Bot {
                 config.user_rate_window_secs,
             ))),
             cache: NodeCache::new(config.context_cache_size),
+            windows: Windows::new(config.context_cache_size),
             seen: Mutex::new(SeenIds::new(SEEN_CAPACITY)),
             me: OnceLock::new(),
             commands_registered: OnceLock::new(),
@@ -389,6 +394,7 @@ impl Bot {
         };
         let context = context::build(
             &self.cache,
+            &self.windows,
             &fetcher,
             &prompt,
             parent_of(&message),

@@ -2,6 +2,16 @@
 //! messages back, within a message and character budget, the bot's messages
 //! as assistant turns and everyone else's as user turns. Message nodes are
 //! kept in a bounded cache so a chain is fetched from Discord once.
+//!
+//! A chain longer than the budget is cut in windows, not one message at a
+//! time: when a walk runs over the budget, the context starts again at the
+//! newest messages that fit in half of it, and that message is remembered
+//! as the start of the chain's window ([`Windows`]). The next turns walk
+//! back only to it while they fit, so their prompts keep the same start
+//! (and the same conversation key, the start's id): the worker reuses the
+//! KV cache of the turns before instead of prefilling a prompt that shifts
+//! by one message every turn. Only the turn that opens a new window starts
+//! cold.
 
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
@@ -85,6 +95,39 @@ impl NodeCache {
     }
 }
 
+/// The messages where long chains' context windows start, by id (bounded,
+/// least recently used first out: a forgotten start only means the next
+/// turn of that chain opens a new window).
+#[derive(Debug)]
+pub struct Windows {
+    inner: Mutex<LruCache<u64, ()>>,
+}
+
+impl Windows {
+    /// Remembers up to `capacity` window starts (at least one).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
+        Self {
+            inner: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    fn starts_at(&self, id: u64) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .is_some()
+    }
+
+    fn start_at(&self, id: u64) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .put(id, ());
+    }
+}
+
 /// Removes mentions of the bot from a user's message.
 pub fn clean_prompt(content: &str, me: Id<UserMarker>) -> String {
     content
@@ -136,10 +179,10 @@ pub struct Context {
     pub turns: Vec<ChatMessage>,
     /// Earlier messages were left out because of the budget (or could not be read).
     pub truncated: bool,
-    /// The oldest message the walk reached (the chain's root when nothing
-    /// was left out), `None` for a message that replies to nothing. Its id
-    /// names the conversation, so each turn of a chain goes to the worker
-    /// that holds the chain's KV cache.
+    /// The oldest message in the context: the chain's root when nothing
+    /// was left out, else the start of its window; `None` for a message
+    /// that replies to nothing. Its id names the conversation, so each turn
+    /// of a chain goes to the worker that holds the chain's KV cache.
     pub root: Option<u64>,
 }
 
@@ -162,24 +205,44 @@ pub trait Fetch {
     ) -> impl std::future::Future<Output = Option<Node>> + Send;
 }
 
+/// Why a walk ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// At the chain's root: nothing left out.
+    Root,
+    /// At the start of the chain's window.
+    Window,
+    /// Over the budget.
+    Budget,
+    /// At a message that could not be read.
+    Unreadable,
+}
+
+/// The characters a node takes from the budget.
+fn node_chars(node: &Node) -> usize {
+    node.content.chars().count() + node.prompt.as_ref().map_or(0, |p| p.chars().count())
+}
+
 /// Walks back from `parent` (what the new message replies to), starting with
-/// the new user turn `prompt`.
+/// the new user turn `prompt`, to the chain's root or the start of its
+/// window in `windows`; a walk over the `budget` opens a new window with
+/// the newest messages that fit in half of it.
 pub async fn build<F: Fetch>(
     cache: &NodeCache,
+    windows: &Windows,
     fetcher: &F,
     prompt: &str,
     parent: Option<(u64, u64)>,
     budget: Budget,
 ) -> Context {
-    let mut turns_rev = vec![ChatMessage::new(Role::User, prompt)];
-    let mut chars = prompt.chars().count();
-    let mut messages = 1;
-    let mut truncated = false;
+    let prompt_chars = prompt.chars().count();
+    let mut chars = prompt_chars;
+    let mut walked: Vec<(u64, Node)> = Vec::new();
     let mut cursor = parent;
-    let mut root = None;
+    let mut stop = Stop::Root;
     while let Some((channel, id)) = cursor {
-        if messages >= budget.max_messages {
-            truncated = true;
+        if walked.len() + 1 >= budget.max_messages {
+            stop = Stop::Budget;
             break;
         }
         let node = if let Some(node) = cache.get(id) {
@@ -188,32 +251,58 @@ pub async fn build<F: Fetch>(
             cache.put(id, node.clone());
             node
         } else {
-            truncated = true;
+            stop = Stop::Unreadable;
             break;
         };
-        let mut node_chars = node.content.chars().count();
-        if let Some(prompt) = &node.prompt {
-            node_chars += prompt.chars().count();
-        }
-        if chars + node_chars > budget.max_chars {
-            truncated = true;
+        if chars + node_chars(&node) > budget.max_chars {
+            stop = Stop::Budget;
             break;
         }
-        chars += node_chars;
-        messages += 1;
-        root = Some(id);
-        if !node.content.is_empty() {
-            turns_rev.push(ChatMessage::new(node.role, node.content.clone()));
-        }
-        if let Some(prompt) = &node.prompt {
-            turns_rev.push(ChatMessage::new(Role::User, prompt.clone()));
-        }
+        chars += node_chars(&node);
         cursor = node.parent;
+        walked.push((id, node));
+        if cursor.is_some() && windows.starts_at(id) {
+            stop = Stop::Window;
+            break;
+        }
+    }
+    if stop == Stop::Budget {
+        // A new window: the newest messages within half the budget (at
+        // least the one replied to), so the next turns fit after it for a
+        // while with the same start.
+        let half = Budget {
+            max_messages: budget.max_messages / 2,
+            max_chars: budget.max_chars / 2,
+        };
+        let mut chars = prompt_chars;
+        let keep = walked
+            .iter()
+            .take_while(|(_, node)| {
+                chars += node_chars(node);
+                chars <= half.max_chars
+            })
+            .count()
+            .min(half.max_messages.saturating_sub(1))
+            .max(1);
+        walked.truncate(keep);
+        if let Some((id, _)) = walked.last() {
+            windows.start_at(*id);
+        }
+    }
+    let root = walked.last().map(|(id, _)| *id);
+    let mut turns_rev = vec![ChatMessage::new(Role::User, prompt)];
+    for (_, node) in walked {
+        if !node.content.is_empty() {
+            turns_rev.push(ChatMessage::new(node.role, node.content));
+        }
+        if let Some(prompt) = node.prompt {
+            turns_rev.push(ChatMessage::new(Role::User, prompt));
+        }
     }
     turns_rev.reverse();
     Context {
         turns: merge_turns(turns_rev),
-        truncated,
+        truncated: stop != Stop::Root,
         root,
     }
 }
@@ -284,7 +373,16 @@ mod tests {
     async fn walks_the_chain_and_merges_split_answers() {
         let fake = chain();
         let cache = NodeCache::new(100);
-        let ctx = build(&cache, &fake, "third question", Some((1, 5)), WIDE).await;
+        let windows = Windows::new(100);
+        let ctx = build(
+            &cache,
+            &windows,
+            &fake,
+            "third question",
+            Some((1, 5)),
+            WIDE,
+        )
+        .await;
         assert!(!ctx.truncated);
         let turns: Vec<(Role, &str)> = ctx
             .turns
@@ -305,13 +403,21 @@ mod tests {
         // Every turn of the chain names the same conversation: its root.
         assert_eq!(ctx.root, Some(1));
         assert_eq!(ctx.conversation_key(6), "1");
-        let earlier = build(&cache, &fake, "second question", Some((1, 2)), WIDE).await;
+        let earlier = build(
+            &cache,
+            &windows,
+            &fake,
+            "second question",
+            Some((1, 2)),
+            WIDE,
+        )
+        .await;
         assert_eq!(earlier.conversation_key(3), "1");
         // A message that replies to nothing starts a chain of its own.
-        let fresh = build(&cache, &fake, "hello", None, WIDE).await;
+        let fresh = build(&cache, &windows, &fake, "hello", None, WIDE).await;
         assert_eq!((fresh.root, fresh.conversation_key(9)), (None, "9".into()));
         // A second walk is served from the cache.
-        let again = build(&cache, &fake, "x", Some((1, 5)), WIDE).await;
+        let again = build(&cache, &windows, &fake, "x", Some((1, 5)), WIDE).await;
         assert_eq!(again.turns.len(), 5);
         assert_eq!(fake.fetched.load(Ordering::SeqCst), 5);
     }
@@ -320,8 +426,10 @@ mod tests {
     async fn budget_cuts_and_says_so() {
         let fake = chain();
         let cache = NodeCache::new(100);
+        let windows = Windows::new(100);
         let by_count = build(
             &cache,
+            &windows,
             &fake,
             "q",
             Some((1, 5)),
@@ -331,12 +439,17 @@ mod tests {
             },
         )
         .await;
+        // Over the budget: a new window with what fits in half of it, at
+        // least the message replied to, remembered as the chain's start.
         assert!(by_count.truncated);
-        assert_eq!(by_count.turns.len(), 3);
-        assert_eq!(by_count.turns[0].content, "second question");
+        assert_eq!(by_count.turns.len(), 2);
+        assert_eq!(by_count.turns[0].content, "second answer");
+        assert_eq!(by_count.root, Some(5));
+        assert!(windows.starts_at(5));
 
         let by_chars = build(
             &cache,
+            &windows,
             &fake,
             "q",
             Some((1, 5)),
@@ -349,9 +462,93 @@ mod tests {
         assert!(by_chars.truncated);
         assert_eq!(by_chars.turns.len(), 2);
 
-        let unreadable = build(&cache, &fake, "q", Some((1, 99)), WIDE).await;
+        let unreadable = build(&cache, &windows, &fake, "q", Some((1, 99)), WIDE).await;
         assert!(unreadable.truncated);
         assert_eq!(unreadable.turns.len(), 1);
+    }
+
+    /// A chain of `turns` question/answer pairs (40 characters a pair) put
+    /// in `cache` turn by turn, each turn's context built first with
+    /// `windows` (a fresh one per turn when `None`: no window remembered).
+    async fn long_chain(turns: u64, windows: Option<&Windows>) -> Vec<Context> {
+        let cache = NodeCache::new(1000);
+        let fake = Fake {
+            nodes: std::collections::HashMap::new(),
+            fetched: AtomicUsize::new(0),
+        };
+        let budget = Budget {
+            max_messages: 50,
+            max_chars: 400,
+        };
+        let mut contexts = Vec::new();
+        let mut last = None;
+        for turn in 0..turns {
+            let (q, a) = (2 * turn + 1, 2 * turn + 2);
+            let question = format!("question number {turn:04}");
+            let fresh = Windows::new(10);
+            let ctx = build(
+                &cache,
+                windows.unwrap_or(&fresh),
+                &fake,
+                &question,
+                last.map(|p| (1, p)),
+                budget,
+            )
+            .await;
+            let chars: usize = ctx.turns.iter().map(|t| t.content.chars().count()).sum();
+            assert!(chars <= budget.max_chars, "turn {turn}: {chars}");
+            assert_eq!(ctx.turns.last().unwrap().content, question);
+            contexts.push(ctx);
+            cache.put(q, node(Role::User, &question, last));
+            cache.put(
+                a,
+                node(
+                    Role::Assistant,
+                    &format!("answer number {turn:06}"),
+                    Some(q),
+                ),
+            );
+            last = Some(a);
+        }
+        contexts
+    }
+
+    #[tokio::test]
+    async fn a_long_chain_keeps_the_start_of_its_window_for_several_turns() {
+        let windows = Windows::new(100);
+        let contexts = long_chain(40, Some(&windows)).await;
+        // 400 characters hold 10 turns; a window opens with 5 and grows.
+        assert!(!contexts[9].truncated);
+        assert!(contexts[10].truncated);
+        let keys: Vec<String> = contexts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.conversation_key(2 * i as u64 + 1))
+            .collect();
+        let changes = keys.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(
+            (4..=8).contains(&changes),
+            "a new window every few turns, not every turn: {keys:?}"
+        );
+        // While the key stays, each turn's prompt is the last one's plus the
+        // answer and the new question: the cached prefix holds.
+        for (i, w) in contexts.windows(2).enumerate() {
+            if keys[i] == keys[i + 1] {
+                let (a, b) = (&w[0].turns, &w[1].turns);
+                assert_eq!(&b[..a.len()], &a[..], "turn {}", i + 1);
+            }
+        }
+
+        // Without remembered windows every turn past the budget starts
+        // elsewhere: the key and the prompt's start move every turn.
+        let contexts = long_chain(40, None).await;
+        let keys: Vec<String> = contexts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.conversation_key(2 * i as u64 + 1))
+            .collect();
+        let changes = keys.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(changes >= 25, "{changes}");
     }
 
     #[test]

@@ -51,7 +51,9 @@ async fn reply_to_the_bot_carries_earlier_turns() {
     assert_eq!(submits[0].conversation.as_deref(), Some(root.as_str()));
     assert_eq!(submits[1].conversation.as_deref(), Some(root.as_str()));
 
-    // Three messages fit; the fourth back is cut, and the answer says so.
+    // Three messages fit; the fourth back is over the budget, so the context
+    // opens a new window with what fits in half of it (the answer replied
+    // to), named by that message; the answer says older ones were left out.
     let a2 = echo_answer(&submits[1]);
     let q3 = bot
         .discord
@@ -62,11 +64,12 @@ async fn reply_to_the_bot_carries_earlier_turns() {
         turns(&submits[2].messages),
         vec![
             ("system".into(), "You are a test assistant.".into()),
-            ("user".into(), "Second question".into()),
             ("assistant".into(), a2),
             ("user".into(), "Third question".into()),
         ]
     );
+    let window = r2[0].0.to_string();
+    assert_eq!(submits[2].conversation.as_deref(), Some(window.as_str()));
     assert!(
         r3[0]
             .1
