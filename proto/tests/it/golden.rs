@@ -18,7 +18,7 @@ use proto::frame::{decode, encode};
 use proto::hello::Hello;
 use proto::worker::{
     BackendOptions, CacheReport, CpuOptions, Generate, Heartbeat, HeldConversation, KvCacheType,
-    Load, ModelFacts, Profile, Ready, SupervisorToWorker, Warm, WorkerDone, WorkerToSupervisor,
+    Load, ModelFacts, Profile, Ready, SupervisorToWorker, Warm, Warmed, WorkerDone, WorkerToSupervisor,
     WorkerToken,
 };
 use proto::PeerRole;
@@ -189,6 +189,13 @@ fn worker_messages() {
             key: "shadow:9".into(),
             messages: messages(),
             assistant_prefix: "The answer".into(),
+        }),
+    );
+    check(
+        "worker_warmed",
+        &WorkerToSupervisor::Warmed(Warmed {
+            key: "shadow:9".into(),
+            tokens: 71,
         }),
     );
     check(

@@ -28,6 +28,9 @@ struct H {
     mem_unreadable: bool,
     spawn_error: Option<SpawnError>,
     oom_kills: u64,
+    /// Workers answer each `Warm` with `Warmed` at once (as a worker whose
+    /// warm is quick); off, a test answers them itself.
+    warmed_at_once: bool,
 }
 
 fn config(extra_policy: &str, primary_extra: &str) -> Config {
@@ -57,6 +60,7 @@ impl H {
             mem_unreadable: false,
             spawn_error: None,
             oom_kills: 0,
+            warmed_at_once: true,
         };
         h.feed(Event::Start);
         h
@@ -87,6 +91,20 @@ impl H {
                             }
                         };
                         pending.push(answer);
+                    }
+                    Effect::ToWorker {
+                        slot,
+                        incarnation,
+                        msg: SupervisorToWorker::Warm(w),
+                    } if self.warmed_at_once => {
+                        pending.push(Event::WorkerMessage {
+                            slot: *slot,
+                            incarnation: *incarnation,
+                            msg: WorkerToSupervisor::Warmed(proto::worker::Warmed {
+                                key: w.key.clone(),
+                                tokens: 0,
+                            }),
+                        });
                     }
                     Effect::ReadTelemetry { workers } => {
                         let workers = workers

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use proto::chat::{Backend, FinishReason, GenStats};
 use proto::worker::{
     CacheReport, ExitCode, Heartbeat, LoadFailed, ModelFacts, Ready, SupervisorToWorker,
-    WorkerDone, WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
+    Warmed, WorkerDone, WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
 use super::rng::Rng;
@@ -429,8 +429,15 @@ impl World {
                 }));
                 vec![(now_words, hb)]
             }
-            // A warm only fills a KV cache the simulated workers do not have.
-            SupervisorToWorker::Warm(_) => Vec::new(),
+            // A warm only fills a KV cache the simulated workers do not
+            // have: it is over after a while, holding nothing.
+            SupervisorToWorker::Warm(w) => {
+                let warmed = say(WorkerToSupervisor::Warmed(Warmed {
+                    key: w.key,
+                    tokens: 0,
+                }));
+                vec![(self.rng.range(5, 300), warmed)]
+            }
             SupervisorToWorker::Shutdown => {
                 let d = self.rng.range(5, 200);
                 self.exit(i, incarnation, d, Some(0), None);
