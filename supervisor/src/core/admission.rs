@@ -157,6 +157,7 @@ impl Core {
                 conversation: None,
                 shadow: None,
                 shadow_tried_at: 0,
+                shadow_backing_off: false,
                 pace: Pace::default(),
             },
         );

@@ -107,6 +107,7 @@ impl Core {
             .filter(|((s, _), b)| *s == serving && b.left > 0)
             .map(|((_, j), _)| *j)
             .collect();
+        job.shadow_backing_off = !blocked.is_empty();
         if !job.probe {
             self.shadow_start(serving, id);
             for j in blocked {
@@ -153,8 +154,9 @@ impl Core {
         };
         let Some(sh) = job.shadow.as_mut() else {
             // No shadow (none was idle, or it took other work or
-            // restarted): a slot idle now starts one, tried every N tokens.
-            if job.tokens.saturating_sub(job.shadow_tried_at) >= every {
+            // restarted): a slot idle now starts one, tried every N tokens
+            // (not while the request's start counted a back-off).
+            if !job.shadow_backing_off && job.tokens.saturating_sub(job.shadow_tried_at) >= every {
                 job.shadow_tried_at = job.tokens;
                 if let Some(serving) = job.slot {
                     self.shadow_start(serving, id);

@@ -286,6 +286,9 @@ pub struct Job {
     pub shadow: Option<Shadow>,
     /// Streamed tokens when a shadow was last looked for.
     pub shadow_tried_at: u32,
+    /// Its serving slot was backing off from shadowing when it started:
+    /// no shadow is looked for later either.
+    pub shadow_backing_off: bool,
     /// The serving slot's time per token with and without a warm running,
     /// since the current generation started (for the shadowing rule).
     pub pace: Pace,
