@@ -875,9 +875,7 @@ mod warm_tests {
         let now = Instant::now();
         let mut core = ready_core(now);
         core.handle(generate(5), now);
-        let ignored = |out: Vec<Effect>| {
-            matches!(&out[..], [Effect::Send(WorkerToSupervisor::Warmed(w))] if w.key == "shadow:5" && w.tokens == 0)
-        };
+        let ignored = |out: Vec<Effect>| matches!(&out[..], [Effect::Send(WorkerToSupervisor::Warmed(w))] if w.key == "shadow:5" && w.tokens == 0);
         assert!(ignored(core.handle(warm("Hel"), now)), "answered at once");
         let mut empty = Core::new(Backend::Cpu, 7);
         assert!(ignored(empty.handle(warm("Hel"), now)));

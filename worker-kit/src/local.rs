@@ -203,7 +203,9 @@ impl LocalSession {
                     Effect::Send(WorkerToSupervisor::Error(e)) => {
                         answer = Some(Err(LocalError::Generate { message: e.message }));
                     }
-                    Effect::Send(WorkerToSupervisor::Heartbeat(_) | WorkerToSupervisor::Warmed(_))
+                    Effect::Send(
+                        WorkerToSupervisor::Heartbeat(_) | WorkerToSupervisor::Warmed(_),
+                    )
                     | Effect::Stop { .. }
                     | Effect::Exit(_) => {}
                     Effect::Load(load) => self.command(Command::Load(load)),

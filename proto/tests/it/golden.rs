@@ -18,8 +18,8 @@ use proto::frame::{decode, encode};
 use proto::hello::Hello;
 use proto::worker::{
     BackendOptions, CacheReport, CpuOptions, Generate, Heartbeat, HeldConversation, KvCacheType,
-    Load, ModelFacts, Profile, Ready, SupervisorToWorker, Warm, Warmed, WorkerDone, WorkerToSupervisor,
-    WorkerToken,
+    Load, ModelFacts, Profile, Ready, SupervisorToWorker, Warm, Warmed, WorkerDone,
+    WorkerToSupervisor, WorkerToken,
 };
 use proto::PeerRole;
 use serde::{de::DeserializeOwned, Serialize};

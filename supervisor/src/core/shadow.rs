@@ -190,9 +190,11 @@ impl Core {
     pub(super) fn on_warmed(&mut self, i: usize, warmed: &Warmed) {
         let incarnation = self.slots[i].incarnation;
         for job in self.jobs.values_mut() {
-            if let Some(sh) = job.shadow.as_mut().filter(|sh| {
-                sh.slot == i && sh.incarnation == incarnation && sh.key == warmed.key
-            }) {
+            if let Some(sh) = job
+                .shadow
+                .as_mut()
+                .filter(|sh| sh.slot == i && sh.incarnation == incarnation && sh.key == warmed.key)
+            {
                 if sh.warming {
                     sh.warming = false;
                     sh.warmed_at_tokens = sh.at_tokens;

@@ -1099,7 +1099,8 @@ impl H {
     }
 }
 
-const PACED: &str = "shadow_every_tokens = 16\nshadow_max_slowdown = 1.25\nshadow_backoff_requests = 2\n";
+const PACED: &str =
+    "shadow_every_tokens = 16\nshadow_max_slowdown = 1.25\nshadow_backoff_requests = 2\n";
 
 #[test]
 fn a_primary_slowed_by_the_warms_stops_the_shadow_and_gets_no_more_warms() {

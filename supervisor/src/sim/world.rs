@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use proto::chat::{Backend, FinishReason, GenStats};
 use proto::worker::{
-    CacheReport, ExitCode, Heartbeat, LoadFailed, ModelFacts, Ready, SupervisorToWorker,
-    Warmed, WorkerDone, WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
+    CacheReport, ExitCode, Heartbeat, LoadFailed, ModelFacts, Ready, SupervisorToWorker, Warmed,
+    WorkerDone, WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
 use super::rng::Rng;
@@ -332,6 +332,7 @@ impl World {
     }
 
     /// A message from the supervisor reaches slot `i`'s process.
+    #[allow(clippy::too_many_lines)] // one arm per message, one place
     pub fn deliver(
         &mut self,
         i: usize,
