@@ -158,6 +158,7 @@ impl Core {
                 shadow: None,
                 shadow_tried_at: 0,
                 shadow_backing_off: false,
+                shadow_deferred: false,
                 pace: Pace::default(),
             },
         );

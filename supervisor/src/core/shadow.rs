@@ -15,6 +15,13 @@
 //! (what it warmed stays for a failover), and that pair of slots does not
 //! shadow for the next `policy.shadow_backoff_requests` requests on the
 //! slowed slot (doubled after each further stop).
+//!
+//! One case is known without measuring: slots whose CPU sets overlap (two
+//! CPU slots on the default cores) compete for cores, and a prefill is the
+//! heaviest work there is. There the first warm waits for the serving
+//! slot's first token, so the two prefills of the same prompt do not run
+//! at once and the time to first token (which the rule does not see) is
+//! not slowed. Disjoint slots (the NPU and a CPU worker) warm at once.
 
 use proto::worker::{SupervisorToWorker, Warm, Warmed};
 
@@ -108,8 +115,9 @@ impl Core {
             .map(|((_, j), _)| *j)
             .collect();
         job.shadow_backing_off = !blocked.is_empty();
+        job.shadow_deferred = false;
         if !job.probe {
-            self.shadow_start(serving, id);
+            self.shadow_start(serving, id, true);
             for j in blocked {
                 if let Some(b) = self.shadow_backoff.get_mut(&(serving, j)) {
                     b.left -= 1;
@@ -118,11 +126,27 @@ impl Core {
         }
     }
 
-    /// An idle slot starts shadowing request `id` served by `serving`.
-    fn shadow_start(&mut self, serving: usize, id: u64) {
+    /// Whether slots `a` and `b` run on overlapping CPU sets.
+    fn share_cpus(&self, a: usize, b: usize) -> bool {
+        match (&self.slots[a].cfg.placement, &self.slots[b].cfg.placement) {
+            (Some(x), Some(y)) => !x.cpus.intersection(&y.cpus).is_empty(),
+            _ => false,
+        }
+    }
+
+    /// An idle slot starts shadowing request `id` served by `serving`;
+    /// at the generation's start (`prefill`), one sharing the serving
+    /// slot's CPUs waits for the first token instead.
+    fn shadow_start(&mut self, serving: usize, id: u64, prefill: bool) {
         let Some(j) = self.shadow_slot(serving, id) else {
             return;
         };
+        if prefill && self.share_cpus(serving, j) {
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.shadow_deferred = true;
+            }
+            return;
+        }
         let incarnation = self.slots[j].incarnation;
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
@@ -155,11 +179,14 @@ impl Core {
         let Some(sh) = job.shadow.as_mut() else {
             // No shadow (none was idle, or it took other work or
             // restarted): a slot idle now starts one, tried every N tokens
-            // (not while the request's start counted a back-off).
-            if !job.shadow_backing_off && job.tokens.saturating_sub(job.shadow_tried_at) >= every {
+            // (not while the request's start counted a back-off); a
+            // deferred one starts with the first token.
+            let due = job.tokens.saturating_sub(job.shadow_tried_at) >= every;
+            if job.shadow_deferred || (!job.shadow_backing_off && due) {
+                job.shadow_deferred = false;
                 job.shadow_tried_at = job.tokens;
                 if let Some(serving) = job.slot {
-                    self.shadow_start(serving, id);
+                    self.shadow_start(serving, id, false);
                 }
             }
             return;

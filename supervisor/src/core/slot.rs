@@ -286,6 +286,9 @@ pub struct Job {
     pub shadow: Option<Shadow>,
     /// Streamed tokens when a shadow was last looked for.
     pub shadow_tried_at: u32,
+    /// The shadow waits for the generation's first token: the shadowing
+    /// slot shares CPUs with the serving one, whose prefill it would slow.
+    pub shadow_deferred: bool,
     /// Its serving slot was backing off from shadowing when it started:
     /// no shadow is looked for later either.
     pub shadow_backing_off: bool,

@@ -1253,3 +1253,39 @@ fn status_names_the_shadow_and_what_it_warmed() {
     assert_eq!(status.slots[1].shadowing, None, "the request is over");
     assert_eq!(status.slots[0].shadowed_by, None);
 }
+
+/// Two CPU slots; `cpus` lines for each (empty = the default cores, the
+/// same for both).
+fn two_cpu_config(primary_cpus: &str, fallback_cpus: &str) -> Config {
+    let text = format!(
+        "[slots.primary]\nbackend = \"cpu\"\nmodel = \"/m/p.gguf\"\nworker = \"/w/worker-cpu\"\n[slots.primary.cpu]\n{primary_cpus}\n\
+         [slots.fallback]\nbackend = \"cpu\"\nmodel = \"/m/f.gguf\"\nworker = \"/w/worker-cpu\"\n[slots.fallback.cpu]\n{fallback_cpus}\n\
+         [policy]\nheartbeat_interval_s = 0.5\nheartbeat_timeout_s = 60.0\nstall_timeout_s = 2.0\n\
+         first_token_timeout_s = 2.0\nshadow_every_tokens = 4\n[http]\nlisten = \"\"\nprobe_interval_s = 0.0\n"
+    );
+    Config::from_toml(&text, std::path::Path::new("/")).unwrap()
+}
+
+#[test]
+fn a_shadow_on_shared_cpus_waits_for_the_first_token_a_disjoint_one_does_not() {
+    // Both on the default cores: the prompt's two prefills would compete.
+    let mut h = H::new(two_cpu_config("", ""));
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(64));
+    let id = h.generates(0)[0];
+    assert!(h.warms(1).is_empty(), "not during the primary's prefill");
+    h.stream(0, id, 1);
+    let warms = h.warms(1);
+    assert_eq!(warms.len(), 1, "with the first token");
+    assert_eq!(warms[0].assistant_prefix, "t0 ");
+    h.stream(0, id, 4);
+    assert_eq!(h.warms(1).len(), 2, "then every 4 tokens as usual");
+
+    // Disjoint cores: warmed on dispatch.
+    let mut h = H::new(two_cpu_config("cpus = \"0-3\"", "cpus = \"4-7\""));
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(64));
+    assert_eq!(h.warms(1).len(), 1, "warmed on dispatch");
+}
