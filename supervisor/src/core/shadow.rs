@@ -317,3 +317,36 @@ impl Core {
             .map(|(&(s, j), b)| (s, j, b.left))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::PaceSum;
+
+    fn sum(ms_per_token: f64, tokens: u32) -> PaceSum {
+        PaceSum {
+            ms: ms_per_token * f64::from(tokens),
+            tokens,
+        }
+    }
+
+    #[test]
+    fn the_slowdown_compares_with_the_requests_own_pace_else_the_slots() {
+        let pace = |warm: PaceSum, calm: PaceSum| Pace {
+            warm,
+            calm,
+            overlap: false,
+        };
+        // Too few tokens with a warm: no decision.
+        let p = pace(sum(80.0, MIN_PACE_TOKENS - 1), sum(50.0, 20));
+        assert_eq!(slowdown(&p, Some(50.0)), None);
+        // The request's own calm pace wins over the slot's baseline.
+        let p = pace(sum(80.0, MIN_PACE_TOKENS), sum(40.0, MIN_PACE_TOKENS));
+        assert_eq!(slowdown(&p, Some(50.0)), Some(2.0));
+        // Too few calm tokens of its own: the slot's baseline.
+        let p = pace(sum(80.0, MIN_PACE_TOKENS), sum(40.0, MIN_PACE_TOKENS - 1));
+        assert_eq!(slowdown(&p, Some(50.0)), Some(1.6));
+        // Neither: no decision.
+        assert_eq!(slowdown(&p, None), None);
+    }
+}

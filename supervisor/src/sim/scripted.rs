@@ -1289,3 +1289,42 @@ fn a_shadow_on_shared_cpus_waits_for_the_first_token_a_disjoint_one_does_not() {
     h.submit(1, 1, 10, params(64));
     assert_eq!(h.warms(1).len(), 1, "warmed on dispatch");
 }
+
+#[test]
+fn a_shadowed_request_that_keeps_its_pace_resets_the_back_off_length() {
+    let mut h = H::new(config(PACED, ""));
+    h.warmed_at_once = false;
+    h.ready(0);
+    h.ready(1);
+    let mut client_id = 1;
+    let mut slowed = |h: &mut H, client_id: &mut u64| {
+        let id = h.shadowed_request(*client_id);
+        *client_id += 1;
+        h.stream_every(0, id, 8, 100);
+        let sh = h.shadow_of(id).unwrap();
+        assert!(sh.stopped);
+        h.warmed(1, &sh.key, 60);
+        h.say(0, done(id, 10, 5.0));
+    };
+    let skip = |h: &mut H, client_id: &mut u64, n: u32| {
+        for _ in 0..n {
+            h.submit(1, *client_id, 10, params(512));
+            *client_id += 1;
+            let id = *h.generates(0).last().unwrap();
+            h.say(0, done(id, 10, 5.0));
+        }
+    };
+    slowed(&mut h, &mut client_id);
+    skip(&mut h, &mut client_id, 2);
+    slowed(&mut h, &mut client_id);
+    assert_eq!(h.core.status().shadow.backoffs[0].requests_left, 4);
+    skip(&mut h, &mut client_id, 4);
+    // Shadowed at its pace to the end: the next back-off is the base again.
+    let id = h.shadowed_request(client_id);
+    client_id += 1;
+    h.stream_every(0, id, 10, 50);
+    assert!(!h.shadow_of(id).unwrap().stopped);
+    h.say(0, done(id, 10, 5.0));
+    slowed(&mut h, &mut client_id);
+    assert_eq!(h.core.status().shadow.backoffs[0].requests_left, 2);
+}
