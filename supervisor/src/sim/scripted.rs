@@ -1297,7 +1297,7 @@ fn a_shadowed_request_that_keeps_its_pace_resets_the_back_off_length() {
     h.ready(0);
     h.ready(1);
     let mut client_id = 1;
-    let mut slowed = |h: &mut H, client_id: &mut u64| {
+    let slowed = |h: &mut H, client_id: &mut u64| {
         let id = h.shadowed_request(*client_id);
         *client_id += 1;
         h.stream_every(0, id, 8, 100);
