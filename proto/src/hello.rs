@@ -21,7 +21,7 @@ use crate::frame::{decode, FrameReader, FrameWriter};
 pub use crate::role::PeerRole;
 
 /// Version of the whole wire protocol; bump it on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// First bytes of every hello: tells a rocksteady peer from a stray program.
 pub const MAGIC: [u8; 4] = *b"RSTD";
