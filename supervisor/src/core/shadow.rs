@@ -273,7 +273,10 @@ impl Core {
             next: base,
         });
         b.left = b.next;
-        b.next = b.next.saturating_mul(2).min(base * MAX_BACKOFF_FACTOR);
+        b.next = b
+            .next
+            .saturating_mul(2)
+            .min(base.saturating_mul(MAX_BACKOFF_FACTOR));
         let left = b.left;
         self.counters.shadow_stops += 1;
         let (from, by) = (self.slots[serving].name, self.slots[pair.1].name);
