@@ -220,6 +220,8 @@ mod tests {
                 cpus: None,
                 cpus_reason: String::new(),
                 cache: proto::worker::CacheReport::default(),
+                shadowing: None,
+                shadowed_by: None,
             }],
             active_backend: Some(Backend::Npu),
             routing: Routing::Auto,
@@ -235,6 +237,7 @@ mod tests {
             },
             mem_available_kb: Some(4_194_304),
             telemetry: proto::admin::TelemetryStatus::default(),
+            shadow: proto::admin::ShadowSummary::default(),
         };
         let text = format_status(&report);
         assert!(text.contains("up 1h 2m"), "{text}");

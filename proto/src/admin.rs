@@ -104,6 +104,53 @@ pub struct StatusReport {
     pub mem_available_kb: Option<u64>,
     /// What telemetry could not be trusted, and what the supervisor did.
     pub telemetry: TelemetryStatus,
+    /// Shadowing stopped because the warms slowed the serving slot, and
+    /// the pairs of slots backing off from shadowing since. (Last: bincode
+    /// reads fields in order.)
+    pub shadow: ShadowSummary,
+}
+
+/// Shadowing stopped for slowing the serving slot, since the supervisor
+/// started, and the back-offs in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowSummary {
+    /// Requests whose shadow stopped warming because the serving slot's
+    /// time per token grew past `policy.shadow_max_slowdown` meanwhile.
+    pub stops_for_slowdown: u64,
+    /// Pairs of slots that do not shadow for a while after such a stop.
+    pub backoffs: Vec<ShadowBackoff>,
+}
+
+/// One pair of slots backing off from shadowing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowBackoff {
+    /// The slot that was slowed while serving.
+    pub serving: String,
+    /// The slot whose warms slowed it.
+    pub shadow: String,
+    /// Requests starting on `serving` that get no shadow from `shadow` yet.
+    pub requests_left: u32,
+}
+
+/// A slot shadowing a request another slot serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowStatus {
+    /// The request (the supervisor's id, as in its logs).
+    pub request_id: u64,
+    /// The slot serving it.
+    pub serving: String,
+    /// Answer tokens streamed so far.
+    pub streamed_tokens: u32,
+    /// Answer tokens the last finished warm covered.
+    pub warmed_answer_tokens: u32,
+    /// Tokens (prompt and answer) the shadow's KV cache held for it after
+    /// its last finished warm; 0 before the first.
+    pub warmed_tokens: u32,
+    /// A warm is in progress on the shadow.
+    pub warming: bool,
+    /// Warming stopped because it slowed the serving slot; what was warmed
+    /// stays for a failover.
+    pub stopped: bool,
 }
 
 /// Telemetry the supervisor could not read or does not trust. The rules:
@@ -226,6 +273,11 @@ pub struct SlotStatus {
     /// hits, misses, reused tokens, evictions and drops added up since the
     /// supervisor started (across the worker's restarts).
     pub cache: CacheReport,
+    /// The request of another slot this slot shadows (prefills for a
+    /// failover), if any. (Last fields: bincode reads them in order.)
+    pub shadowing: Option<ShadowStatus>,
+    /// The slot shadowing the request this slot serves, if any.
+    pub shadowed_by: Option<String>,
 }
 
 /// Board temperatures and the admission state they cause.

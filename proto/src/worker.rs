@@ -11,7 +11,9 @@
 //!    time. `Cancel` ends the current one early (it still ends with `Done`).
 //! 4. `Ping` -> `Heartbeat`, at any time, also during a generation.
 //! 5. `Warm` (between generations): prefill a conversation into the KV
-//!    cache and answer nothing; a `Generate` preempts it.
+//!    cache -> `Warmed` once the warm is over (finished, stopped by a
+//!    `Generate`, which preempts it, or ignored), so the supervisor knows
+//!    while the warm competes with the serving worker.
 //! 6. `Load` again (between generations) switches profile; `Shutdown` or EOF
 //!    on the socket makes the worker exit: a worker never outlives its supervisor.
 
@@ -203,6 +205,19 @@ pub enum WorkerToSupervisor {
     Error(WorkerError),
     /// Answer to `Ping`.
     Heartbeat(Heartbeat),
+    /// A `Warm` is over (finished, stopped or ignored). Added last: bincode
+    /// numbers variants by position.
+    Warmed(Warmed),
+}
+
+/// Body of [`WorkerToSupervisor::Warmed`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warmed {
+    /// The warm's key.
+    pub key: String,
+    /// Tokens the KV cache holds under that key now (prompt and answer;
+    /// 0 when the warm was ignored or nothing is held).
+    pub tokens: u32,
 }
 
 /// Body of [`WorkerToSupervisor::Ready`].

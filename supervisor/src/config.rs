@@ -424,6 +424,15 @@ pub struct PolicyConfig {
     /// The shadowing slot is sent the answer so far every this many
     /// streamed tokens (at least 1).
     pub shadow_every_tokens: u32,
+    /// A request stops being shadowed when the serving slot's time per
+    /// token while a warm runs exceeds its time per token without one by
+    /// more than this factor (at least 1.0; e.g. 1.25 = 25 % slower).
+    pub shadow_max_slowdown: f64,
+    /// After such a stop, the next this many requests on the slowed slot
+    /// get no shadow from the same slot (at least 1); doubled after each
+    /// further stop (up to 16 times this), back to this after a shadowed
+    /// request that did not slow.
+    pub shadow_backoff_requests: u32,
     /// On SIGTERM, running replies get this long to finish before the
     /// workers are stopped (s). Keep it plus `stop_grace_s` below the
     /// unit's TimeoutStopSec (45 s).
@@ -456,6 +465,8 @@ impl Default for PolicyConfig {
             spill_over: true,
             shadow: true,
             shadow_every_tokens: 8,
+            shadow_max_slowdown: 1.25,
+            shadow_backoff_requests: 4,
             drain_timeout_s: 30.0,
         }
     }
@@ -492,6 +503,21 @@ impl PolicyConfig {
         if p.shadow_every_tokens == 0 {
             return Err(invalid(
                 "policy.shadow_every_tokens",
+                "must be at least 1 (set policy.shadow = false to turn shadowing off)",
+            ));
+        }
+        if !(p.shadow_max_slowdown.is_finite() && (1.0..=100.0).contains(&p.shadow_max_slowdown)) {
+            return Err(invalid(
+                "policy.shadow_max_slowdown",
+                format!(
+                    "must be a factor from 1.0 to 100 (1.25 = the serving slot may be 25 % slower while a warm runs), not {}",
+                    p.shadow_max_slowdown
+                ),
+            ));
+        }
+        if p.shadow_backoff_requests == 0 {
+            return Err(invalid(
+                "policy.shadow_backoff_requests",
                 "must be at least 1 (set policy.shadow = false to turn shadowing off)",
             ));
         }
@@ -1285,6 +1311,12 @@ mod tests {
         assert!(e.contains("policy.stall_timeout_s"), "{e}");
         let e = err(&format!("[policy]\nshadow_every_tokens = 0\n{MINIMAL}"));
         assert!(e.contains("policy.shadow_every_tokens"), "{e}");
+        for bad in ["0.9", "-1.0", "nan", "inf"] {
+            let e = err(&format!("[policy]\nshadow_max_slowdown = {bad}\n{MINIMAL}"));
+            assert!(e.contains("policy.shadow_max_slowdown"), "{bad}: {e}");
+        }
+        let e = err(&format!("[policy]\nshadow_backoff_requests = 0\n{MINIMAL}"));
+        assert!(e.contains("policy.shadow_backoff_requests"), "{e}");
         let e = err(&format!(
             "[thermal]\ncritical_c = 70\nresume_c = 75\n{MINIMAL}"
         ));

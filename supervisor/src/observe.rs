@@ -55,6 +55,9 @@ pub struct LoopCounters {
     pub restarts: BTreeMap<(String, &'static str), u64>,
     /// Requests moved to another worker mid-answer.
     pub failovers: u64,
+    /// Requests whose shadow stopped warming because the serving slot
+    /// slowed past `policy.shadow_max_slowdown`.
+    pub shadow_stops: u64,
 }
 
 /// Counters of the connection tasks: bad peers never reach the loop.
@@ -456,6 +459,12 @@ fn register_snapshot(reg: &mut Registry, snap: &Snapshot) {
         "Requests moved to another worker mid-answer",
         [(Vec::new(), c.failovers)],
     );
+    counters(
+        reg,
+        "shadow_stops",
+        "Requests whose shadowing slot stopped warming, by reason (slowdown: the serving slot's time per token grew past policy.shadow_max_slowdown)",
+        [(vec![("reason", "slowdown".to_owned())], c.shadow_stops)],
+    );
     let slot = |s: &proto::admin::SlotStatus| -> Labels {
         vec![
             ("slot", s.name.clone()),
@@ -647,6 +656,8 @@ mod tests {
                 cpus: None,
                 cpus_reason: String::new(),
                 cache: proto::worker::CacheReport::default(),
+                shadowing: None,
+                shadowed_by: None,
             }],
             active_backend: Some(Backend::Npu),
             routing: Routing::Auto,
@@ -662,7 +673,9 @@ mod tests {
             },
             mem_available_kb: None,
             telemetry: TelemetryStatus::default(),
+            shadow: proto::admin::ShadowSummary::default(),
         };
+        counters.shadow_stops = 4;
         let snap = Snapshot {
             status,
             counters,
@@ -693,6 +706,10 @@ mod tests {
             "61.5"
         );
         assert_eq!(sample(&text, "rocksteady_queue_depth"), "3");
+        assert_eq!(
+            sample(&text, "rocksteady_shadow_stops_total{reason=\"slowdown\"}"),
+            "4"
+        );
         assert_eq!(sample(&text, "rocksteady_healthy"), "1");
         // OpenMetrics when asked: same data, families named without _total, EOF.
         let om = render_metrics(Some(&snap), &observed, Format::OpenMetrics);

@@ -4,12 +4,13 @@
 //! The driver in [`crate::run`](mod@crate::run) owns the socket, the engine
 //! thread and the clock; every decision about the conversation is made here.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use proto::chat::GenParams;
 use proto::chat::{Backend, FinishReason};
 use proto::worker::{
-    CacheReport, Generate, Heartbeat, Load, LoadFailed, Ready, SupervisorToWorker, Warm,
+    CacheReport, Generate, Heartbeat, Load, LoadFailed, Ready, SupervisorToWorker, Warm, Warmed,
     WorkerDone, WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
@@ -97,6 +98,9 @@ pub struct Core {
     warming: Option<u64>,
     /// Warms started, for their engine-side ids.
     warms: u64,
+    /// The keys of the warms handed to the engine whose end has not come:
+    /// each end is answered with `Warmed`.
+    warm_keys: BTreeMap<u64, String>,
     tokens_total: u64,
     requests_total: u64,
     /// The engine's latest report of its KV caches.
@@ -115,6 +119,7 @@ impl Core {
             current: None,
             warming: None,
             warms: 0,
+            warm_keys: BTreeMap::new(),
             tokens_total: 0,
             requests_total: 0,
             cache: CacheReport::default(),
@@ -199,13 +204,17 @@ impl Core {
 
     /// A warm runs only on an idle, loaded worker; a newer one replaces the
     /// one in progress (it covers the same prompt and more of the answer).
+    /// Every warm is answered with `Warmed` once over, an ignored one at
+    /// once: the supervisor measures the serving worker while a warm runs.
     fn on_warm(&mut self, warm: Warm, out: &mut Vec<Effect>) {
         if !matches!(self.model, ModelState::Ready { .. }) || self.current.is_some() {
             tracing::debug!("warm while busy or not loaded; ignored");
+            out.push(self.warmed(warm.key));
             return;
         }
         if warm.messages.is_empty() {
             tracing::debug!("warm without messages; ignored");
+            out.push(self.warmed(warm.key));
             return;
         }
         self.stop_warm(StopReason::Cancel, out);
@@ -214,6 +223,7 @@ impl Core {
         // the engine's events of a warm never match a generation.
         let id = u64::MAX - self.warms;
         self.warming = Some(id);
+        self.warm_keys.insert(id, warm.key.clone());
         out.push(Effect::Generate(Job {
             generate: Generate {
                 request_id: id,
@@ -225,6 +235,17 @@ impl Core {
             limit: 1,
             warm: true,
         }));
+    }
+
+    /// The answer to a warm that is over: what the cache holds of its key.
+    fn warmed(&self, key: String) -> Effect {
+        let tokens = self
+            .cache
+            .held
+            .iter()
+            .find(|h| h.key == key)
+            .map_or(0, |h| h.tokens);
+        Effect::Send(WorkerToSupervisor::Warmed(Warmed { key, tokens }))
     }
 
     /// Stops the warm in progress, if any (its engine event still comes).
@@ -413,11 +434,13 @@ impl Core {
         if self.warming == Some(request_id) {
             self.warming = None;
         }
-        if self.warms > 0 && request_id >= u64::MAX - self.warms {
-            // A warm: nothing to answer.
+        if let Some(key) = self.warm_keys.remove(&request_id) {
+            // A warm: no client to answer; the supervisor hears it is over
+            // (the engine reported its cache just before).
             if let Err(failure) = result {
                 tracing::debug!(message = %failure.message, "warm failed");
             }
+            out.push(self.warmed(key));
             return;
         }
         let Some(cur) = self.current_for(request_id) else {
@@ -793,9 +816,13 @@ mod warm_tests {
             }),
             now,
         );
-        assert!(
-            finished.is_empty(),
-            "a warm's end is not answered: {finished:?}"
+        assert_eq!(
+            finished,
+            vec![Effect::Send(WorkerToSupervisor::Warmed(Warmed {
+                key: "shadow:5".into(),
+                tokens: 0,
+            }))],
+            "a warm's end is answered with Warmed only"
         );
         let hb = core.handle(
             Input::Message(SupervisorToWorker::Ping(Ping { seq: 1 })),
@@ -836,7 +863,10 @@ mod warm_tests {
             }),
             now,
         );
-        assert!(late.is_empty());
+        assert!(
+            matches!(&late[..], [Effect::Send(WorkerToSupervisor::Warmed(w))] if w.key == "shadow:5"),
+            "{late:?}"
+        );
         assert_eq!(core.busy_with(), Some(5));
     }
 
@@ -845,9 +875,43 @@ mod warm_tests {
         let now = Instant::now();
         let mut core = ready_core(now);
         core.handle(generate(5), now);
-        assert!(core.handle(warm("Hel"), now).is_empty());
+        let ignored = |out: Vec<Effect>| matches!(&out[..], [Effect::Send(WorkerToSupervisor::Warmed(w))] if w.key == "shadow:5" && w.tokens == 0);
+        assert!(ignored(core.handle(warm("Hel"), now)), "answered at once");
         let mut empty = Core::new(Backend::Cpu, 7);
-        assert!(empty.handle(warm("Hel"), now).is_empty());
+        assert!(ignored(empty.handle(warm("Hel"), now)));
+    }
+
+    #[test]
+    fn warmed_says_what_the_cache_holds_of_the_key_after_the_warm() {
+        let now = Instant::now();
+        let mut core = ready_core(now);
+        let out = core.handle(warm("Hel"), now);
+        let id = warm_job(&out).expect("a warm job").generate.request_id;
+        // The engine reports its cache just before the warm's end.
+        let report = CacheReport {
+            held: vec![proto::worker::HeldConversation {
+                key: "shadow:5".into(),
+                tokens: 42,
+            }],
+            capacity: 2,
+            ..CacheReport::default()
+        };
+        core.handle(Input::Engine(EngineEvent::Cache(report)), now);
+        let end = core.handle(
+            Input::Engine(EngineEvent::Finished {
+                request_id: id,
+                result: Ok(Finish::new(FinishReason::EndOfTurn)),
+                tokens: 0,
+            }),
+            now,
+        );
+        assert_eq!(
+            end,
+            vec![Effect::Send(WorkerToSupervisor::Warmed(Warmed {
+                key: "shadow:5".into(),
+                tokens: 42,
+            }))]
+        );
     }
 
     #[test]

@@ -135,8 +135,8 @@ impl LocalSession {
             })
     }
 
-    /// Runs `warm` (a prefill into the KV cache, nothing answered) to its
-    /// end; nothing happens when the worker ignores it.
+    /// Runs `warm` (a prefill into the KV cache; its `Warmed` is not
+    /// needed here) to its end; nothing happens when the worker ignores it.
     pub fn warm(&mut self, warm: Warm) {
         let out = self.core.handle(
             Input::Message(SupervisorToWorker::Warm(warm)),
@@ -203,7 +203,9 @@ impl LocalSession {
                     Effect::Send(WorkerToSupervisor::Error(e)) => {
                         answer = Some(Err(LocalError::Generate { message: e.message }));
                     }
-                    Effect::Send(WorkerToSupervisor::Heartbeat(_))
+                    Effect::Send(
+                        WorkerToSupervisor::Heartbeat(_) | WorkerToSupervisor::Warmed(_),
+                    )
                     | Effect::Stop { .. }
                     | Effect::Exit(_) => {}
                     Effect::Load(load) => self.command(Command::Load(load)),

@@ -187,6 +187,8 @@ fn report() -> StatusReport {
             cpus: None,
             cpus_reason: String::new(),
             cache: proto::worker::CacheReport::default(),
+            shadowing: None,
+            shadowed_by: None,
         }],
         active_backend: Some(Backend::Cpu),
         routing: Routing::Auto,
@@ -202,6 +204,7 @@ fn report() -> StatusReport {
         },
         mem_available_kb: None,
         telemetry: proto::admin::TelemetryStatus::default(),
+        shadow: proto::admin::ShadowSummary::default(),
     }
 }
 

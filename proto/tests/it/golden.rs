@@ -19,7 +19,7 @@ use proto::hello::Hello;
 use proto::worker::{
     BackendOptions, CacheReport, CpuOptions, Generate, Heartbeat, HeldConversation, KvCacheType,
     Load, ModelFacts, NpuOptions, Profile, PromptCacheFile, Ready, SupervisorToWorker, Warm,
-    WorkerDone, WorkerToSupervisor, WorkerToken,
+    Warmed, WorkerDone, WorkerToSupervisor, WorkerToken,
 };
 use proto::PeerRole;
 use serde::{de::DeserializeOwned, Serialize};
@@ -214,6 +214,13 @@ fn worker_messages() {
             key: "shadow:9".into(),
             messages: messages(),
             assistant_prefix: "The answer".into(),
+        }),
+    );
+    check(
+        "worker_warmed",
+        &WorkerToSupervisor::Warmed(Warmed {
+            key: "shadow:9".into(),
+            tokens: 71,
         }),
     );
     check(

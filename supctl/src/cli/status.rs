@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use proto::admin::{Routing, StatusReport};
+use proto::admin::{Routing, ShadowStatus, ShadowSummary, StatusReport};
 use proto::worker::{CacheReport, PromptCacheFile};
 
 fn mib(kb: Option<u64>) -> String {
@@ -79,6 +79,12 @@ pub fn render(r: &StatusReport) -> String {
         if let Some(p) = &s.cache.prompt_cache {
             let _ = writeln!(out, "          prompt cache: {}", prompt_cache_line(p));
         }
+        if let Some(sh) = &s.shadowing {
+            let _ = writeln!(out, "          shadowing: {}", shadow_line(sh));
+        }
+        if let Some(by) = &s.shadowed_by {
+            let _ = writeln!(out, "          shadowed by: {by}");
+        }
         let _ = writeln!(
             out,
             "          profile: {}{}",
@@ -120,6 +126,9 @@ pub fn render(r: &StatusReport) -> String {
         "queue: {} waiting, {} generating",
         r.queue_depth, r.in_flight
     );
+    if let Some(line) = shadow_summary(&r.shadow) {
+        let _ = writeln!(out, "shadowing: {line}");
+    }
     let temps: Vec<String> = r
         .thermal
         .zones
@@ -216,6 +225,44 @@ fn prompt_cache_line(p: &PromptCacheFile) -> String {
     )
 }
 
+/// What a shadowing slot holds of the request it shadows.
+fn shadow_line(sh: &ShadowStatus) -> String {
+    let mut line = format!(
+        "request {} of {} (warmed to {} of {} answer tokens; {} tokens cached)",
+        sh.request_id, sh.serving, sh.warmed_answer_tokens, sh.streamed_tokens, sh.warmed_tokens
+    );
+    if sh.stopped {
+        let _ = write!(
+            line,
+            "; warming stopped: it slowed {} (kept for a failover)",
+            sh.serving
+        );
+    } else if sh.warming {
+        line.push_str("; warming now");
+    }
+    line
+}
+
+/// Shadowing stopped for slowing the serving slot, and the back-offs;
+/// `None` while neither ever happened.
+fn shadow_summary(s: &ShadowSummary) -> Option<String> {
+    if s.stops_for_slowdown == 0 && s.backoffs.is_empty() {
+        return None;
+    }
+    let mut line = format!(
+        "stopped {} times for slowing the serving slot",
+        s.stops_for_slowdown
+    );
+    for b in &s.backoffs {
+        let _ = write!(
+            line,
+            "; {} does not shadow {} for its next {} requests",
+            b.shadow, b.serving, b.requests_left
+        );
+    }
+    Some(line)
+}
+
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_owned()
@@ -256,6 +303,8 @@ mod tests {
             cpus: Some(cpus.parse().unwrap()),
             cpus_reason: reason.into(),
             cache: proto::worker::CacheReport::default(),
+            shadowing: None,
+            shadowed_by: None,
         }
     }
 
@@ -299,6 +348,7 @@ mod tests {
             },
             mem_available_kb: None,
             telemetry: TelemetryStatus::default(),
+            shadow: ShadowSummary::default(),
         }
     }
 
@@ -325,6 +375,7 @@ mod tests {
                 blind_ms: Some(90_000),
                 memory_read_failures: 3,
             },
+            shadow: ShadowSummary::default(),
         };
         let text = render(&report);
         assert!(
@@ -337,6 +388,52 @@ mod tests {
         );
         assert!(text.contains("left out: gpu-thermal"), "{text}");
         assert!(text.contains("3 worker memory reads failed"), "{text}");
+    }
+
+    #[test]
+    fn which_slot_shadows_which_request_is_shown() {
+        let mut report = empty_report();
+        let mut primary = slot("primary", Backend::Cpu, "4-7", "");
+        primary.state = SlotState::Busy;
+        primary.shadowed_by = Some("fallback".into());
+        let mut fallback = slot("fallback", Backend::Cpu, "0-3", "");
+        fallback.shadowing = Some(ShadowStatus {
+            request_id: 12,
+            serving: "primary".into(),
+            streamed_tokens: 40,
+            warmed_answer_tokens: 32,
+            warmed_tokens: 104,
+            warming: true,
+            stopped: false,
+        });
+        report.slots = vec![primary, fallback];
+        let text = render(&report);
+        assert!(text.contains("shadowed by: fallback"), "{text}");
+        assert!(
+            text.contains("shadowing: request 12 of primary (warmed to 32 of 40 answer tokens; 104 tokens cached); warming now"),
+            "{text}"
+        );
+        assert!(!text.contains("stopped"), "{text}");
+        report.shadow = ShadowSummary {
+            stops_for_slowdown: 2,
+            backoffs: vec![proto::admin::ShadowBackoff {
+                serving: "primary".into(),
+                shadow: "fallback".into(),
+                requests_left: 3,
+            }],
+        };
+        if let Some(sh) = report.slots[1].shadowing.as_mut() {
+            sh.stopped = true;
+        }
+        let text = render(&report);
+        assert!(
+            text.contains("warming stopped: it slowed primary (kept for a failover)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shadowing: stopped 2 times for slowing the serving slot; fallback does not shadow primary for its next 3 requests"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -320,6 +320,8 @@ mod tests {
             cpus: None,
             cpus_reason: String::new(),
             cache: proto::worker::CacheReport::default(),
+            shadowing: None,
+            shadowed_by: None,
         }
     }
 

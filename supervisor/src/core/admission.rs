@@ -6,7 +6,7 @@ use proto::chat::{ChatMessage, GenParams, Role};
 use proto::client::{ErrorEvent, ErrorKind, Submit, SupervisorToClient, MAX_CONVERSATION_KEY};
 use proto::worker::{CancelGeneration, SupervisorToWorker};
 
-use super::slot::{fail, Job};
+use super::slot::{fail, Job, Pace};
 use super::{Core, Effect};
 use crate::config::secs;
 
@@ -157,6 +157,9 @@ impl Core {
                 conversation: None,
                 shadow: None,
                 shadow_tried_at: 0,
+                shadow_backing_off: false,
+                shadow_deferred: false,
+                pace: Pace::default(),
             },
         );
         id

@@ -308,6 +308,6 @@ impl Core {
         if let Some(waited) = waited {
             self.observe(Latency::QueueWait, backend, waited);
         }
-        self.shadow_start(i, id);
+        self.shadow_on_start(i, id);
     }
 }

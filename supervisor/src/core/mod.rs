@@ -55,7 +55,7 @@ pub use dispatch::{MAX_REFUSALS, REFUSAL_PAUSE};
 pub use events::{
     Effect, Event, Level, MemSample, Notify, OomCounters, Readings, SpawnError, ZoneReading,
 };
-pub use slot::{Job, Shadow, Slot};
+pub use slot::{Job, Pace, PaceSum, Shadow, Slot};
 pub use time::{ms, Millis};
 
 /// How often the driver sends [`Event::Tick`].
@@ -93,6 +93,9 @@ pub struct Core {
     last_publish: Option<Millis>,
     out: Vec<Effect>,
     violations: Vec<String>,
+    /// Pairs (serving, shadow) of slots backing off from shadowing after
+    /// the shadow's warms slowed the serving slot.
+    shadow_backoff: BTreeMap<(usize, usize), shadow::Backoff>,
 }
 
 impl Core {
@@ -142,6 +145,7 @@ impl Core {
             last_publish: None,
             out: Vec::new(),
             violations: Vec::new(),
+            shadow_backoff: BTreeMap::new(),
         }
     }
 
@@ -149,12 +153,14 @@ impl Core {
     pub fn handle(&mut self, event: Event, now: Millis) -> Vec<Effect> {
         // Time never runs backwards, whatever the caller passes.
         self.now = self.now.max(now);
-        // Tokens and heartbeats change neither the queue nor any slot's
+        // Tokens, heartbeats and ends of warms change neither the queue nor any slot's
         // readiness: relay them without re-running dispatch on the hot path.
         let relay_only = matches!(
             event,
             Event::WorkerMessage {
-                msg: WorkerToSupervisor::Token(_) | WorkerToSupervisor::Heartbeat(_),
+                msg: WorkerToSupervisor::Token(_)
+                    | WorkerToSupervisor::Heartbeat(_)
+                    | WorkerToSupervisor::Warmed(_),
                 ..
             }
         );

@@ -73,9 +73,11 @@ impl Core {
                 for (latency, took) in latencies.into_iter().flatten() {
                     self.observe(latency, backend, took);
                 }
+                self.shadow_pace(i, t.request_id, previous, t.tokens);
                 self.shadow_progress(t.request_id);
             }
             WorkerToSupervisor::Done(done) => self.on_done(i, &done),
+            WorkerToSupervisor::Warmed(warmed) => self.on_warmed(i, &warmed),
             WorkerToSupervisor::Error(err) => {
                 if self.slots[i].job != Some(err.request_id) {
                     return;
@@ -149,6 +151,7 @@ impl Core {
         let Some(job) = self.jobs.remove(&done.request_id) else {
             return;
         };
+        self.shadow_done(i, &job);
         let s = &mut self.slots[i];
         if !job.probe {
             s.requests_served += 1;

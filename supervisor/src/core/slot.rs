@@ -109,6 +109,10 @@ pub struct Slot {
     pub cache: CacheReport,
     /// Cache figures of the slot's earlier processes, added up.
     pub cache_before: CacheReport,
+    /// Its time per token (ms) while serving with no warm running, from
+    /// its last request that had enough such tokens: the baseline of the
+    /// shadowing rule until the request in flight has its own.
+    pub calm_ms_per_token: Option<f64>,
 }
 
 impl Slot {
@@ -161,6 +165,7 @@ impl Slot {
             refused_until: None,
             cache: CacheReport::default(),
             cache_before: CacheReport::default(),
+            calm_ms_per_token: None,
         }
     }
 
@@ -282,6 +287,49 @@ pub struct Job {
     pub shadow: Option<Shadow>,
     /// Streamed tokens when a shadow was last looked for.
     pub shadow_tried_at: u32,
+    /// The shadow waits for the generation's first token: the shadowing
+    /// slot shares CPUs with the serving one, whose prefill it would slow.
+    pub shadow_deferred: bool,
+    /// Its serving slot was backing off from shadowing when it started:
+    /// no shadow is looked for later either.
+    pub shadow_backing_off: bool,
+    /// The serving slot's time per token with and without a warm running,
+    /// since the current generation started (for the shadowing rule).
+    pub pace: Pace,
+}
+
+/// Time between token frames of the serving slot, per token, split by
+/// whether a warm ran on the shadow meanwhile.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pace {
+    /// Intervals during which a warm ran (at least partly).
+    pub warm: PaceSum,
+    /// Intervals with no warm running.
+    pub calm: PaceSum,
+    /// A warm ran at some point since the last frame.
+    pub overlap: bool,
+}
+
+/// Milliseconds and the tokens they produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PaceSum {
+    /// Milliseconds between frames, added up.
+    pub ms: f64,
+    /// Tokens those frames carried.
+    pub tokens: u32,
+}
+
+impl PaceSum {
+    /// Adds one interval of `ms` that produced `tokens`.
+    pub fn add(&mut self, ms: f64, tokens: u32) {
+        self.ms += ms;
+        self.tokens = self.tokens.saturating_add(tokens);
+    }
+
+    /// Milliseconds per token, once at least `min_tokens` were counted.
+    pub fn per_token(&self, min_tokens: u32) -> Option<f64> {
+        (self.tokens >= min_tokens.max(1)).then(|| self.ms / f64::from(self.tokens))
+    }
 }
 
 /// A slot shadowing a request: what it was last sent.
@@ -295,6 +343,17 @@ pub struct Shadow {
     pub key: String,
     /// The request's streamed tokens when the last `Warm` was sent.
     pub at_tokens: u32,
+    /// A `Warm` was sent and its `Warmed` has not come: the shadow's
+    /// prefill may compete with the serving slot now. No other is sent
+    /// meanwhile (the next covers everything streamed until then).
+    pub warming: bool,
+    /// Answer tokens the last finished warm covered.
+    pub warmed_at_tokens: u32,
+    /// Tokens the shadow's cache held under `key` after its last warm.
+    pub warmed_tokens: u32,
+    /// Warming stopped because it slowed the serving slot; the key is kept
+    /// (what was warmed is still reused by a failover).
+    pub stopped: bool,
 }
 
 impl Job {

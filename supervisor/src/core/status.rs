@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use proto::admin::{SlotState, SlotStatus, StatusReport, TelemetryStatus, ThermalStatus};
+use proto::admin::{
+    ShadowBackoff, ShadowStatus, ShadowSummary, SlotState, SlotStatus, StatusReport,
+    TelemetryStatus, ThermalStatus,
+};
 use proto::chat::Backend;
 
 use super::{ms, Core, Effect, Notify};
@@ -41,7 +44,8 @@ impl Core {
             slots: self
                 .slots
                 .iter()
-                .map(|s| SlotStatus {
+                .enumerate()
+                .map(|(i, s)| SlotStatus {
                     name: s.name.to_owned(),
                     backend: s.cfg.backend,
                     state: s.state,
@@ -71,6 +75,8 @@ impl Core {
                         .as_ref()
                         .map_or_else(String::new, |p| p.reason.clone()),
                     cache: s.cache_status(),
+                    shadowing: self.shadowing(i),
+                    shadowed_by: self.shadowed_by(i),
                 })
                 .collect(),
             active_backend: self.active.map(|i| self.slots[i].cfg.backend),
@@ -94,7 +100,48 @@ impl Core {
                 blind_ms: self.thermal_track.blind_since.map(|t| ms(now.since(t))),
                 memory_read_failures: self.mem_read_failures,
             },
+            shadow: ShadowSummary {
+                stops_for_slowdown: self.counters.shadow_stops,
+                backoffs: self
+                    .shadow_backoffs()
+                    .map(|(s, j, left)| ShadowBackoff {
+                        serving: self.slots[s].name.to_owned(),
+                        shadow: self.slots[j].name.to_owned(),
+                        requests_left: left,
+                    })
+                    .collect(),
+            },
         }
+    }
+
+    /// The request slot `i` shadows (its current process), if any.
+    fn shadowing(&self, i: usize) -> Option<ShadowStatus> {
+        let s = &self.slots[i];
+        self.jobs.iter().find_map(|(&id, job)| {
+            let sh = job
+                .shadow
+                .as_ref()
+                .filter(|sh| sh.slot == i && sh.incarnation == s.incarnation)?;
+            Some(ShadowStatus {
+                request_id: id,
+                serving: job
+                    .slot
+                    .map_or_else(String::new, |j| self.slots[j].name.to_owned()),
+                streamed_tokens: job.tokens,
+                warmed_answer_tokens: sh.warmed_at_tokens,
+                warmed_tokens: sh.warmed_tokens,
+                warming: sh.warming,
+                stopped: sh.stopped,
+            })
+        })
+    }
+
+    /// The slot shadowing the request slot `i` serves, if any.
+    fn shadowed_by(&self, i: usize) -> Option<String> {
+        let job = self.jobs.get(&self.slots[i].job?)?;
+        let sh = job.shadow.as_ref()?;
+        let shadow = self.slots.get(sh.slot)?;
+        (shadow.incarnation == sh.incarnation).then(|| shadow.name.to_owned())
     }
 
     /// Publishes the snapshot for /health and /metrics, and tells systemd.

@@ -227,5 +227,6 @@ pub fn short(msg: &WorkerToSupervisor) -> String {
         WorkerToSupervisor::Ready(_) => "ready".into(),
         WorkerToSupervisor::LoadFailed(f) => format!("load failed code={}", f.exit_code),
         WorkerToSupervisor::Heartbeat(h) => format!("heartbeat {}", h.seq),
+        WorkerToSupervisor::Warmed(w) => format!("warmed tokens={}", w.tokens),
     }
 }

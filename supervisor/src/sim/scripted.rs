@@ -28,6 +28,9 @@ struct H {
     mem_unreadable: bool,
     spawn_error: Option<SpawnError>,
     oom_kills: u64,
+    /// Workers answer each `Warm` with `Warmed` at once (as a worker whose
+    /// warm is quick); off, a test answers them itself.
+    warmed_at_once: bool,
 }
 
 fn config(extra_policy: &str, primary_extra: &str) -> Config {
@@ -57,6 +60,7 @@ impl H {
             mem_unreadable: false,
             spawn_error: None,
             oom_kills: 0,
+            warmed_at_once: true,
         };
         h.feed(Event::Start);
         h
@@ -87,6 +91,20 @@ impl H {
                             }
                         };
                         pending.push(answer);
+                    }
+                    Effect::ToWorker {
+                        slot,
+                        incarnation,
+                        msg: SupervisorToWorker::Warm(w),
+                    } if self.warmed_at_once => {
+                        pending.push(Event::WorkerMessage {
+                            slot: *slot,
+                            incarnation: *incarnation,
+                            msg: WorkerToSupervisor::Warmed(proto::worker::Warmed {
+                                key: w.key.clone(),
+                                tokens: 0,
+                            }),
+                        });
                     }
                     Effect::ReadTelemetry { workers } => {
                         let workers = workers
@@ -1037,4 +1055,277 @@ fn a_slot_ready_mid_request_starts_shadowing_it_at_the_next_n_tokens() {
         h.generate_messages(1)[0].conversation,
         Some(format!("shadow:{id}"))
     );
+}
+
+// Issue 13: shadowing stops if it would slow the primary.
+
+impl H {
+    /// Slot `slot` streams `n` one-token frames of request `id`, one every
+    /// `ms` milliseconds (the clock moves; no tick runs meanwhile).
+    fn stream_every(&mut self, slot: usize, id: u64, n: u32, ms: u64) {
+        for _ in 0..n {
+            self.now = self.now + std::time::Duration::from_millis(ms);
+            self.stream(slot, id, 1);
+        }
+    }
+
+    /// Slot `slot`'s warm under `key` is over, its cache holding `tokens`.
+    fn warmed(&mut self, slot: usize, key: &str, tokens: u32) {
+        self.say(
+            slot,
+            WorkerToSupervisor::Warmed(proto::worker::Warmed {
+                key: key.into(),
+                tokens,
+            }),
+        );
+    }
+
+    /// A request whose first warm is over at once and whose primary then
+    /// streams 16 tokens 50 ms apart with no warm running (15 calm tokens
+    /// counted: the first frame ends the prefill), the 16th sending the
+    /// next warm. Returns its id.
+    fn shadowed_request(&mut self, client_id: u64) -> u64 {
+        self.submit(1, client_id, 10, params(512));
+        let id = *self.generates(0).last().unwrap();
+        let warms = self.warms(1).len();
+        let key = format!("shadow:{id}");
+        self.warmed(1, &key, 30);
+        self.stream_every(0, id, 16, 50);
+        assert_eq!(self.warms(1).len(), warms + 1, "warmed again at 16 tokens");
+        id
+    }
+
+    fn shadow_of(&self, id: u64) -> Option<crate::core::Shadow> {
+        self.core.jobs().get(&id).and_then(|j| j.shadow.clone())
+    }
+}
+
+const PACED: &str =
+    "shadow_every_tokens = 16\nshadow_max_slowdown = 1.25\nshadow_backoff_requests = 2\n";
+
+#[test]
+fn a_primary_slowed_by_the_warms_stops_the_shadow_and_gets_no_more_warms() {
+    let mut h = H::new(config(PACED, ""));
+    h.warmed_at_once = false;
+    h.ready(0);
+    h.ready(1);
+    let id = h.shadowed_request(1);
+    // With the warm running, the primary takes 80 ms a token instead of 50.
+    h.stream_every(0, id, 7, 80);
+    assert!(
+        !h.shadow_of(id).unwrap().stopped,
+        "7 tokens are too few to decide"
+    );
+    h.stream_every(0, id, 1, 80);
+    let sh = h.shadow_of(id).unwrap();
+    assert!(sh.stopped, "1.6x slower than without the warm");
+    assert_eq!(h.core.status().shadow.stops_for_slowdown, 1);
+    // The warm in flight ends; however much streams, no warm follows.
+    let sent = h.warms(1).len();
+    h.warmed(1, &sh.key, 60);
+    h.stream_every(0, id, 64, 50);
+    assert_eq!(h.warms(1).len(), sent, "no warm after the stop");
+    let status = h.core.status();
+    let shadowing = status.slots[1].shadowing.clone().unwrap();
+    assert!(shadowing.stopped && !shadowing.warming);
+    assert_eq!(
+        status.shadow.backoffs,
+        vec![proto::admin::ShadowBackoff {
+            serving: "primary".into(),
+            shadow: "fallback".into(),
+            requests_left: 2,
+        }]
+    );
+    // What it warmed is still reused: the failover names the key.
+    h.exit(0, None, Some(9));
+    assert_eq!(
+        h.generate_messages(1).last().unwrap().conversation,
+        Some(sh.key)
+    );
+}
+
+#[test]
+fn a_primary_that_keeps_its_pace_keeps_its_shadow() {
+    let mut h = H::new(config(PACED, ""));
+    h.warmed_at_once = false;
+    h.ready(0);
+    h.ready(1);
+    let id = h.shadowed_request(1);
+    let key = format!("shadow:{id}");
+    // 1.2x slower with the warm running: within 1.25.
+    h.stream_every(0, id, 20, 60);
+    assert!(!h.shadow_of(id).unwrap().stopped);
+    h.warmed(1, &key, 60);
+    let sent = h.warms(1).len();
+    h.stream_every(0, id, 16, 50);
+    assert_eq!(h.warms(1).len(), sent + 1, "still warmed every 16 tokens");
+    assert_eq!(h.core.status().shadow.stops_for_slowdown, 0);
+}
+
+#[test]
+fn one_warm_at_a_time_the_next_once_the_last_is_over() {
+    let mut h = H::new(config("shadow_every_tokens = 4\n", ""));
+    h.warmed_at_once = false;
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(64));
+    let id = h.generates(0)[0];
+    h.stream(0, id, 12);
+    assert_eq!(h.warms(1).len(), 1, "the first warm is not over");
+    h.warmed(1, &format!("shadow:{id}"), 30);
+    h.stream(0, id, 1);
+    let warms = h.warms(1);
+    assert_eq!(warms.len(), 2, "the next covers all streamed meanwhile");
+    assert_eq!(warms[1].assistant_prefix.split_whitespace().count(), 13);
+}
+
+#[test]
+fn the_back_off_skips_the_next_requests_of_the_pair_then_expires() {
+    let mut h = H::new(config(PACED, ""));
+    h.warmed_at_once = false;
+    h.ready(0);
+    h.ready(1);
+    let id = h.shadowed_request(1);
+    h.stream_every(0, id, 8, 100);
+    let sh = h.shadow_of(id).unwrap();
+    assert!(sh.stopped);
+    h.warmed(1, &sh.key, 60);
+    h.say(0, done(id, 10, 5.0));
+    // The next two requests on the primary get no shadow, not even later.
+    for client_id in [2, 3] {
+        let warms = h.warms(1).len();
+        h.submit(1, client_id, 10, params(512));
+        let next = *h.generates(0).last().unwrap();
+        assert_ne!(next, id);
+        h.stream_every(0, next, 40, 50);
+        assert_eq!(h.warms(1).len(), warms, "backing off");
+        assert_eq!(h.shadow_of(next), None);
+        h.say(0, done(next, 10, 5.0));
+    }
+    assert!(h.core.status().shadow.backoffs.is_empty(), "over");
+    // The third is shadowed again; slowed again, the back-off doubles.
+    let again = h.shadowed_request(4);
+    h.stream_every(0, again, 8, 100);
+    assert!(h.shadow_of(again).unwrap().stopped);
+    assert_eq!(h.core.status().shadow.backoffs[0].requests_left, 4);
+    assert_eq!(h.core.status().shadow.stops_for_slowdown, 2);
+}
+
+#[test]
+fn status_names_the_shadow_and_what_it_warmed() {
+    let mut h = H::new(config("shadow_every_tokens = 4\n", ""));
+    h.warmed_at_once = false;
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(64));
+    let id = h.generates(0)[0];
+    let status = h.core.status();
+    assert_eq!(status.slots[0].shadowed_by.as_deref(), Some("fallback"));
+    assert_eq!(status.slots[0].shadowing, None);
+    assert_eq!(status.slots[1].shadowed_by, None);
+    assert_eq!(
+        status.slots[1].shadowing,
+        Some(proto::admin::ShadowStatus {
+            request_id: id,
+            serving: "primary".into(),
+            streamed_tokens: 0,
+            warmed_answer_tokens: 0,
+            warmed_tokens: 0,
+            warming: true,
+            stopped: false,
+        })
+    );
+    h.warmed(1, &format!("shadow:{id}"), 31);
+    h.stream(0, id, 4);
+    h.warmed(1, &format!("shadow:{id}"), 35);
+    h.stream(0, id, 2);
+    let sh = h.core.status().slots[1].shadowing.clone().unwrap();
+    assert_eq!(
+        (
+            sh.streamed_tokens,
+            sh.warmed_answer_tokens,
+            sh.warmed_tokens,
+            sh.warming
+        ),
+        (6, 4, 35, false)
+    );
+    h.say(0, done(id, 10, 5.0));
+    let status = h.core.status();
+    assert_eq!(status.slots[1].shadowing, None, "the request is over");
+    assert_eq!(status.slots[0].shadowed_by, None);
+}
+
+/// Two CPU slots; `cpus` lines for each (empty = the default cores, the
+/// same for both).
+fn two_cpu_config(primary_cpus: &str, fallback_cpus: &str) -> Config {
+    let text = format!(
+        "[slots.primary]\nbackend = \"cpu\"\nmodel = \"/m/p.gguf\"\nworker = \"/w/worker-cpu\"\n[slots.primary.cpu]\n{primary_cpus}\n\
+         [slots.fallback]\nbackend = \"cpu\"\nmodel = \"/m/f.gguf\"\nworker = \"/w/worker-cpu\"\n[slots.fallback.cpu]\n{fallback_cpus}\n\
+         [policy]\nheartbeat_interval_s = 0.5\nheartbeat_timeout_s = 60.0\nstall_timeout_s = 2.0\n\
+         first_token_timeout_s = 2.0\nshadow_every_tokens = 4\n[http]\nlisten = \"\"\nprobe_interval_s = 0.0\n"
+    );
+    Config::from_toml(&text, std::path::Path::new("/")).unwrap()
+}
+
+#[test]
+fn a_shadow_on_shared_cpus_waits_for_the_first_token_a_disjoint_one_does_not() {
+    // Both on the default cores: the prompt's two prefills would compete.
+    let mut h = H::new(two_cpu_config("", ""));
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(64));
+    let id = h.generates(0)[0];
+    assert!(h.warms(1).is_empty(), "not during the primary's prefill");
+    h.stream(0, id, 1);
+    let warms = h.warms(1);
+    assert_eq!(warms.len(), 1, "with the first token");
+    assert_eq!(warms[0].assistant_prefix, "t0 ");
+    h.stream(0, id, 4);
+    assert_eq!(h.warms(1).len(), 2, "then every 4 tokens as usual");
+
+    // Disjoint cores: warmed on dispatch.
+    let mut h = H::new(two_cpu_config("cpus = \"0-3\"", "cpus = \"4-7\""));
+    h.ready(0);
+    h.ready(1);
+    h.submit(1, 1, 10, params(64));
+    assert_eq!(h.warms(1).len(), 1, "warmed on dispatch");
+}
+
+#[test]
+fn a_shadowed_request_that_keeps_its_pace_resets_the_back_off_length() {
+    let mut h = H::new(config(PACED, ""));
+    h.warmed_at_once = false;
+    h.ready(0);
+    h.ready(1);
+    let mut client_id = 1;
+    let slowed = |h: &mut H, client_id: &mut u64| {
+        let id = h.shadowed_request(*client_id);
+        *client_id += 1;
+        h.stream_every(0, id, 8, 100);
+        let sh = h.shadow_of(id).unwrap();
+        assert!(sh.stopped);
+        h.warmed(1, &sh.key, 60);
+        h.say(0, done(id, 10, 5.0));
+    };
+    let skip = |h: &mut H, client_id: &mut u64, n: u32| {
+        for _ in 0..n {
+            h.submit(1, *client_id, 10, params(512));
+            *client_id += 1;
+            let id = *h.generates(0).last().unwrap();
+            h.say(0, done(id, 10, 5.0));
+        }
+    };
+    slowed(&mut h, &mut client_id);
+    skip(&mut h, &mut client_id, 2);
+    slowed(&mut h, &mut client_id);
+    assert_eq!(h.core.status().shadow.backoffs[0].requests_left, 4);
+    skip(&mut h, &mut client_id, 4);
+    // Shadowed at its pace to the end: the next back-off is the base again.
+    let id = h.shadowed_request(client_id);
+    client_id += 1;
+    h.stream_every(0, id, 10, 50);
+    assert!(!h.shadow_of(id).unwrap().stopped);
+    h.say(0, done(id, 10, 5.0));
+    slowed(&mut h, &mut client_id);
+    assert_eq!(h.core.status().shadow.backoffs[0].requests_left, 2);
 }

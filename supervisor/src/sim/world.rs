@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use proto::chat::{Backend, FinishReason, GenStats};
 use proto::worker::{
-    CacheReport, ExitCode, Heartbeat, LoadFailed, ModelFacts, Ready, SupervisorToWorker,
+    CacheReport, ExitCode, Heartbeat, LoadFailed, ModelFacts, Ready, SupervisorToWorker, Warmed,
     WorkerDone, WorkerError, WorkerErrorKind, WorkerToSupervisor, WorkerToken,
 };
 
@@ -80,6 +80,8 @@ pub struct Proc {
     pub grow_kb: u64,
     /// Exit scheduled already.
     pub exiting: bool,
+    /// A warm runs until then (its `Warmed` is due).
+    pub warming_until: Option<Millis>,
 }
 
 /// Something scheduled to happen.
@@ -135,6 +137,9 @@ pub struct World {
     /// Prompt tokens per second of each slot's hardware (the same for every
     /// process of the slot).
     pub prefill_tps: Vec<f64>,
+    /// A slot decodes this many times slower while another slot's warm
+    /// runs (1 = the slots share nothing; more = they share cores).
+    pub warm_contention: u64,
 }
 
 impl World {
@@ -149,6 +154,7 @@ impl World {
         ];
         let spawn_fail_p = if rng.chance(0.3) { 0.15 } else { 0.0 };
         let prefill_tps = (0..n).map(|_| *rng.pick(&[200.0, 400.0, 1000.0])).collect();
+        let warm_contention = *rng.pick(&[1, 1, 3]);
         Self {
             rng,
             now: Millis(0),
@@ -167,6 +173,7 @@ impl World {
             backends,
             violations: Vec::new(),
             prefill_tps,
+            warm_contention,
         }
     }
 
@@ -246,6 +253,7 @@ impl World {
             refuse_p: if r.chance(0.2) { 0.3 } else { 0.0 },
             gen: None,
             gen_seq: 0,
+            warming_until: None,
             anon_kb: r.range(50, 150) << 10,
             grow_kb: if r.chance(0.2) {
                 r.range(10, 80) << 10
@@ -332,6 +340,7 @@ impl World {
     }
 
     /// A message from the supervisor reaches slot `i`'s process.
+    #[allow(clippy::too_many_lines)] // one arm per message, one place
     pub fn deliver(
         &mut self,
         i: usize,
@@ -429,8 +438,19 @@ impl World {
                 }));
                 vec![(now_words, hb)]
             }
-            // A warm only fills a KV cache the simulated workers do not have.
-            SupervisorToWorker::Warm(_) => Vec::new(),
+            // A warm only fills a KV cache the simulated workers do not
+            // have: it is over after a while, holding nothing.
+            SupervisorToWorker::Warm(w) => {
+                let warmed = say(WorkerToSupervisor::Warmed(Warmed {
+                    key: w.key,
+                    tokens: 0,
+                }));
+                let d = self.rng.range(5, 300);
+                if p.phase == Phase::Idle {
+                    p.warming_until = Some(self.now + std::time::Duration::from_millis(d));
+                }
+                vec![(d, warmed)]
+            }
             SupervisorToWorker::Shutdown => {
                 let d = self.rng.range(5, 200);
                 self.exit(i, incarnation, d, Some(0), None);
@@ -443,6 +463,16 @@ impl World {
     pub fn token(&mut self, i: usize, incarnation: u64, seq: u64) -> Vec<Event> {
         let word = self.rng.range(0, 1000);
         let two = self.rng.chance(0.2);
+        let now = self.now;
+        let warm_elsewhere =
+            self.procs.iter().enumerate().any(|(j, ps)| {
+                j != i && ps.iter().any(|q| q.warming_until.is_some_and(|t| t > now))
+            });
+        let contention = if warm_elsewhere {
+            self.warm_contention
+        } else {
+            1
+        };
         let Some(p) = self.procs[i]
             .iter_mut()
             .find(|p| p.incarnation == incarnation)
@@ -495,7 +525,7 @@ impl World {
             p.gen = None;
             p.phase = Phase::Idle;
         } else {
-            let d = p.decode_ms;
+            let d = p.decode_ms * contention;
             self.at(d, Ev::Token(i, incarnation, seq));
         }
         out
