@@ -174,31 +174,6 @@ fn worker_messages() {
         }),
     );
     check(
-        "worker_load_npu",
-        &SupervisorToWorker::Load(Load {
-            model_path: "/var/lib/rocksteady/models/q.rkllm".into(),
-            profile: Profile {
-                name: "default".into(),
-                context_size: 4096,
-                batch_size: 512,
-                threads: 0,
-                kv_cache_type: KvCacheType::F16,
-                flash_attention: false,
-                max_new_tokens: 512,
-            },
-            backend: BackendOptions::Npu(NpuOptions {
-                runtime_path: "/usr/lib/librkllmrt.so".into(),
-                abi: "auto".into(),
-                enabled_cpus_mask: 0xF0,
-                base_domain_id: 0,
-                system_prompt: Some("You are terse.".into()),
-                prompt_prefix: None,
-                prompt_postfix: None,
-                prompt_cache_dir: Some("/var/lib/rocksteady/prompt-cache".into()),
-            }),
-        }),
-    );
-    check(
         "worker_generate",
         &SupervisorToWorker::Generate(Generate {
             request_id: 9,
@@ -290,6 +265,35 @@ fn cache_report() -> CacheReport {
             built: false,
         }),
     }
+}
+
+#[test]
+fn npu_load_message() {
+    check(
+        "worker_load_npu",
+        &SupervisorToWorker::Load(Load {
+            model_path: "/var/lib/rocksteady/models/q.rkllm".into(),
+            profile: Profile {
+                name: "default".into(),
+                context_size: 4096,
+                batch_size: 512,
+                threads: 0,
+                kv_cache_type: KvCacheType::F16,
+                flash_attention: false,
+                max_new_tokens: 512,
+            },
+            backend: BackendOptions::Npu(NpuOptions {
+                runtime_path: "/usr/lib/librkllmrt.so".into(),
+                abi: "auto".into(),
+                enabled_cpus_mask: 0xF0,
+                base_domain_id: 0,
+                system_prompt: Some("You are terse.".into()),
+                prompt_prefix: None,
+                prompt_postfix: None,
+                prompt_cache_dir: Some("/var/lib/rocksteady/prompt-cache".into()),
+            }),
+        }),
+    );
 }
 
 #[test]

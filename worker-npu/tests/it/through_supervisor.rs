@@ -528,7 +528,7 @@ async fn a_request_on_the_npu_streams_the_scripted_text_exactly() {
     assert_eq!(npu.init_pids(), [slot.pid.unwrap()]);
     // Status names the prompt-cache file the worker saved and uses.
     let file = slot.cache.prompt_cache.expect("the prompt cache in status");
-    assert_eq!(npu.values("prompt_cache_load"), [file.path.clone()]);
+    assert_eq!(npu.values("prompt_cache_load"), [file.path]);
     assert!(file.built);
     sup.stop().await;
 }
