@@ -87,10 +87,11 @@ struct Common {
     destroy: raw::common::Destroy,
     set_chat_template: raw::common::SetChatTemplate,
     clear_kv_cache: raw::common::ClearKvCache,
-    /// Every supported release exports these; a runtime without them only
-    /// goes without the prompt cache.
+    /// Every supported release exports it; a runtime without it only goes
+    /// without the prompt cache. (Its `rkllm_release_prompt_cache` is not
+    /// needed: the cache goes with the model, and the worker keeps it for
+    /// the model's life.)
     load_prompt_cache: Option<raw::common::LoadPromptCache>,
-    release_prompt_cache: Option<raw::common::ReleasePromptCache>,
 }
 
 /// Functions whose signature depends on the layout.
@@ -170,7 +171,6 @@ impl Runtime {
                 set_chat_template: lookup.get("rkllm_set_chat_template")?,
                 clear_kv_cache: lookup.get("rkllm_clear_kv_cache")?,
                 load_prompt_cache: lookup.get("rkllm_load_prompt_cache").ok(),
-                release_prompt_cache: lookup.get("rkllm_release_prompt_cache").ok(),
             }
         };
         // SAFETY: as above, with the types of the layout chosen by `abi`
@@ -208,9 +208,9 @@ impl Runtime {
         &self.path
     }
 
-    /// Whether the runtime exports the prompt-cache functions.
+    /// Whether the runtime can load prompt-cache files.
     pub fn has_prompt_cache(&self) -> bool {
-        self.common.load_prompt_cache.is_some() && self.common.release_prompt_cache.is_some()
+        self.common.load_prompt_cache.is_some()
     }
 }
 
@@ -699,28 +699,6 @@ impl Model {
         // NUL-terminated path that outlives the call (the runtime reads the
         // file during it).
         let code = unsafe { load(self.handle.as_ptr(), path.as_ptr()) };
-        if code == 0 {
-            Ok(())
-        } else {
-            Err(FfiError::Call { function, code })
-        }
-    }
-
-    /// Frees the loaded prompt cache (`rkllm_release_prompt_cache`).
-    ///
-    /// # Errors
-    /// [`FfiError::Unsupported`], [`FfiError::Busy`] during a run, or the
-    /// runtime's failure code.
-    pub fn release_prompt_cache(&self) -> Result<(), FfiError> {
-        let function = "rkllm_release_prompt_cache";
-        let release = self
-            .runtime
-            .common
-            .release_prompt_cache
-            .ok_or(FfiError::Unsupported { function })?;
-        let _guard = self.run_lock.try_lock().map_err(|_| FfiError::Busy)?;
-        // SAFETY: a live handle and no run in progress (run_lock).
-        let code = unsafe { release(self.handle.as_ptr()) };
         if code == 0 {
             Ok(())
         } else {

@@ -164,8 +164,6 @@ pub mod common {
     /// `int rkllm_load_prompt_cache(LLMHandle, const char* prompt_cache_path)`.
     pub type LoadPromptCache =
         unsafe extern "C" fn(handle: LLMHandle, prompt_cache_path: *const c_char) -> c_int;
-    /// `int rkllm_release_prompt_cache(LLMHandle)`.
-    pub type ReleasePromptCache = unsafe extern "C" fn(handle: LLMHandle) -> c_int;
     /// `int rkllm_set_chat_template(LLMHandle, const char*, const char*, const char*)`.
     pub type SetChatTemplate = unsafe extern "C" fn(
         handle: LLMHandle,
