@@ -49,14 +49,22 @@ impl fmt::Debug for Node {
     }
 }
 
-/// The cache of message nodes, by message id.
+/// A bounded map by message id, least recently used first out, shared by
+/// the gateway's tasks.
 #[derive(Debug)]
-pub struct NodeCache {
-    inner: Mutex<LruCache<u64, Node>>,
+pub struct ByMessage<V> {
+    inner: Mutex<LruCache<u64, V>>,
 }
 
-impl NodeCache {
-    /// Holds up to `capacity` nodes (at least one).
+/// The cache of message nodes, by message id.
+pub type NodeCache = ByMessage<Node>;
+
+/// The messages where long chains' context windows start (a forgotten
+/// start only means the next turn of that chain opens a new window).
+pub type Windows = ByMessage<()>;
+
+impl<V: Clone> ByMessage<V> {
+    /// Holds up to `capacity` entries (at least one).
     pub fn new(capacity: usize) -> Self {
         let capacity = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
         Self {
@@ -64,8 +72,8 @@ impl NodeCache {
         }
     }
 
-    /// The node of message `id`, if cached.
-    pub fn get(&self, id: u64) -> Option<Node> {
+    /// The entry of message `id`, if held.
+    pub fn get(&self, id: u64) -> Option<V> {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -73,15 +81,15 @@ impl NodeCache {
             .cloned()
     }
 
-    /// Remembers a node.
-    pub fn put(&self, id: u64, node: Node) {
+    /// Remembers an entry.
+    pub fn put(&self, id: u64, value: V) {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .put(id, node);
+            .put(id, value);
     }
 
-    /// Number of cached nodes.
+    /// Number of entries held.
     pub fn len(&self) -> usize {
         self.inner
             .lock()
@@ -92,39 +100,6 @@ impl NodeCache {
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// The messages where long chains' context windows start, by id (bounded,
-/// least recently used first out: a forgotten start only means the next
-/// turn of that chain opens a new window).
-#[derive(Debug)]
-pub struct Windows {
-    inner: Mutex<LruCache<u64, ()>>,
-}
-
-impl Windows {
-    /// Remembers up to `capacity` window starts (at least one).
-    pub fn new(capacity: usize) -> Self {
-        let capacity = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
-        Self {
-            inner: Mutex::new(LruCache::new(capacity)),
-        }
-    }
-
-    fn starts_at(&self, id: u64) -> bool {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .is_some()
-    }
-
-    fn start_at(&self, id: u64) {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .put(id, ());
     }
 }
 
@@ -261,7 +236,7 @@ pub async fn build<F: Fetch>(
         chars += node_chars(&node);
         cursor = node.parent;
         walked.push((id, node));
-        if cursor.is_some() && windows.starts_at(id) {
+        if cursor.is_some() && windows.get(id).is_some() {
             stop = Stop::Window;
             break;
         }
@@ -286,7 +261,7 @@ pub async fn build<F: Fetch>(
             .max(1);
         walked.truncate(keep);
         if let Some((id, _)) = walked.last() {
-            windows.start_at(*id);
+            windows.put(*id, ());
         }
     }
     let root = walked.last().map(|(id, _)| *id);
@@ -445,7 +420,7 @@ mod tests {
         assert_eq!(by_count.turns.len(), 2);
         assert_eq!(by_count.turns[0].content, "second answer");
         assert_eq!(by_count.root, Some(5));
-        assert!(windows.starts_at(5));
+        assert!(windows.get(5).is_some());
 
         let by_chars = build(
             &cache,
