@@ -370,6 +370,9 @@ struct PrimeState {
     error: bool,
     /// The first token came (and the run was stopped where needed).
     stopped: bool,
+    /// The thread calling `rkllm_abort`: joined before the next run can
+    /// start, so a late abort never stops a request's run.
+    aborting: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunSink for PrimeSink {
@@ -380,11 +383,11 @@ impl RunSink for PrimeSink {
                 if !state.stopped {
                     state.stopped = true;
                     if let Some(model) = self.model.clone() {
-                        std::thread::spawn(move || {
+                        state.aborting = Some(std::thread::spawn(move || {
                             if let Err(err) = model.abort() {
                                 tracing::warn!(%err, "rkllm_abort failed");
                             }
-                        });
+                        }));
                     }
                 }
             }
@@ -502,7 +505,10 @@ impl Engine {
                 Arc::clone(&sink) as Arc<dyn RunSink>,
             )
             .map_err(|e| e.to_string())?;
-        let state = sink.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = sink.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(aborting) = state.aborting.take() {
+            let _ = aborting.join();
+        }
         if state.error {
             return Err("the runtime reported an error (RKLLM_RUN_ERROR)".into());
         }
